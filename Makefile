@@ -1,0 +1,31 @@
+# Two entry points (see README "Quick start"): `make demo` and `make test`.
+# Each creates .venv from the requirements when it is missing or older than them.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= runs/quickstart
+
+.PHONY: demo test bench clean-demo
+
+$(VENV)/.runtime: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+demo: $(VENV)/.runtime
+	$(PY) train.py --config=configs/quickstart.py --workdir=$(WORKDIR)
+	$(PY) analyze.py --workdir=$(WORKDIR)
+
+test: $(VENV)/.dev
+	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.dev
+	$(PY) benchmarks/bench_metrics.py
+	$(PY) benchmarks/bench_overhead.py
+
+clean-demo:
+	rm -rf $(WORKDIR)

@@ -1,0 +1,182 @@
+r"""Figures and a short report for finished runs.
+
+  python analyze.py --workdir=runs/quickstart
+
+Reads <workdir>/metrics.jsonl and <workdir>/dynamics.npz and writes <workdir>/plots/*.png and
+<workdir>/report.md: loss and accuracy, the step-mode dynamics series (integration,
+metastability, DSI and its volatility), the epoch-mode series with the convergence signal and
+the accuracy plateau marked, and the per-tap DFA exponents.
+"""
+
+import json
+import os
+from typing import Dict, List
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_multi_string('workdir', None, 'Run directory (repeatable).')
+
+
+def load_metrics(workdir: str) -> Dict[str, np.ndarray]:
+  """metrics.jsonl -> {name: f64[K, 2] rows of (step, value)} for every scalar."""
+  series: Dict[str, List] = {}
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    for line in f:
+      record = json.loads(line)
+      step = record.pop('step')
+      for key, value in record.items():
+        if isinstance(value, (int, float)):
+          series.setdefault(key, []).append((step, value))
+  return {k: np.asarray(v, np.float64) for k, v in series.items()}
+
+
+def load_dynamics(workdir: str):
+  path = os.path.join(workdir, 'dynamics.npz')
+  return dict(np.load(path)) if os.path.exists(path) else None
+
+
+def _plot(ax, xy, label, **kw):
+  if xy is not None and len(xy):
+    ax.plot(xy[:, 0], xy[:, 1], label=label, **kw)
+
+
+def plot_training(metrics, path, title):
+  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+  _plot(ax_loss, metrics.get('train/loss'), 'train')
+  _plot(ax_loss, metrics.get('eval/loss'), 'test', marker='o')
+  ax_loss.set(xlabel='training step', ylabel='cross-entropy loss', title=f'{title}: loss')
+  _plot(ax_acc, metrics.get('train/accuracy'), 'train')
+  _plot(ax_acc, metrics.get('eval/accuracy'), 'test', marker='o')
+  ax_acc.set(xlabel='training step', ylabel='accuracy (%)', title=f'{title}: accuracy')
+  for ax in (ax_loss, ax_acc):
+    ax.legend()
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_step_dynamics(dyn, path, title):
+  steps = np.arange(1, dyn['step_dsi'].shape[0] + 1)
+  fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+  panels = [('step_integration', 'integration (DFA alpha)'),
+            ('step_metastability', 'metastability (std of R)'),
+            ('step_dsi', 'dynamical stability index'),
+            ('step_dsi_volatility', 'DSI volatility')]
+  for ax, (key, label) in zip(axes.flat, panels):
+    ax.plot(steps, dyn[key], lw=1)
+    ax.set(ylabel=label, title=label)
+    ax.grid(alpha=0.3)
+  conv = int(dyn.get('step_convergence', -1))
+  if conv >= 0:
+    axes.flat[3].axvline(conv + 1, color='C3', ls='--', label=f'convergence signal (step {conv + 1})')
+    axes.flat[3].legend()
+  for ax in axes[1]:
+    ax.set_xlabel('training step')
+  window = int(dyn['step_window']) if 'step_window' in dyn else None
+  fig.suptitle(f'{title}: step-mode dynamics' +
+               (f' (sliding window of {window} steps)' if window else ''))
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_epoch_dynamics(dyn, metrics, path, title):
+  count = int(dyn['probe_count'])
+  epochs = np.arange(1, count + 1)
+  fig, (ax_dsi, ax_vol) = plt.subplots(1, 2, figsize=(11, 4))
+  for prefix, label in (('probe_', 'expanding history'), ('probe_sliding_', 'sliding window')):
+    ax_dsi.plot(epochs, dyn[prefix + 'dsi'], marker='o', label=label)
+    ax_vol.plot(epochs, dyn[prefix + 'dsi_volatility'], marker='o', label=f'volatility, {label}')
+  ax_dsi.set(xlabel='epoch', ylabel='DSI', title=f'{title}: DSI per epoch (probe batch)')
+  conv = int(dyn['probe_convergence'])
+  if conv >= 0:
+    ax_vol.axvline(conv + 1, color='C3', ls='--', label=f'convergence signal (epoch {conv + 1})')
+  acc = metrics.get('eval/accuracy')
+  if acc is not None and len(acc):
+    ax_acc = ax_vol.twinx()
+    ax_acc.plot(np.arange(1, len(acc) + 1), acc[:, 1], color='k', alpha=0.5, label='test accuracy')
+    ax_acc.set_ylabel('test accuracy (%)')
+  ax_vol.set(xlabel='epoch', ylabel='DSI volatility', title='volatility vs accuracy')
+  for ax in (ax_dsi, ax_vol):
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_alphas(dyn, path, title):
+  key = 'probe_alphas' if 'probe_alphas' in dyn and np.isfinite(dyn['probe_alphas']).any() else (
+      'step_alphas')
+  alphas = dyn.get(key)
+  if alphas is None or not np.isfinite(alphas).any():
+    return False
+  names = [str(n) for n in dyn['signal_names']]
+  fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names)), 4))
+  ax.bar(range(len(alphas)), alphas)
+  ax.axhline(0.5, color='k', lw=0.8, ls=':', label='white noise (0.5)')
+  ax.axhline(1.5, color='k', lw=0.8, ls='--', label='random walk (1.5)')
+  ax.set_xticks(range(len(names)), names, rotation=75, fontsize=7)
+  source = 'probe, whole history' if key == 'probe_alphas' else 'training steps, last window'
+  ax.set(ylabel='DFA exponent alpha', title=f'{title}: per-tap integration ({source})')
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+def analyze_run(workdir: str) -> str:
+  """Writes the figures and report.md of one run; returns the report path."""
+  title = os.path.basename(os.path.normpath(workdir))
+  plots = os.path.join(workdir, 'plots')
+  os.makedirs(plots, exist_ok=True)
+  metrics = load_metrics(workdir)
+  dyn = load_dynamics(workdir)
+  figures = ['training.png']
+  plot_training(metrics, os.path.join(plots, 'training.png'), title)
+  lines = [f'# Run {title}', '']
+  acc = metrics.get('eval/accuracy')
+  if acc is not None and len(acc):
+    lines.append(f'Final test accuracy: {acc[-1, 1]:.2f}% (best {acc[:, 1].max():.2f}%).')
+  if dyn is not None:
+    if 'step_dsi' in dyn:
+      plot_step_dynamics(dyn, os.path.join(plots, 'step_dynamics.png'), title)
+      figures.append('step_dynamics.png')
+      last = {k: dyn[f'step_{k}'][np.isfinite(dyn[f'step_{k}'])] for k in
+              ('integration', 'metastability', 'synchrony', 'dsi')}
+      lines.append('Step mode, last window: ' + ', '.join(
+          f'{k} {v[-1]:.3f}' for k, v in last.items() if len(v)) + '.')
+    if 'probe_dsi' in dyn and int(dyn['probe_count']) > 0:
+      plot_epoch_dynamics(dyn, metrics, os.path.join(plots, 'epoch_dynamics.png'), title)
+      figures.append('epoch_dynamics.png')
+      conv = int(dyn['probe_convergence'])
+      lines.append('Epoch mode convergence signal: ' +
+                   (f'epoch {conv + 1}.' if conv >= 0 else 'not fired.'))
+    if plot_alphas(dyn, os.path.join(plots, 'alphas.png'), title):
+      figures.append('alphas.png')
+  lines += [''] + [f'![{f}](plots/{f})' for f in figures]
+  report = os.path.join(workdir, 'report.md')
+  with open(report, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  return report
+
+
+def main(argv):
+  del argv
+  for workdir in FLAGS.workdir:
+    report = analyze_run(workdir)
+    print(f'Report: {os.path.abspath(report)}')
+    print(f'Plots:  {os.path.abspath(os.path.join(workdir, "plots"))}/')
+
+
+if __name__ == '__main__':
+  flags.mark_flag_as_required('workdir')
+  app.run(main)

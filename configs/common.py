@@ -1,0 +1,63 @@
+"""Pieces shared by every experiment config: the full field list and the `arg` parser."""
+
+import ml_collections
+
+from data import default_config as data_default_config
+from dynamics.config import default_config as dynamics_default_config
+
+
+def parse_arg(arg, **defaults):
+  """'model=resnet34,dataset=cifar100' -> ConfigDict(defaults updated), typed like defaults."""
+  parsed = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or '').split(',')):
+    key, _, value = item.partition('=')
+    if key not in defaults:
+      raise ValueError(f'Unknown config argument {key!r} in {arg!r}; '
+                       f'allowed: {", ".join(sorted(defaults))}.')
+    kind = type(defaults[key])
+    parsed[key] = value.lower() in ('1', 'true', 'yes') if kind is bool else kind(value)
+  return parsed
+
+
+def base_config():
+  """Every field a run reads, with the defaults of a CIFAR-10 ResNet-18 run."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.model = 'resnet18'
+  # Module fields overriding the registry defaults, e.g. width=16 for a slim ResNet.
+  config.model_args = ml_collections.ConfigDict()
+  # 'float32', or 'bfloat16' for mixed precision (bf16 compute, f32 params/optimiser).
+  config.dtype = 'float32'
+  # Pretrained weights (.npz in the original ViT release layout); '' trains from scratch.
+  config.init_checkpoint = ''
+
+  config.data = data_default_config()
+  config.data.source = 'tfds'
+  config.data.name = 'cifar10'
+  # 0 keeps the dataset's image size; ViT resizes to 224 inside the jitted step.
+  config.image_size = 0
+  config.crop_padding = 4
+  config.flip = True
+
+  config.batch_size = 128  # global, across all devices and hosts
+  config.eval_batch_size = 500
+  config.num_epochs = 30
+  config.num_train_steps = -1  # > 0 overrides num_epochs (tests, smoke runs)
+
+  config.optimizer = 'sgd'  # sgd | adam | adamw
+  config.learning_rate = 0.1
+  config.momentum = 0.9
+  config.nesterov = False
+  config.weight_decay = 5e-4  # L2 added to the gradient (sgd, adam) or decoupled (adamw)
+  config.schedule = 'cosine'  # cosine | constant
+  config.warmup_epochs = 1.0
+  config.label_smoothing = 0.0
+  config.grad_clip_norm = 0.0  # 0 disables
+
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3
+
+  config.dynamics = dynamics_default_config()
+  return config

@@ -1,0 +1,236 @@
+"""Metastability: Kuramoto order parameter of the taps' Hilbert phases.
+
+Definition (DESIGN.md section 3.3), for tap series x[l, 0..N-1]:
+
+1. preprocess each row: 'detrend' (remove the least-squares line; default), 'demean', or 'diff'
+   (first difference, N-1 samples), then z-score (ddof 0);
+2. analytic signal by the FFT Hilbert transform, identical to ``scipy.signal.hilbert`` along
+   time; phase phi[l, t] = its angle;
+3. R(t) = | mean over l of exp(i phi[l, t]) |, in [0, 1];
+4. synchrony = mean over t of R(t); metastability = std over t of R(t) (ddof 0), optionally after
+   dropping ``edge`` samples at each end (Hilbert edge effects).
+
+All functions are pure ``jnp`` with time on the LAST axis (taps on the one before it), so they
+compose with ``jax.jit`` (string/int options static) and ``jax.vmap``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+  'PREPROCESS_METHODS',
+  'hilbert',
+  'preprocess',
+  'kuramoto_order',
+  'synchrony',
+  'metastability',
+]
+
+PREPROCESS_METHODS = ('detrend', 'demean', 'diff')
+
+# A row whose preprocessed spread is within a few ulps of its raw magnitude is constant up to
+# roundoff (e.g. a float32 constant whose mean does not round back to itself, or an exact line
+# under 'detrend'); z-scoring it would blow roundoff up into a unit-variance signal.
+_CONSTANT_ULPS = 4
+
+
+def _as_real_float(x, what: str) -> jax.Array:
+  x = jnp.asarray(x)
+  if jnp.issubdtype(x.dtype, jnp.complexfloating):
+    raise ValueError(f'{what} needs a real-valued signal, got dtype {x.dtype}.')
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    x = x.astype(jnp.result_type(float))
+  return x
+
+
+def hilbert(x) -> jax.Array:
+  """Analytic signal x + i H[x] along the last axis, as ``scipy.signal.hilbert``.
+
+  FFT, keep DC (and Nyquist for even N) once, double the positive frequencies, zero the
+  negative ones, inverse FFT.
+
+  Args:
+    x: f[..., N], real.
+
+  Returns:
+    complex[..., N] (complex64 for float32 input, complex128 for float64).
+  """
+  x = _as_real_float(x, 'hilbert')
+  if x.shape[-1] < 1:
+    raise ValueError('hilbert needs at least one sample along the last axis.')
+  return _hilbert(x)
+
+
+@jax.jit
+def _hilbert(x: jax.Array) -> jax.Array:
+  n = x.shape[-1]
+  h = np.zeros(n)
+  if n % 2 == 0:
+    h[0] = h[n // 2] = 1.0
+    h[1 : n // 2] = 2.0
+  else:
+    h[0] = 1.0
+    h[1 : (n + 1) // 2] = 2.0
+  spectrum = jnp.fft.fft(x, axis=-1)
+  return jnp.fft.ifft(spectrum * jnp.asarray(h, dtype=x.dtype), axis=-1)
+
+
+def _check_method(method: str) -> None:
+  if method not in PREPROCESS_METHODS:
+    raise ValueError(
+      f'dynamics.phase_preprocess must be one of {PREPROCESS_METHODS}, got {method!r}.'
+    )
+
+
+def preprocess(x, method: str = 'detrend') -> jax.Array:
+  """Per-row preprocessing before phase extraction, then z-score over time (ddof 0).
+
+  'detrend': subtract the least-squares line in t = 0..N-1; 'demean': subtract the mean;
+  'diff': first difference x[t+1] - x[t]. Rows that are constant after this step (up to
+  roundoff) become zeros rather than NaN.
+
+  Args:
+    x: f[..., N].
+    method: 'detrend' | 'demean' | 'diff' (static).
+
+  Returns:
+    f[..., N] ('detrend', 'demean') or f[..., N-1] ('diff').
+  """
+  _check_method(method)
+  x = _as_real_float(x, 'preprocess')
+  _check_length(x, method)
+  return _preprocess_rows(x, method)
+
+
+# Each public function compiles once per (shape, options): eager op-by-op dispatch of these
+# small graphs costs far more than the math.
+@functools.partial(jax.jit, static_argnums=1)
+def _preprocess_rows(x: jax.Array, method: str) -> jax.Array:
+  n = x.shape[-1]
+  if method == 'diff':
+    r = jnp.diff(x, axis=-1)
+  else:
+    r = x - jnp.mean(x, axis=-1, keepdims=True)
+    if method == 'detrend':
+      tc = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
+      tcj = jnp.asarray(tc, dtype=x.dtype)
+      # tc sums to zero, so the slope needs no centring of x and the line through the
+      # means is removed by subtracting slope * tc from the demeaned row.
+      slope = jnp.sum(r * tcj, axis=-1, keepdims=True) / float(np.sum(tc * tc))
+      r = r - slope * tcj
+  rc = r - jnp.mean(r, axis=-1, keepdims=True)
+  sd = jnp.sqrt(jnp.mean(jnp.square(rc), axis=-1, keepdims=True))
+  scale = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
+  constant = sd <= _CONSTANT_ULPS * jnp.finfo(x.dtype).eps * scale
+  return jnp.where(constant, 0, rc / jnp.where(constant, 1, sd))
+
+
+def kuramoto_order(x, preprocess: str = 'detrend') -> jax.Array:
+  """Kuramoto order parameter R(t) = |mean over taps of exp(i phi[l, t])|.
+
+  phi = angle(hilbert(preprocess(x))). A row that is zero after preprocessing (a constant tap)
+  has phase 0 by the ``angle(0) == 0`` convention, as with numpy/scipy.
+
+  Args:
+    x: f[..., L, N], L taps, time on the last axis.
+    preprocess: 'detrend' | 'demean' | 'diff' (static).
+
+  Returns:
+    f[..., N'] in [0, 1], N' = N (N - 1 for 'diff').
+  """
+  _check_method(preprocess)
+  x = _as_real_float(x, 'kuramoto_order')
+  if x.ndim < 2:
+    raise ValueError(f'kuramoto_order expects taps x time, f[..., L, N]; got shape {x.shape}.')
+  _check_length(x, preprocess)
+  return _kuramoto(x, preprocess)
+
+
+def _check_length(x: jax.Array, method: str) -> None:
+  min_len = 3 if method == 'diff' else 2
+  if x.shape[-1] < min_len:
+    raise ValueError(
+      f'dynamics.phase_preprocess={method!r} needs at least {min_len} samples, '
+      f'got {x.shape[-1]}.'
+    )
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _kuramoto(x: jax.Array, method: str) -> jax.Array:
+  a = _hilbert(_preprocess_rows(x, method))
+  # exp(i * angle(a)) computed as a / |a|: no atan2/cos/sin; angle(0) == 0 gives phasor 1.
+  mag = jnp.abs(a)
+  unit = jnp.where(mag > 0, a / jnp.where(mag > 0, mag, 1), 1)
+  return jnp.abs(jnp.mean(unit, axis=-2))
+
+
+def _validate_trim(x, preprocess: str, edge: int) -> jax.Array:
+  _check_method(preprocess)
+  x = _as_real_float(x, 'synchrony/metastability')
+  if x.ndim < 2:
+    raise ValueError(f'expected taps x time, f[..., L, N]; got shape {x.shape}.')
+  _check_length(x, preprocess)
+  if isinstance(edge, bool) or not isinstance(edge, (int, np.integer)) or edge < 0:
+    raise ValueError(
+      f'dynamics.phase_edge must be a non-negative integer (samples dropped at each end), '
+      f'got {edge!r}.'
+    )
+  n = x.shape[-1] - (1 if preprocess == 'diff' else 0)
+  if 2 * edge >= n:
+    raise ValueError(
+      f'dynamics.phase_edge={edge} drops {2 * edge} of {n} samples of R(t); '
+      f'need 2 * phase_edge < {n}.'
+    )
+  return x
+
+
+def _trimmed_order(x: jax.Array, preprocess: str, edge: int) -> jax.Array:
+  r = _kuramoto(x, preprocess)
+  return r[..., edge : r.shape[-1] - edge]
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _synchrony(x: jax.Array, preprocess: str, edge: int) -> jax.Array:
+  return jnp.mean(_trimmed_order(x, preprocess, edge), axis=-1)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _metastability(x: jax.Array, preprocess: str, edge: int) -> jax.Array:
+  return jnp.std(_trimmed_order(x, preprocess, edge), axis=-1)
+
+
+def synchrony(x, preprocess: str = 'detrend', edge: int = 0) -> jax.Array:
+  """Synchrony: mean over t of R(t) (``kuramoto_order``), after dropping ``edge`` samples at
+  each end.
+
+  Args:
+    x: f[..., L, N].
+    preprocess: 'detrend' | 'demean' | 'diff' (static).
+    edge: static int >= 0 with 2 * edge < N'.
+
+  Returns:
+    f[...].
+  """
+  x = _validate_trim(x, preprocess, edge)
+  return _synchrony(x, preprocess, int(edge))
+
+
+def metastability(x, preprocess: str = 'detrend', edge: int = 0) -> jax.Array:
+  """Metastability: standard deviation over t (ddof 0) of R(t) (``kuramoto_order``), after
+  dropping ``edge`` samples at each end.
+
+  Args:
+    x: f[..., L, N].
+    preprocess: 'detrend' | 'demean' | 'diff' (static).
+    edge: static int >= 0 with 2 * edge < N'.
+
+  Returns:
+    f[...].
+  """
+  x = _validate_trim(x, preprocess, edge)
+  return _metastability(x, preprocess, int(edge))

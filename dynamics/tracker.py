@@ -1,0 +1,291 @@
+"""The dynamics tracker: init / record / summarize, optax style, living in the train state.
+
+Two sources of layer signals (DESIGN 3.1):
+
+* step mode: `record_step` runs inside the jitted train step. It reduces the taps of the
+  training forward pass to signals f32[S], writes them into a run-long series f32[S, steps]
+  (so a checkpoint holds the whole history), and every `every_steps` steps, once `window`
+  samples exist, computes the window metrics with `vmap`-style batching over signals under a
+  `lax.cond` (no retracing, nothing computed over unfilled samples).
+* probe (epoch) mode: `record_probe` runs at the end of every epoch on a fixed probe batch in
+  inference mode and computes the metrics over the whole history (expanding) and over the
+  last `sliding_epochs` samples. The history length is a static shape, so this small function
+  compiles once per epoch; `probe_update` keeps those compilations cached.
+
+The state is a flat dict of arrays, so it checkpoints with the rest of the train state and
+gains a leading replica axis under `vmap` when several seeds train together.
+"""
+
+import functools
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dynamics import dfa, phase, signals, stability
+
+State = Dict[str, jnp.ndarray]
+METRICS = ('integration', 'metastability', 'synchrony', 'dsi')
+
+
+class MetricSpec(NamedTuple):
+  """The static (hashable) part of the dynamics config that defines the metrics."""
+  dfa_order: int = 1
+  integration_method: str = 'per_layer_mean'
+  phase_preprocess: str = 'detrend'
+  phase_edge: int = 0
+  dsi_form: str = 'product'
+  dsi_w_integration: float = 1.0
+  dsi_w_metastability: float = 1.0
+
+  @classmethod
+  def from_config(cls, dcfg) -> 'MetricSpec':
+    return cls(**{field: dcfg[field] for field in cls._fields})
+
+
+def resolve_scales(dcfg, n: int, strict: bool = False) -> Optional[Tuple[int, ...]]:
+  """The DFA scales for a series of n samples, or None when n is too short for them.
+
+  With strict=True a too-short series is a config error (used for the fixed step window).
+  """
+  try:
+    if dcfg.dfa_scales:
+      try:
+        scales = tuple(sorted({int(s) for s in str(dcfg.dfa_scales).split(',') if s.strip()}))
+      except ValueError:
+        raise ValueError(f'dynamics.dfa_scales={dcfg.dfa_scales!r} must be comma-separated '
+                         'integers, e.g. "4,8,16,32", or empty for the default grid.') from None
+      dfa.validate_scales(scales, n)
+      return scales
+    return dfa.default_scales(n, dcfg.dfa_min_scale, dcfg.dfa_max_divisor, dcfg.dfa_num_scales)
+  except ValueError:
+    if strict:
+      raise
+    return None
+
+
+def min_phase_samples(spec: MetricSpec) -> int:
+  """Shortest history on which the phase metrics are defined (3 samples after trimming)."""
+  return 3 + 2 * spec.phase_edge + (1 if spec.phase_preprocess == 'diff' else 0)
+
+
+def compute_metrics(x: jnp.ndarray, spec: MetricSpec,
+                    scales: Optional[Tuple[int, ...]]) -> Dict[str, jnp.ndarray]:
+  """x: f[..., S, N] -> integration, metastability, synchrony, dsi f[...], alphas f[..., S].
+
+  Entries that the history cannot define yet (too short for the scales or the Hilbert
+  transform) are NaN. The same function serves step mode, probe mode and offline ablation.
+  """
+  batch = x.shape[:-2]
+  nan = jnp.full(batch, jnp.nan, x.dtype)
+  if scales is None:
+    alphas = jnp.full(x.shape[:-1], jnp.nan, x.dtype)
+    integration = nan
+  else:
+    alphas = dfa.dfa_exponent(x, scales, spec.dfa_order)
+    integration = dfa.integration(x, scales, spec.dfa_order, spec.integration_method)
+  if x.shape[-1] >= min_phase_samples(spec):
+    sync = phase.synchrony(x, spec.phase_preprocess, spec.phase_edge)
+    meta = phase.metastability(x, spec.phase_preprocess, spec.phase_edge)
+  else:
+    sync = meta = nan
+  dsi = stability.stability_index(integration, meta, spec.dsi_form, spec.dsi_w_integration,
+                                  spec.dsi_w_metastability)
+  return dict(integration=integration, metastability=meta, synchrony=sync, dsi=dsi,
+              alphas=alphas)
+
+
+class Tracker(NamedTuple):
+  """Pure functions over the tracker state; build with `make_tracker`."""
+  init: Callable[[], State]
+  record_step: Callable[[State, Dict[str, jnp.ndarray], jnp.ndarray],
+                        Tuple[State, Dict[str, jnp.ndarray]]]
+  reduce: Callable[[Dict[str, jnp.ndarray]], jnp.ndarray]
+  probe_update: Callable[[State, jnp.ndarray], State]
+  summarize_step: Callable[[Dict[str, Any]], Dict[str, float]]
+  summarize_probe: Callable[[State], Tuple[Dict[str, float], Dict[str, np.ndarray]]]
+  export: Callable[[State], Dict[str, np.ndarray]]
+  signal_names: Sequence[str]
+  tap_names: Sequence[str]
+
+
+def make_tracker(dcfg, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: int,
+                 num_epochs: int) -> Tracker:
+  """dcfg: config.dynamics; tap_shapes: {tap: shape} from jax.eval_shape of the model."""
+  spec = MetricSpec.from_config(dcfg)
+  tap_names = sorted(tap_shapes)
+  kind, k = signals.parse_reduction(dcfg.reduction)
+  projections = (signals.make_projections([tap_shapes[t][-1] for t in tap_names], k,
+                                          dcfg.projection_seed) if kind == 'proj' else [])
+  names = signals.signal_names(tap_names, dcfg.reduction)
+  num_signals = len(names)
+  window, every = int(dcfg.window), int(dcfg.every_steps)
+  step_scales = resolve_scales(dcfg, window, strict=True) if dcfg.step_mode else None
+  vol_steps, vol_epochs = int(dcfg.volatility_window_steps), int(dcfg.volatility_window_epochs)
+  num_epochs = max(int(num_epochs), 1)
+  # The step buffers hold the whole run; at least one window so the slice below is valid
+  # (a run shorter than the window simply never computes step metrics).
+  capacity = max(int(num_steps), window) if dcfg.step_mode else 0
+
+  def reduce(taps):
+    return signals.reduce_taps(taps, dcfg.reduction, projections)
+
+  def init() -> State:
+    f32 = jnp.float32
+    nan_steps = jnp.full((capacity,), jnp.nan, f32)
+    nan_epochs = jnp.full((num_epochs,), jnp.nan, f32)
+    state = {}
+    if dcfg.step_mode:
+      state.update(
+          step_signals=jnp.zeros((num_signals, capacity), f32),
+          step_alphas=jnp.full((num_signals,), jnp.nan, f32),
+          step_vol_max=jnp.zeros((), f32),
+          step_streak=jnp.zeros((), jnp.int32),
+          step_streak_start=jnp.full((), -1, jnp.int32),
+          step_convergence=jnp.full((), -1, jnp.int32),
+          **{f'step_{m}': nan_steps for m in METRICS + ('dsi_volatility',)})
+    if dcfg.probe_mode:
+      state.update(
+          probe_signals=jnp.zeros((num_signals, num_epochs), f32),
+          probe_count=jnp.zeros((), jnp.int32),
+          probe_alphas=jnp.full((num_signals,), jnp.nan, f32),
+          **{f'probe_{h}{m}': nan_epochs
+             for h in ('', 'sliding_') for m in METRICS + ('dsi_volatility',)},
+          probe_convergence=jnp.full((), -1, jnp.int32),
+          probe_sliding_convergence=jnp.full((), -1, jnp.int32))
+    return state
+
+  def _window_metrics(window_signals):
+    return compute_metrics(window_signals, spec, step_scales)
+
+  def _skip(window_signals):
+    nan = jnp.full((), jnp.nan, jnp.float32)
+    return dict(integration=nan, metastability=nan, synchrony=nan, dsi=nan,
+                alphas=jnp.full((num_signals,), jnp.nan, jnp.float32))
+
+  def record_step(state: State, taps, step) -> Tuple[State, Dict[str, jnp.ndarray]]:
+    """Inside the train step: append this step's signals; maybe compute the window metrics."""
+    if not dcfg.step_mode:
+      return state, {}
+    state = dict(state)
+    step = jnp.asarray(step, jnp.int32)
+    index = jnp.minimum(step, capacity - 1)
+    sig = reduce(taps)
+    state['step_signals'] = jax.lax.dynamic_update_slice(
+        state['step_signals'], sig[:, None], (0, index))
+    due = (step + 1 >= window) & ((step + 1) % every == 0) & (step < num_steps)
+    start = jnp.maximum(index - window + 1, 0)
+    window_signals = jax.lax.dynamic_slice(state['step_signals'], (0, start),
+                                           (num_signals, window))
+    m = jax.lax.cond(due, _window_metrics, _skip, window_signals)
+    for name in METRICS:
+      state[f'step_{name}'] = state[f'step_{name}'].at[index].set(
+          jnp.where(due, m[name], state[f'step_{name}'][index]))
+    state['step_alphas'] = jnp.where(due, m['alphas'], state['step_alphas'])
+    # Volatility over the last `vol_steps` computed DSI values (every `every` steps).
+    back = index - every * jnp.arange(vol_steps - 1, -1, -1)
+    history = state['step_dsi'][jnp.clip(back, 0)]
+    complete = jnp.all(back >= 0) & jnp.all(jnp.isfinite(history))
+    vol = jnp.where(due & complete, jnp.std(history), jnp.nan)
+    state['step_dsi_volatility'] = state['step_dsi_volatility'].at[index].set(
+        jnp.where(due, vol, state['step_dsi_volatility'][index]))
+    # Online form of stability.convergence_signal over the computed samples.
+    finite = due & jnp.isfinite(vol)
+    vol_max = jnp.where(finite, jnp.maximum(state['step_vol_max'], vol), state['step_vol_max'])
+    quiet = (finite & (step >= dcfg.convergence_warmup_steps) & (vol_max > 0)
+             & (vol <= dcfg.convergence_rho * vol_max))
+    streak = jnp.where(due, jnp.where(quiet, state['step_streak'] + 1, 0), state['step_streak'])
+    streak_start = jnp.where(due & quiet & (state['step_streak'] == 0), step,
+                             state['step_streak_start'])
+    fired = (state['step_convergence'] < 0) & (streak >= dcfg.convergence_patience)
+    state.update(step_vol_max=vol_max, step_streak=streak, step_streak_start=streak_start,
+                 step_convergence=jnp.where(fired, streak_start, state['step_convergence']))
+    out = {f'dynamics/{name}': m[name] for name in METRICS}
+    out['dynamics/dsi_volatility'] = vol
+    out['dynamics/convergence_step'] = state['step_convergence']
+    return state, out
+
+  def summarize_step(fetched: Dict[str, Any]) -> Dict[str, float]:
+    """Host side: the finite step-mode scalars of one step's fetched metrics."""
+    out = {}
+    for key, value in fetched.items():
+      if not key.startswith('dynamics/'):
+        continue
+      value = float(value)
+      if key == 'dynamics/convergence_step':
+        if value >= 0:
+          out[key] = value
+      elif np.isfinite(value):
+        out[key] = value
+    return out
+
+  @functools.partial(jax.jit, static_argnums=2)
+  def _probe_update(state: State, sig: jnp.ndarray, count: int) -> State:
+    state = dict(state)
+    index = count - 1
+    state['probe_signals'] = state['probe_signals'].at[:, index].set(sig)
+    state['probe_count'] = jnp.asarray(count, jnp.int32)
+    full = state['probe_signals'][:, :count]
+    sliding = full[:, max(0, count - int(dcfg.sliding_epochs)):]
+    for prefix, hist in (('probe_', full), ('probe_sliding_', sliding)):
+      m = compute_metrics(hist, spec, resolve_scales(dcfg, hist.shape[-1]))
+      for name in METRICS:
+        state[prefix + name] = state[prefix + name].at[index].set(m[name])
+      if prefix == 'probe_':
+        state['probe_alphas'] = m['alphas']
+      dsi_series = state[prefix + 'dsi'][:count]
+      vol = stability.rolling_volatility(dsi_series, vol_epochs) if count >= vol_epochs else (
+          jnp.full((count,), jnp.nan, jnp.float32))
+      state[prefix + 'dsi_volatility'] = state[prefix + 'dsi_volatility'].at[:count].set(vol)
+      state[prefix + 'convergence'] = stability.convergence_signal(
+          vol, dcfg.convergence_rho, dcfg.convergence_patience,
+          dcfg.convergence_warmup_epochs).astype(jnp.int32)
+    return state
+
+  def probe_update(state: State, sig: jnp.ndarray) -> State:
+    """At the end of an epoch: append the probe signals f32[S] and recompute the metrics."""
+    count = int(state['probe_count']) + 1
+    if count > num_epochs:
+      raise ValueError(f'More probe samples ({count}) than epochs ({num_epochs}).')
+    return _probe_update(state, sig, count)
+
+  def summarize_probe(state: State) -> Tuple[Dict[str, float], Dict[str, np.ndarray]]:
+    """Host side: scalars and per-tap alphas of the latest probe sample."""
+    index = int(state['probe_count']) - 1
+    scalars = {}
+    for prefix, label in (('probe_', 'dynamics_epoch'), ('probe_sliding_', 'dynamics_epoch_sliding')):
+      for name in METRICS + ('dsi_volatility',):
+        value = float(state[prefix + name][index])
+        if np.isfinite(value):
+          scalars[f'{label}/{name}'] = value
+      epoch = int(state[prefix + 'convergence'])
+      if epoch >= 0:
+        scalars[f'{label}/convergence_epoch'] = float(epoch + 1)
+    alphas = np.asarray(state['probe_alphas'])
+    hists = {'dynamics_epoch/alpha': alphas} if np.isfinite(alphas).any() else {}
+    return scalars, hists
+
+  def export(state: State) -> Dict[str, np.ndarray]:
+    """Everything needed to recompute the metrics offline (written to dynamics.npz)."""
+    out = {k: np.asarray(v) for k, v in state.items()}
+    series = ('signals',) + METRICS + ('dsi_volatility',)
+    if 'step_signals' in out:
+      for key in series:
+        out[f'step_{key}'] = out[f'step_{key}'][..., :num_steps]
+    if 'probe_count' in out:
+      count = int(out['probe_count'])
+      for key in [f'probe_{k}' for k in series] + [f'probe_sliding_{k}' for k in series[1:]]:
+        out[key] = out[key][..., :count]
+    out['tap_names'] = np.asarray(tap_names)
+    out['signal_names'] = np.asarray(names)
+    for index, p in enumerate(projections):
+      out[f'projection_{index:02d}'] = p
+    if step_scales is not None:
+      out['step_scales'] = np.asarray(step_scales)
+      out['step_window'] = np.asarray(window)
+    return out
+
+  return Tracker(init=init, record_step=record_step, reduce=reduce, probe_update=probe_update,
+                 summarize_step=summarize_step, summarize_probe=summarize_probe, export=export,
+                 signal_names=names, tap_names=tap_names)

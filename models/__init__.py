@@ -1,0 +1,48 @@
+"""Model registry: ``models.get(name, num_classes, **variant)``.
+
+Each family lives in its own file and exports ``VARIANTS`` (name -> constructor); adding a
+family is that file plus one line below. Every model maps ``x: f[B, H, W, 3]`` (normalised)
+and ``train: bool`` to ``(logits f[B, num_classes], taps)``; see models/taps.py.
+"""
+
+from models import densenet
+from models import mobilenetv2
+from models import resnet
+from models import vgg
+from models import vit
+from models import vit_checkpoint
+
+_REGISTRY = {
+    **resnet.VARIANTS,
+    **vgg.VARIANTS,
+    **densenet.VARIANTS,
+    **mobilenetv2.VARIANTS,
+    **vit.VARIANTS,
+}
+
+
+# Families with a pretrained-weights loader: name prefix -> load(params, path) -> params.
+_PRETRAINED_LOADERS = {
+    'vit': vit_checkpoint.load_pretrained,
+}
+
+
+def names():
+  return sorted(_REGISTRY)
+
+
+def get(name: str, num_classes: int, **variant):
+  """Builds the named model; ``variant`` overrides module fields (e.g. ``width=32``)."""
+  if name not in _REGISTRY:
+    raise ValueError(f'Unknown model {name!r} (config field `model`); '
+                     f'available: {", ".join(names())}.')
+  return _REGISTRY[name](num_classes=num_classes, **variant)
+
+
+def load_pretrained(name: str, params, path: str):
+  """Loads `path` into `params` (freshly initialised) for model `name` (config init_checkpoint)."""
+  for prefix, loader in _PRETRAINED_LOADERS.items():
+    if name.startswith(prefix):
+      return loader(params, path)
+  raise ValueError(f'init_checkpoint is set but model {name!r} has no pretrained loader; '
+                   f'models with one: {", ".join(p + "*" for p in _PRETRAINED_LOADERS)}.')

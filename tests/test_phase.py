@@ -1,0 +1,194 @@
+"""Kuramoto phase metrics against an independent float64 numpy/scipy reference and known answers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.signal
+
+from dynamics import phase
+
+# --------------------------------------------------------------------------- references
+
+
+def ref_preprocess(x, method):
+  x = np.asarray(x, dtype=np.float64)
+  if method == 'detrend':
+    r = scipy.signal.detrend(x, axis=-1, type='linear')
+  elif method == 'demean':
+    r = x - x.mean(axis=-1, keepdims=True)
+  else:
+    r = np.diff(x, axis=-1)
+  sd = r.std(axis=-1, keepdims=True)
+  return np.divide(r - r.mean(axis=-1, keepdims=True), sd, out=np.zeros_like(r), where=sd > 0)
+
+
+def ref_order(x, method):
+  phi = np.angle(scipy.signal.hilbert(ref_preprocess(x, method), axis=-1))
+  return np.abs(np.exp(1j * phi).mean(axis=-2))
+
+
+def ref_sync_meta(x, method, edge):
+  r = ref_order(x, method)
+  r = r[..., edge : r.shape[-1] - edge]
+  return r.mean(axis=-1), r.std(axis=-1)
+
+
+@pytest.fixture
+def x64():
+  with jax.enable_x64(True):
+    yield
+
+
+# --------------------------------------------------------------------------- hilbert
+
+
+@pytest.mark.parametrize('shape', [(64,), (3, 101), (2, 3, 512), (1,), (2,)])
+def test_hilbert_matches_scipy(shape):
+  x = np.random.default_rng(sum(shape)).standard_normal(shape)
+  want = scipy.signal.hilbert(x, axis=-1)
+  with jax.enable_x64(True):
+    got = phase.hilbert(jnp.asarray(x))
+    assert got.dtype == jnp.complex128
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
+  got32 = phase.hilbert(x.astype(np.float32))
+  assert got32.dtype == jnp.complex64
+  np.testing.assert_allclose(got32, want, atol=1e-4 * np.abs(want).max())
+
+
+# --------------------------------------------------------------------------- reference agreement
+
+
+@pytest.mark.parametrize('method', ['detrend', 'demean', 'diff'])
+def test_preprocess_matches_reference(x64, method):
+  rng = np.random.default_rng(1)
+  x = rng.standard_normal((3, 101)) + np.linspace(0, 5, 101) * rng.standard_normal((3, 1))
+  got = phase.preprocess(jnp.asarray(x), method)
+  assert got.shape == (3, 100 if method == 'diff' else 101)
+  np.testing.assert_allclose(got, ref_preprocess(x, method), rtol=1e-6, atol=1e-9)
+
+
+CASES = [
+  ((4, 64), 'detrend', 0),
+  ((3, 101), 'demean', 5),
+  ((2, 5, 512), 'detrend', 32),
+  ((3, 101), 'diff', 3),
+]
+
+
+def _all_metrics(x, method, edge):
+  # One outer jit per case: one compilation instead of three, and it exercises jit-ability.
+  return jax.jit(
+    lambda v: (
+      phase.kuramoto_order(v, method),
+      phase.synchrony(v, method, edge),
+      phase.metastability(v, method, edge),
+    )
+  )(x)
+
+
+@pytest.mark.parametrize('shape, method, edge', CASES)
+def test_metrics_match_reference_float64(x64, shape, method, edge):
+  rng = np.random.default_rng(shape[-1])
+  # Random walks plus a trend: strongly non-stationary rows, like layer activations in training.
+  x = np.cumsum(rng.standard_normal(shape), axis=-1) + 0.05 * np.arange(shape[-1])
+  r, sync, meta = _all_metrics(jnp.asarray(x), method, edge)
+  assert r.dtype == jnp.float64
+  np.testing.assert_allclose(r, ref_order(x, method), atol=1e-6)
+  want_sync, want_meta = ref_sync_meta(x, method, edge)
+  np.testing.assert_allclose(sync, want_sync, atol=1e-6)
+  np.testing.assert_allclose(meta, want_meta, atol=1e-6)
+
+
+@pytest.mark.parametrize('shape, method, edge', CASES)
+def test_metrics_match_reference_float32(shape, method, edge):
+  rng = np.random.default_rng(shape[-1] + 1)
+  x = (np.cumsum(rng.standard_normal(shape), axis=-1) + 3.0).astype(np.float32)
+  r, sync, meta = _all_metrics(x, method, edge)
+  assert r.dtype == jnp.float32
+  # R lies in [0, 1], so absolute tolerances are the meaningful ones.
+  np.testing.assert_allclose(r, ref_order(x, method), atol=1e-4)
+  want_sync, want_meta = ref_sync_meta(x, method, edge)
+  np.testing.assert_allclose(sync, want_sync, atol=1e-4)
+  np.testing.assert_allclose(meta, want_meta, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- known answers
+
+
+@pytest.mark.parametrize('method', ['detrend', 'demean', 'diff'])
+def test_phase_locked_taps_give_r_one(method):
+  # Identical phase, different amplitudes, offsets and linear drifts: after preprocessing every
+  # row is the same z-scored signal ('diff' and 'demean' leave the drift in, so it is only added
+  # for 'detrend').
+  n, taps = 256, 6
+  rng = np.random.default_rng(2)
+  t = np.arange(n)
+  carrier = np.sin(2 * np.pi * 0.037 * t + 0.4)
+  drift = rng.standard_normal((taps, 1)) * t / n if method == 'detrend' else 0.0
+  x = rng.uniform(0.5, 3.0, (taps, 1)) * carrier + rng.normal(0, 5, (taps, 1)) + drift
+  r, sync, meta = _all_metrics(x.astype(np.float32), method, 0)
+  np.testing.assert_allclose(r, 1.0, atol=1e-5)
+  np.testing.assert_allclose(sync, 1.0, atol=1e-5)
+  assert float(meta) < 1e-5
+
+
+@pytest.mark.parametrize('signal', ['sinusoids', 'noise'])
+def test_independent_phases_give_low_synchrony(signal):
+  taps, n = 64, 512
+  rng = np.random.default_rng(3)
+  t = np.arange(n)
+  if signal == 'sinusoids':
+    freq = rng.uniform(0.01, 0.2, (taps, 1))
+    x = np.sin(2 * np.pi * freq * t + rng.uniform(0, 2 * np.pi, (taps, 1)))
+  else:
+    x = rng.standard_normal((taps, n))
+  sync = float(phase.synchrony(x.astype(np.float32), edge=16))
+  # |mean of L independent unit phasors| has mean ~ sqrt(pi / (4 L)); 3 / sqrt(L) is far above.
+  assert sync < 3 / np.sqrt(taps)
+
+
+def test_constant_tap_is_zeros_not_nan():
+  rng = np.random.default_rng(4)
+  x = rng.standard_normal((3, 64)).astype(np.float32)
+  x[1] = 0.1  # its float32 mean does not round back to 0.1 exactly
+  x[2] = 2.0 + 0.5 * np.arange(64, dtype=np.float32)  # an exact line: constant after detrending
+  z = np.asarray(phase.preprocess(x, 'detrend'))
+  assert np.all(z[1:] == 0)
+  assert np.all(np.isfinite(phase.kuramoto_order(x)))
+  assert np.all(np.asarray(phase.preprocess(x, 'demean'))[1] == 0)
+  assert np.all(np.asarray(phase.preprocess(x, 'diff'))[1] == 0)
+
+
+# --------------------------------------------------------------------------- transforms
+
+
+def test_vmap_over_batch_and_jit_match_loop():
+  x = jnp.asarray(np.random.default_rng(5).standard_normal((3, 4, 100)), jnp.float32)
+  loop = jnp.stack([phase.metastability(b, 'detrend', 4) for b in x])
+  vm = jax.vmap(lambda b: phase.metastability(b, 'detrend', 4))(x)
+  jt = jax.jit(phase.metastability, static_argnums=(1, 2))(x, 'detrend', 4)
+  np.testing.assert_allclose(vm, loop, atol=1e-6)
+  np.testing.assert_allclose(jt, loop, atol=1e-6)
+  # vmap over taps of the per-row transform equals the row loop
+  hv = jax.vmap(phase.hilbert)(x[0])
+  np.testing.assert_allclose(hv, jnp.stack([phase.hilbert(row) for row in x[0]]), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- bad arguments
+
+
+def test_invalid_arguments_name_the_field():
+  x = np.zeros((2, 16), np.float32)
+  with pytest.raises(ValueError, match='dynamics.phase_preprocess.*detrend'):
+    phase.kuramoto_order(x, 'hp_filter')
+  with pytest.raises(ValueError, match='dynamics.phase_preprocess'):
+    phase.preprocess(x, 'none')
+  with pytest.raises(ValueError, match='dynamics.phase_edge'):
+    phase.synchrony(x, edge=8)
+  with pytest.raises(ValueError, match='dynamics.phase_edge'):
+    phase.metastability(x, 'diff', edge=-1)
+  with pytest.raises(ValueError, match='dynamics.phase_edge'):
+    phase.metastability(x, 'diff', edge=1.5)
+  with pytest.raises(ValueError, match=r"\[\.\.\., L, N\]"):
+    phase.kuramoto_order(np.zeros(16))

@@ -1,0 +1,1 @@
+"""Training: optimiser, train state, the jitted steps, checkpoints, writers and the loop."""
