@@ -59,6 +59,7 @@ _DEFAULTS = dict(
     tfds_data_dir="",
     cache_dir="",
     train_subset=0,
+    test_subset=0,
     seed=0,
     num_classes=10,
     train_size=2048,
@@ -78,7 +79,8 @@ def default_config():
     tfds_data_dir: TFDS data dir; '' = TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR).
     cache_dir: where decoded image-folder arrays are cached; '' = ~/.cache/dynamics_data.
     train_subset: 0 = the whole training split; k > 0 = a class-balanced subset of k examples
-      drawn with `seed` (the test split is never subset).
+      drawn with `seed`.
+    test_subset: the same for the test split (0 = all of it), for quicker CPU-scale runs.
     seed: seeds the synthetic generator and the subset draw (not the epoch order: that is the
       train loop's seed, passed to TrainBatches).
     num_classes, train_size, test_size, image_size: the synthetic source's shape.
@@ -286,5 +288,11 @@ def load(cfg: Any) -> Dataset:
   if subset:
     idx = class_balanced_subset(train_labels, subset, seed, len(class_names))
     train_images, train_labels = train_images[idx], train_labels[idx]
+  test_subset = int(_get(cfg, "test_subset"))
+  if test_subset < 0:
+    raise ValueError(f"data.test_subset={test_subset} must be >= 0 (0 = the whole test split).")
+  if test_subset:
+    idx = class_balanced_subset(test_labels, test_subset, seed, len(class_names))
+    test_images, test_labels = test_images[idx], test_labels[idx]
   return Dataset.from_arrays(name, train_images, train_labels, test_images, test_labels,
                              class_names)

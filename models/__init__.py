@@ -36,7 +36,13 @@ def get(name: str, num_classes: int, **variant):
   if name not in _REGISTRY:
     raise ValueError(f'Unknown model {name!r} (config field `model`); '
                      f'available: {", ".join(names())}.')
-  return _REGISTRY[name](num_classes=num_classes, **variant)
+  constructor = _REGISTRY[name]
+  fields = set(getattr(constructor, 'func', constructor).__dataclass_fields__)
+  unknown = sorted(set(variant) - fields)
+  if unknown:
+    raise ValueError(f'Model {name!r} has no field(s) {", ".join(unknown)} (config field '
+                     f'`model_args`); its fields: {", ".join(sorted(fields - {"parent", "name"}))}.')
+  return constructor(num_classes=num_classes, **variant)
 
 
 def load_pretrained(name: str, params, path: str):

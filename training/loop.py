@@ -1,6 +1,7 @@
 """train_and_evaluate(config, workdir): the whole run, as the absl main and the tests call it."""
 
 import functools
+import json
 import logging as pylogging
 import math
 import os
@@ -83,8 +84,8 @@ def build(config, num_classes: int, image_shape, mean, std, steps_per_epoch: int
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P('data'))
   out_size = config.image_size or None
-  model = models.get(config.model, num_classes, dtype=jnp.dtype(config.dtype),
-                     **config.model_args)
+  model_args = {k: v for k, v in config.model_args.items() if v}
+  model = models.get(config.model, num_classes, dtype=jnp.dtype(config.dtype), **model_args)
   schedule = optim.make_schedule(config, steps_per_epoch, total_steps)
   tx = optim.make_optimizer(config, schedule)
   tracker = None
@@ -272,7 +273,15 @@ def train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None
     export['steps_per_epoch'] = np.asarray(steps_per_epoch)
     outputs['dynamics'] = os.path.abspath(os.path.join(workdir, 'dynamics.npz'))
     np.savez(outputs['dynamics'], **export)
-  logging.info('Training took %s.', _format_seconds(time.time() - t_start))
-  return {'final_step': int(jax.device_get(state.step)),
-          'eval_accuracy': eval_metrics.get('eval/accuracy'),
-          'eval_loss': eval_metrics.get('eval/loss'), 'state': state, 'outputs': outputs}
+  final_step = int(jax.device_get(state.step))
+  summary = {'final_step': final_step, 'total_steps': total_steps,
+             'finished': final_step >= total_steps,
+             'eval_accuracy': eval_metrics.get('eval/accuracy'),
+             'eval_loss': eval_metrics.get('eval/loss'),
+             'seconds': time.time() - t_start}
+  if jax.process_index() == 0 and summary['finished']:
+    # Written last: its presence marks a finished run (the sweep skips those).
+    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+      json.dump(summary, f, indent=2)
+  logging.info('Training took %s.', _format_seconds(summary['seconds']))
+  return dict(summary, state=state, outputs=outputs)
