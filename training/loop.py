@@ -279,9 +279,13 @@ def train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None
              'eval_accuracy': eval_metrics.get('eval/accuracy'),
              'eval_loss': eval_metrics.get('eval/loss'),
              'seconds': time.time() - t_start}
-  if jax.process_index() == 0 and summary['finished']:
+  summary_path = os.path.join(workdir, 'summary.json')
+  if start_step >= total_steps and os.path.exists(summary_path):
+    with open(summary_path) as f:  # a finished run restarted: nothing new to report
+      summary = json.load(f)
+  elif jax.process_index() == 0 and summary['finished']:
     # Written last: its presence marks a finished run (the sweep skips those).
-    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+    with open(summary_path, 'w') as f:
       json.dump(summary, f, indent=2)
   logging.info('Training took %s.', _format_seconds(summary['seconds']))
   return dict(summary, state=state, outputs=outputs)
