@@ -23,8 +23,8 @@ Per-family recipes (paper scale), with their sources:
 - Dynamics: the study's setting, probe mode at every epoch (expanding and sliding histories),
   plus step mode.
 
-scale=cpu is the CPU-sized reproduction used for results/: class-balanced subsets of 10,000
-training and 5,000 test images, slimmer models (ResNet-18/VGG-16 width 16, MobileNetV2 width 0.5,
+scale=cpu is the CPU-sized reproduction used for results/: class-balanced subsets of 8,000
+training and 2,000 test images (800 and 200 per class on CIFAR-10, 80 and 20 on CIFAR-100), slimmer models (ResNet-18/VGG-16 width 16, MobileNetV2 width 0.5,
 DenseNet growth 12), 16 epochs, and DFA scales from 3 to N//2 so that the short epoch history
 reaches three scales after 12 epochs instead of 24 (a documented deviation from the default
 scale grid).
@@ -65,8 +65,8 @@ def get_config(arg='model=resnet18,dataset=cifar10'):
     config.dtype = 'bfloat16'
 
   if args.scale == 'cpu':
-    config.data.train_subset = 10_000
-    config.data.test_subset = 5_000
+    config.data.train_subset = 8_000
+    config.data.test_subset = 2_000
     config.num_epochs = 16
     config.eval_batch_size = 500
     if args.model.startswith('resnet') or args.model == 'vgg16':

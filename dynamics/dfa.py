@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dynamics.arrays import as_real_float
+
 __all__ = [
   'INTEGRATION_METHODS',
   'default_scales',
@@ -36,15 +38,6 @@ __all__ = [
 ]
 
 INTEGRATION_METHODS = ('per_layer_mean', 'mean_field')
-
-
-def _as_float(x) -> jax.Array:
-  x = jnp.asarray(x)
-  if jnp.issubdtype(x.dtype, jnp.complexfloating):
-    raise ValueError(f'DFA needs a real-valued series, got dtype {x.dtype}.')
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    x = x.astype(jnp.result_type(float))
-  return x
 
 
 def _is_int(v) -> bool:
@@ -198,7 +191,7 @@ def fluctuation(x, scales: Sequence[int], order: int = 1) -> jax.Array:
   Returns:
     f[..., S] with S = len(scales), in the order given.
   """
-  x = _as_float(x)
+  x = as_real_float(x, 'DFA')
   order = _validate_order(order)
   return _fluctuation(x, validate_scales(scales, x.shape[-1], order), order)
 
@@ -247,7 +240,7 @@ def dfa_exponent(x, scales: Sequence[int], order: int = 1) -> jax.Array:
   Returns:
     f[...], one alpha per series.
   """
-  x = _as_float(x)
+  x = as_real_float(x, 'DFA')
   order = _validate_order(order)
   return _dfa_exponent(x, validate_scales(scales, x.shape[-1], order), order)
 
@@ -308,7 +301,7 @@ def integration(
     raise ValueError(
       f'dynamics.integration_method must be one of {INTEGRATION_METHODS}, got {method!r}.'
     )
-  x = _as_float(x)
+  x = as_real_float(x, 'DFA')
   if x.ndim < 2:
     raise ValueError(
       f'integration expects taps x time, f[..., L, N]; got shape {x.shape}.'

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dynamics.arrays import as_real_float
+
 __all__ = [
   'PREPROCESS_METHODS',
   'hilbert',
@@ -39,15 +41,6 @@ PREPROCESS_METHODS = ('detrend', 'demean', 'diff')
 _CONSTANT_ULPS = 4
 
 
-def _as_real_float(x, what: str) -> jax.Array:
-  x = jnp.asarray(x)
-  if jnp.issubdtype(x.dtype, jnp.complexfloating):
-    raise ValueError(f'{what} needs a real-valued signal, got dtype {x.dtype}.')
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    x = x.astype(jnp.result_type(float))
-  return x
-
-
 def hilbert(x) -> jax.Array:
   """Analytic signal x + i H[x] along the last axis, as ``scipy.signal.hilbert``.
 
@@ -60,7 +53,7 @@ def hilbert(x) -> jax.Array:
   Returns:
     complex[..., N] (complex64 for float32 input, complex128 for float64).
   """
-  x = _as_real_float(x, 'hilbert')
+  x = as_real_float(x, 'hilbert')
   if x.shape[-1] < 1:
     raise ValueError('hilbert needs at least one sample along the last axis.')
   return _hilbert(x)
@@ -102,7 +95,7 @@ def preprocess(x, method: str = 'detrend') -> jax.Array:
     f[..., N] ('detrend', 'demean') or f[..., N-1] ('diff').
   """
   _check_method(method)
-  x = _as_real_float(x, 'preprocess')
+  x = as_real_float(x, 'preprocess')
   _check_length(x, method)
   return _preprocess_rows(x, method)
 
@@ -144,7 +137,7 @@ def kuramoto_order(x, preprocess: str = 'detrend') -> jax.Array:
     f[..., N'] in [0, 1], N' = N (N - 1 for 'diff').
   """
   _check_method(preprocess)
-  x = _as_real_float(x, 'kuramoto_order')
+  x = as_real_float(x, 'kuramoto_order')
   if x.ndim < 2:
     raise ValueError(f'kuramoto_order expects taps x time, f[..., L, N]; got shape {x.shape}.')
   _check_length(x, preprocess)
@@ -171,7 +164,7 @@ def _kuramoto(x: jax.Array, method: str) -> jax.Array:
 
 def _validate_trim(x, preprocess: str, edge: int) -> jax.Array:
   _check_method(preprocess)
-  x = _as_real_float(x, 'synchrony/metastability')
+  x = as_real_float(x, 'synchrony/metastability')
   if x.ndim < 2:
     raise ValueError(f'expected taps x time, f[..., L, N]; got shape {x.shape}.')
   _check_length(x, preprocess)

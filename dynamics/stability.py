@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dynamics.arrays import as_real_float
+
 __all__ = [
   'DSI_FORMS',
   'stability_index',
@@ -31,13 +33,6 @@ __all__ = [
 ]
 
 DSI_FORMS = ('product', 'linear')
-
-
-def _as_float(x) -> jax.Array:
-  x = jnp.asarray(x)
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    x = x.astype(jnp.result_type(float))
-  return x
 
 
 def _is_int(v) -> bool:
@@ -78,8 +73,8 @@ def stability_index(
   """
   if form not in DSI_FORMS:
     raise ValueError(f'dynamics.dsi_form must be one of {DSI_FORMS}, got {form!r}.')
-  i = _as_float(integration)
-  m = _as_float(metastability)
+  i = as_real_float(integration, 'integration')
+  m = as_real_float(metastability, 'metastability')
   if form == 'product':
     return i * (1 - m)
   _check_real(w_integration, 'dsi_w_integration', 'a finite number', math.isfinite)
@@ -105,7 +100,7 @@ def rolling_volatility(v, window: int) -> jax.Array:
       f'dynamics.volatility_window must be an integer >= 1 (samples per rolling std), '
       f'got {window!r}.'
     )
-  return _rolling_volatility(_as_float(v), int(window))
+  return _rolling_volatility(as_real_float(v, 'v'), int(window))
 
 
 # Each public function compiles once per (shape, static options): eager op-by-op dispatch of
@@ -147,7 +142,7 @@ def convergence_signal(
     raise ValueError(f'dynamics.convergence_patience must be an integer >= 1, got {patience!r}.')
   if not _is_int(warmup) or warmup < 0:
     raise ValueError(f'dynamics.convergence_warmup must be an integer >= 0, got {warmup!r}.')
-  v = _as_float(volatility)
+  v = as_real_float(volatility, 'volatility')
   if patience > v.shape[-1]:
     return jnp.full(v.shape[:-1], -1, dtype=jnp.int32)
   return _convergence_signal(v, rho, int(patience), int(warmup))
@@ -188,7 +183,7 @@ def accuracy_plateau(accuracy, delta: float = 1.0) -> jax.Array:
     int32[...] (a scalar for 1-D input).
   """
   _check_real(delta, 'plateau_delta', 'a finite number >= 0', lambda d: math.isfinite(d) and d >= 0)
-  a = _as_float(accuracy)
+  a = as_real_float(accuracy, 'accuracy')
   if a.shape[-1] == 0:
     raise ValueError('accuracy_plateau needs at least one epoch.')
   return _accuracy_plateau(a, delta)

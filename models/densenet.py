@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from models.layers import conv_and_norm
 from models.taps import TapRecorder
 
 
@@ -57,9 +58,7 @@ class DenseNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    conv = functools.partial(nn.Conv, use_bias=False, padding='SAME', dtype=self.dtype)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5, dtype=self.dtype)
+    conv, norm = conv_and_norm(self.dtype, train)
     tap = TapRecorder()
     x = nn.relu(norm()(conv(2 * self.growth, (3, 3))(x)))
     tap('stem', x)

@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
+from models.layers import conv_and_norm
 from models.taps import TapRecorder
 
 # (expansion t, channels c, repeats n, first stride s) per stage; the ImageNet table with
@@ -70,9 +71,7 @@ class MobileNetV2(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    conv = functools.partial(nn.Conv, use_bias=False, padding='SAME', dtype=self.dtype)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5, dtype=self.dtype)
+    conv, norm = conv_and_norm(self.dtype, train)
     tap = TapRecorder()
     x = nn.relu6(norm()(conv(make_divisible(self.stem_features * self.width_mult), (3, 3))(x)))
     tap('stem', x)

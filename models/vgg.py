@@ -14,6 +14,7 @@ from typing import Any, Sequence, Union
 import flax.linen as nn
 import jax.numpy as jnp
 
+from models.layers import conv_and_norm
 from models.taps import TapRecorder
 
 # Configuration D in units of the base width: an int is a conv of width * k channels, 'M' a
@@ -30,9 +31,7 @@ class VGG(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    conv = functools.partial(nn.Conv, use_bias=False, padding='SAME', dtype=self.dtype)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5, dtype=self.dtype)
+    conv, norm = conv_and_norm(self.dtype, train)
     tap = TapRecorder()
     block, layer = 1, 1
     for item in self.layout:
