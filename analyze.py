@@ -1,4 +1,6 @@
-r"""Figures and a short report for finished runs.
+r"""Figures and reports for finished runs.
+
+One run (what `make demo` writes):
 
   python analyze.py --workdir=runs/quickstart
 
@@ -6,6 +8,18 @@ Reads <workdir>/metrics.jsonl and <workdir>/dynamics.npz and writes <workdir>/pl
 <workdir>/report.md: loss and accuracy, the step-mode dynamics series (integration,
 metastability, DSI and its volatility), the epoch-mode series with the convergence signal and
 the accuracy plateau marked, and the per-tap DFA exponents.
+
+The study (many runs; analysis/report.py), optionally with an offline ablation of the metric
+definition (analysis/ablation.py; no retraining):
+
+  python analyze.py --runs=runs/cpu --out=results/cpu
+  python analyze.py --runs='runs/cpu/cifar10_*' --runs='runs/cpu/cifar100_*' --out=results/x \
+      --set dynamics.dsi_form=linear --set dynamics.dfa_order=2
+
+writes <out>/report.md and <out>/figures/*.png: (1) integration per model x dataset and the
+CIFAR-10 - CIFAR-100 difference, (2) convergence-signal epoch, accuracy plateau and lead time per
+run, (3) integration-metastability trajectories, loss/accuracy curves, and with --set the
+logged and the recomputed metrics side by side.
 """
 
 import json
@@ -21,6 +35,16 @@ from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string('workdir', None, 'Run directory (repeatable).')
+flags.DEFINE_multi_string('runs', None, 'Study mode: a run directory, a directory of runs, or '
+                          'a glob (repeatable); writes one report over all of them to --out.')
+flags.DEFINE_string('out', None, 'Study mode: output directory for report.md and figures/.')
+flags.DEFINE_multi_string('set', None, 'Study mode: dynamics.<field>=<value> (repeatable): '
+                          'recompute every metric offline with this definition and show it '
+                          'beside the logged one.')
+flags.DEFINE_bool('include_unfinished', False, 'Study mode: also analyse runs without '
+                  'summary.json (interrupted runs with a dynamics.npz).')
+flags.DEFINE_bool('ablate_step_mode', True, 'Study mode with --set: also recompute the '
+                  'step-mode metrics (every training step; the slower part).')
 
 
 def load_metrics(workdir: str) -> Dict[str, np.ndarray]:
@@ -170,13 +194,43 @@ def analyze_run(workdir: str) -> str:
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if FLAGS.runs:
+    study_main()
+    return
+  if not FLAGS.workdir:
+    raise app.UsageError('Give --workdir=<run> (one run) or --runs=<runs> --out=<dir> (study).')
+  if FLAGS.set:
+    raise app.UsageError('--set works in study mode: --runs=<workdir> --out=<dir> --set ...')
   for workdir in FLAGS.workdir:
     report = analyze_run(workdir)
     print(f'Report: {os.path.abspath(report)}')
     print(f'Plots:  {os.path.abspath(os.path.join(workdir, "plots"))}/')
 
 
+def study_main():
+  import shlex  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  from analysis import ablation, report as report_lib, runs as runs_lib  # pylint: disable=g-import-not-at-top
+  if not FLAGS.out:
+    raise app.UsageError('--runs needs --out=<directory for report.md and figures/>.')
+  try:
+    workdirs = runs_lib.find_runs(FLAGS.runs)
+    overrides = None
+    if FLAGS.set:
+      first = runs_lib.load_run(workdirs[0]).dynamics_config()
+      overrides = ablation.parse_overrides(FLAGS.set, first)
+    path = report_lib.build_report(
+        workdirs, FLAGS.out, overrides=overrides, include_unfinished=FLAGS.include_unfinished,
+        step=FLAGS.ablate_step_mode,
+        command=' '.join(shlex.quote(a) for a in ['python', 'analyze.py'] + sys.argv[1:]))
+  except (ValueError, FileNotFoundError) as e:
+    raise app.UsageError(str(e)) from None
+  print(f'Report:  {os.path.abspath(path)}')
+  print(f'Figures: {os.path.abspath(os.path.join(FLAGS.out, "figures"))}/')
+
+
 if __name__ == '__main__':
-  flags.mark_flag_as_required('workdir')
   app.run(main)

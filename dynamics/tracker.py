@@ -96,6 +96,28 @@ def compute_metrics(x: jnp.ndarray, spec: MetricSpec,
               alphas=alphas)
 
 
+def probe_histories(history: jnp.ndarray, dcfg, spec: MetricSpec
+                    ) -> Dict[str, Dict[str, jnp.ndarray]]:
+  """history: f32[S, n], the probe signals of epochs 0..n-1 -> compute_metrics of the
+  expanding history ('') and of its last `sliding_epochs` samples ('sliding_'), as at epoch
+  n-1. Shared by the tracker and the offline ablation (analysis/ablation.py)."""
+  n = history.shape[-1]
+  sliding = history[:, max(0, n - int(dcfg.sliding_epochs)):]
+  return {prefix: compute_metrics(h, spec, resolve_scales(dcfg, h.shape[-1]))
+          for prefix, h in (('', history), ('sliding_', sliding))}
+
+
+def probe_volatility(dsi: jnp.ndarray, dcfg) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """dsi: f32[n], one history's DSI per epoch -> (volatility f32[n], NaN until
+  `volatility_window_epochs` values exist; convergence epoch int32, 0-based, -1 if not fired)."""
+  window = int(dcfg.volatility_window_epochs)
+  vol = (stability.rolling_volatility(dsi, window) if dsi.shape[-1] >= window
+         else jnp.full(dsi.shape, jnp.nan, jnp.float32))
+  conv = stability.convergence_signal(vol, dcfg.convergence_rho, dcfg.convergence_patience,
+                                      dcfg.convergence_warmup_epochs).astype(jnp.int32)
+  return vol, conv
+
+
 class Tracker(NamedTuple):
   """Pure functions over the tracker state; build with `make_tracker`."""
   init: Callable[[], State]
@@ -226,21 +248,16 @@ def make_tracker(dcfg, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: int,
     index = count - 1
     state['probe_signals'] = state['probe_signals'].at[:, index].set(sig)
     state['probe_count'] = jnp.asarray(count, jnp.int32)
-    full = state['probe_signals'][:, :count]
-    sliding = full[:, max(0, count - int(dcfg.sliding_epochs)):]
-    for prefix, hist in (('probe_', full), ('probe_sliding_', sliding)):
-      m = compute_metrics(hist, spec, resolve_scales(dcfg, hist.shape[-1]))
+    histories = probe_histories(state['probe_signals'][:, :count], dcfg, spec)
+    for history, m in histories.items():
+      prefix = 'probe_' + history
       for name in METRICS:
         state[prefix + name] = state[prefix + name].at[index].set(m[name])
-      if prefix == 'probe_':
+      if not history:
         state['probe_alphas'] = m['alphas']
-      dsi_series = state[prefix + 'dsi'][:count]
-      vol = stability.rolling_volatility(dsi_series, vol_epochs) if count >= vol_epochs else (
-          jnp.full((count,), jnp.nan, jnp.float32))
+      vol, conv = probe_volatility(state[prefix + 'dsi'][:count], dcfg)
       state[prefix + 'dsi_volatility'] = state[prefix + 'dsi_volatility'].at[:count].set(vol)
-      state[prefix + 'convergence'] = stability.convergence_signal(
-          vol, dcfg.convergence_rho, dcfg.convergence_patience,
-          dcfg.convergence_warmup_epochs).astype(jnp.int32)
+      state[prefix + 'convergence'] = conv
     return state
 
   def probe_update(state: State, sig: jnp.ndarray) -> State:

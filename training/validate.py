@@ -64,6 +64,12 @@ def validate_dynamics(dcfg, num_devices: int):
   _require(spec.dsi_form in ('product', 'linear'),
            f'dynamics.dsi_form={spec.dsi_form!r}; allowed: product, linear.')
   _require(dcfg.dfa_order >= 1, f'dynamics.dfa_order={dcfg.dfa_order} must be >= 1.')
+  smallest = (min(tracker_lib.resolve_scales(dcfg, 2**31, strict=True)) if dcfg.dfa_scales
+              else dcfg.dfa_min_scale)
+  _require(smallest >= dcfg.dfa_order + 2,
+           f'dynamics.dfa_order={dcfg.dfa_order} needs DFA scales >= {dcfg.dfa_order + 2} (more '
+           f'points per window than polynomial coefficients); the smallest is {smallest} '
+           '(dynamics.dfa_scales / dfa_min_scale).')
   _require(dcfg.phase_edge >= 0, f'dynamics.phase_edge={dcfg.phase_edge} must be >= 0.')
   _require(dcfg.volatility_window_steps >= 2 and dcfg.volatility_window_epochs >= 2,
            'dynamics.volatility_window_steps and volatility_window_epochs must be >= 2.')

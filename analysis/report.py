@@ -1,0 +1,598 @@
+"""The study report over many runs: the three findings of DESIGN.md section 1, computed.
+
+(1) integration separates CIFAR-10 from CIFAR-100 for every architecture;
+(2) the DSI volatility settles (convergence signal) before test accuracy plateaus;
+(3) integration against metastability shows a distinct training trajectory per architecture.
+
+Each finding gets a table or figure and a sentence saying, from the numbers, whether it holds in
+the runs analysed. Nothing is tuned: every threshold is a field of the runs' dynamics config
+(or of an ablation, `overrides`), and every rule is stated in the report.
+
+    path = build_report(['runs/cpu'], 'results/cpu', overrides={'dsi_form': 'linear'})
+"""
+
+import dataclasses
+import os
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import ml_collections
+import numpy as np
+
+from analysis import ablation, figures, runs as runs_lib
+from dynamics import stability
+
+HISTORIES = ('', 'sliding_')
+HISTORY_NAMES = {'': 'expanding', 'sliding_': 'sliding'}
+C10, C100 = 'CIFAR-10', 'CIFAR-100'
+
+
+@dataclasses.dataclass
+class View:
+  """One run under one metric definition: its epoch-mode (and step-mode) series."""
+  run: runs_lib.Run
+  dcfg: ml_collections.ConfigDict
+  probe: Dict[str, Any]
+  step: Optional[Dict[str, Any]] = None
+
+  @property
+  def plateau(self) -> int:
+    """0-based accuracy-plateau epoch (stability.accuracy_plateau), -1 if none."""
+    acc = self.run.test_accuracy
+    if not len(acc):
+      return -1
+    return int(stability.accuracy_plateau(acc, float(self.dcfg.plateau_delta)))
+
+  def convergence(self, prefix: str) -> int:
+    return int(self.probe[prefix + 'convergence'])
+
+  def lead(self, prefix: str) -> Optional[int]:
+    """plateau - convergence in epochs (positive: the signal came first); None if either is missing."""
+    conv, plateau = self.convergence(prefix), self.plateau
+    return plateau - conv if conv >= 0 and plateau >= 0 else None
+
+  def final(self, name: str, prefix: str = '') -> float:
+    series = self.probe[prefix + name]
+    return float(series[-1]) if len(series) else float('nan')
+
+
+@dataclasses.dataclass
+class Definition:
+  key: str  # 'logged' or 'ablated'
+  title: str
+  views: List[View]
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting
+
+
+def _f(x, digits=3) -> str:
+  return 'n/a' if x is None or not np.isfinite(x) else f'{x:.{digits}f}'
+
+
+def _epoch(e: int) -> str:
+  return str(e + 1) if e >= 0 else 'never'
+
+
+def _lead(lead: Optional[int]) -> str:
+  return 'n/a' if lead is None else f'{lead:+d}'
+
+
+def mean_std(values: Sequence[float]) -> Tuple[float, float, int]:
+  """(mean, sample std (ddof 1; NaN for one value), n) over the finite values."""
+  v = np.asarray(values, np.float64)
+  v = v[np.isfinite(v)]
+  if not len(v):
+    return float('nan'), float('nan'), 0
+  return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float('nan'), len(v)
+
+
+def _cell(values: Sequence[float]) -> str:
+  mean, std, n = mean_std(values)
+  undefined = len(values) - n
+  note = f'; {undefined} run(s) undefined' if undefined else ''
+  if n == 0:
+    return 'n/a' + (f' ({undefined} run(s) undefined)' if undefined else '')
+  if n == 1:
+    return f'{mean:.3f}' + (f' (n=1{note})' if undefined else '')
+  return f'{mean:.3f} ± {std:.3f} (n={n}{note})'
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
+  return (['| ' + ' | '.join(header) + ' |', '| ' + ' | '.join('---' for _ in header) + ' |']
+          + ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows])
+
+
+def _slug(text: str) -> str:
+  return re.sub(r'[^A-Za-z0-9_.-]+', '_', text).strip('_')
+
+
+def _names(items: Sequence[str]) -> str:
+  return f' ({", ".join(items)})' if items else ''
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding 1: integration, CIFAR-10 vs CIFAR-100
+
+
+@dataclasses.dataclass
+class Separation:
+  """Finding 1 for one history under one definition."""
+  prefix: str
+  values: Dict[str, Dict[str, List[float]]]  # model -> dataset label -> final values (seeds)
+  diffs: Dict[str, Tuple[float, float]]  # model -> (mean C10 - mean C100, its standard error)
+  higher: List[str]  # models with integration C10 > C100
+  lower: List[str]
+  equal: List[str]
+  beyond_2se: List[str]  # |diff| > 2 standard errors (models with >= 2 seeds on both)
+  se_models: List[str]  # models where the standard error exists
+
+  @property
+  def compared(self) -> List[str]:
+    return self.higher + self.lower + self.equal
+
+  def verdict(self) -> str:
+    name = HISTORY_NAMES[self.prefix]
+    n = len(self.compared)
+    if not n:
+      return (f'**{name}**: cannot be assessed: no model has a final integration value on both '
+              'CIFAR-10 and CIFAR-100.')
+    one_way = len(self.higher) == n or len(self.lower) == n
+    text = (f'**{name}**: integration CIFAR-10 > CIFAR-100 for {len(self.higher)} of {n} '
+            f'models{_names(self.higher)}; CIFAR-10 < CIFAR-100 for {len(self.lower)} of {n}'
+            f'{_names(self.lower)}')
+    if self.equal:
+      text += f'; equal for {len(self.equal)}{_names(self.equal)}'
+    text += (f'. A separation in one direction for every model: '
+             f'**{"holds" if one_way else "does not hold"}**')
+    if self.se_models:
+      text += (f'; the difference exceeds 2 standard errors of the seed spread for '
+               f'{len(self.beyond_2se)} of {len(self.se_models)} models with several seeds'
+               f'{_names(self.beyond_2se)}')
+    else:
+      text += ' (one seed per cell: the seed spread is unknown)'
+    return text + '.'
+
+
+def integration_separation(views: Sequence[View], prefix: str) -> Separation:
+  values: Dict[str, Dict[str, List[float]]] = {}
+  for view in views:
+    values.setdefault(view.run.model, {}).setdefault(view.run.dataset_label, []).append(
+        view.final('integration', prefix))
+  diffs, higher, lower, equal, beyond, se_models = {}, [], [], [], [], []
+  for model, cells in values.items():
+    m10, s10, n10 = mean_std(cells.get(C10, []))
+    m100, s100, n100 = mean_std(cells.get(C100, []))
+    if not (n10 and n100):
+      continue
+    diff = m10 - m100
+    se = float(np.sqrt(s10**2 / n10 + s100**2 / n100)) if n10 > 1 and n100 > 1 else float('nan')
+    diffs[model] = (diff, se)
+    (higher if diff > 0 else lower if diff < 0 else equal).append(model)
+    if np.isfinite(se):
+      se_models.append(model)
+      if abs(diff) > 2 * se:
+        beyond.append(model)
+  return Separation(prefix, values, diffs, higher, lower, equal, beyond, se_models)
+
+
+def _finding1(definitions: Sequence[Definition], fig_dir: str, rel: str) -> List[str]:
+  lines = ['## Finding 1: integration separates CIFAR-10 from CIFAR-100', '',
+           'Claim (the study): for every architecture, integration differs between CIFAR-10 and '
+           'the harder CIFAR-100. Computed: the final epoch-mode integration (mean DFA alpha over '
+           'the probe signals at the last epoch) on the expanding history and on the sliding '
+           'window, per model and dataset; mean ± sample std (n seeds) where several seeds exist; '
+           'the difference of the means CIFAR-10 − CIFAR-100 and its sign. With several seeds on '
+           'both datasets the standard error of the difference is sqrt(s10²/n10 + s100²/n100). '
+           '"n/a": the history was too short for 3 DFA scales (or the signals were constant).',
+           '']
+  for definition in definitions:
+    seps = {p: integration_separation(definition.views, p) for p in HISTORIES}
+    datasets = sorted({d for s in seps.values() for cells in s.values.values() for d in cells})
+    header = ['model', 'history'] + datasets + ['C10 − C100', 'sign']
+    rows = []
+    for model in seps[''].values:
+      for prefix in HISTORIES:
+        sep = seps[prefix]
+        diff, se = sep.diffs.get(model, (float('nan'), float('nan')))
+        sign = 'n/a' if not np.isfinite(diff) else '+' if diff > 0 else '−' if diff < 0 else '0'
+        diff_text = _f(diff) + (f' ± {se:.3f} (SE)' if np.isfinite(se) else '')
+        rows.append([model, HISTORY_NAMES[prefix]]
+                    + [_cell(sep.values[model].get(d, [])) for d in datasets] + [diff_text, sign])
+    name = f'integration_{definition.key}.png'
+    figures.integration_bars({p: seps[p].values for p in HISTORIES},
+                             os.path.join(fig_dir, name),
+                             f'Final integration per model and dataset ({definition.title})')
+    lines += [f'### {definition.title}', ''] + _table(header, rows) + ['']
+    lines += [f'- {seps[p].verdict()}' for p in HISTORIES]
+    lines += ['', f'![integration per model and dataset]({rel}/{name})', '']
+  return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding 2: convergence signal vs accuracy plateau
+
+
+@dataclasses.dataclass
+class LeadCount:
+  """Finding 2 for one history under one definition: runs by sign of the lead time."""
+  prefix: str
+  early: List[str]
+  same: List[str]
+  late: List[str]
+  never: List[str]  # the convergence signal did not fire
+  no_plateau: List[str]
+  leads: List[int]
+
+  @property
+  def total(self) -> int:
+    return len(self.early) + len(self.same) + len(self.late) + len(self.never) + len(
+        self.no_plateau)
+
+  def verdict(self) -> str:
+    name = HISTORY_NAMES[self.prefix]
+    n = self.total
+    text = (f'**{name}**: the convergence signal fired before the accuracy plateau (lead > 0) '
+            f'in {len(self.early)} of {n} runs{_names(self.early)}; at the plateau epoch in '
+            f'{len(self.same)}; after it in {len(self.late)}{_names(self.late)}; it never fired '
+            f'in {len(self.never)}{_names(self.never)}')
+    if self.no_plateau:
+      text += f'; no plateau in {len(self.no_plateau)}{_names(self.no_plateau)}'
+    mean, std, k = mean_std(self.leads)
+    if k:
+      text += f'. Lead time {mean:+.2f} epochs' + (f' ± {std:.2f} (n={k})' if k > 1 else '')
+    holds = n > 0 and len(self.early) == n
+    return text + f'. Volatility settles before accuracy plateaus in every run: ' + (
+        f'**{"holds" if holds else "does not hold"}**.')
+
+
+def lead_counts(views: Sequence[View], prefix: str) -> LeadCount:
+  out = LeadCount(prefix, [], [], [], [], [], [])
+  for view in views:
+    name = view.run.name
+    if view.plateau < 0:
+      out.no_plateau.append(name)
+    elif view.convergence(prefix) < 0:
+      out.never.append(name)
+    else:
+      lead = view.lead(prefix)
+      out.leads.append(lead)
+      (out.early if lead > 0 else out.same if lead == 0 else out.late).append(name)
+  return out
+
+
+def _finding2(definitions: Sequence[Definition], fig_dir: str, rel: str) -> List[str]:
+  lines = ['## Finding 2: the DSI volatility settles before accuracy plateaus', '',
+           'Claim (the study): the volatility of the stability index drops before test accuracy '
+           'plateaus. Computed per run: the convergence-signal epoch (stability.'
+           'convergence_signal of the epoch-mode DSI volatility, rho = dynamics.convergence_rho, '
+           'patience = dynamics.convergence_patience, warm-up = '
+           'dynamics.convergence_warmup_epochs), on the expanding history and on the sliding '
+           'window; the accuracy-plateau epoch (stability.accuracy_plateau of the test accuracy '
+           'per epoch, delta = dynamics.plateau_delta points); lead time = plateau − '
+           'convergence (positive: the signal came first). Epochs are 1-based. The expanding '
+           'history calms by its own growth, so its lead is expected to be positive whatever '
+           'the network does; the sliding window is the fairer test. "never" for the plateau means the '
+           'last epoch is more than delta below the best one (accuracy still moving).', '']
+  for definition in definitions:
+    rows, groups = [], {}
+    for view in definition.views:
+      acc = view.run.test_accuracy
+      rows.append([view.run.name, view.run.model, view.run.dataset_label, view.run.seed,
+                   _f(acc[-1] if len(acc) else float('nan'), 2), _epoch(view.plateau)]
+                  + [x for p in HISTORIES for x in (_epoch(view.convergence(p)),
+                                                     _lead(view.lead(p)))])
+      for prefix in HISTORIES:
+        lead = view.lead(prefix)
+        groups.setdefault((view.run.model, view.run.dataset_label, prefix), []).append(
+            np.nan if lead is None else lead)
+    lines += [f'### {definition.title}', '']
+    lines += _table(['run', 'model', 'dataset', 'seed', 'final test acc (%)', 'plateau epoch',
+                     'convergence (expanding)', 'lead (expanding)', 'convergence (sliding)',
+                     'lead (sliding)'], rows) + ['']
+    if any(len(v) > 1 for v in groups.values()):
+      keys = sorted({(m, d) for m, d, _ in groups})
+      lines += ['Lead time (epochs) over seeds, mean ± std (n runs where both epochs exist):', '']
+      lines += _table(['model', 'dataset', 'lead (expanding)', 'lead (sliding)'],
+                      [[m, d] + [_lead_cell(groups[(m, d, p)]) for p in HISTORIES]
+                       for m, d in keys]) + ['']
+    lines += [f'- {lead_counts(definition.views, p).verdict()}' for p in HISTORIES] + ['']
+    for view in definition.views:
+      name = f'lead_{_slug(view.run.name)}_{definition.key}.png'
+      figures.lead_figure(view, os.path.join(fig_dir, name),
+                          f'{view.run.name}: test accuracy and DSI volatility '
+                          f'({definition.title})')
+      lines.append(f'![{view.run.name}: accuracy and DSI volatility]({rel}/{name})')
+    lines.append('')
+  return lines
+
+
+def _lead_cell(values):
+  mean, std, n = mean_std(values)
+  if n == 0:
+    return 'n/a'
+  return f'{mean:+.2f}' + (f' ± {std:.2f} (n={n})' if n > 1 else ' (n=1)')
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding 3: training styles in the integration-metastability plane
+
+
+@dataclasses.dataclass
+class Styles:
+  """Finding 3 for one dataset and history: how well the model explains trajectory points."""
+  dataset: str
+  prefix: str
+  models: List[str]
+  points: int
+  accuracy: float  # fraction of points nearest their own model's centroid
+  baseline: float  # share of the most common model among the points
+  centroids: Dict[str, Tuple[float, float]]  # model -> (metastability, integration), raw units
+
+  def verdict(self) -> str:
+    where = f'{self.dataset}, {HISTORY_NAMES[self.prefix]}'
+    if len(self.models) < 2:
+      return f'**{where}**: cannot be assessed: fewer than 2 models with defined trajectories.'
+    holds = self.accuracy > self.baseline
+    return (f'**{where}**: {100 * self.accuracy:.0f}% of {self.points} trajectory points '
+            f'(epochs x runs) lie nearer their own model\'s centroid than any other model\'s '
+            f'(majority baseline {100 * self.baseline:.0f}%, {len(self.models)} models). '
+            f'Distinct trajectories per architecture: **{"holds" if holds else "does not hold"}** '
+            'by this rule.')
+
+
+def style_separation(views: Sequence[View], prefix: str) -> List[Styles]:
+  out = []
+  for dataset in sorted({v.run.dataset_label for v in views}):
+    pts, labels = [], []
+    for view in (v for v in views if v.run.dataset_label == dataset):
+      meta = np.asarray(view.probe[prefix + 'metastability'], np.float64)
+      integ = np.asarray(view.probe[prefix + 'integration'], np.float64)
+      ok = np.isfinite(meta) & np.isfinite(integ)
+      pts.append(np.stack([meta[ok], integ[ok]], axis=-1))
+      labels += [view.run.model] * int(ok.sum())
+    pts = np.concatenate(pts) if pts else np.zeros((0, 2))
+    labels = np.asarray(labels)
+    models = sorted(set(labels.tolist()))
+    if not len(pts):
+      out.append(Styles(dataset, prefix, models, 0, float('nan'), float('nan'), {}))
+      continue
+    centroids = {m: pts[labels == m].mean(axis=0) for m in models}
+    scale = pts.std(axis=0)
+    scale[scale == 0] = 1.0
+    z = pts / scale
+    cz = np.stack([centroids[m] / scale for m in models])
+    nearest = np.asarray(models)[np.argmin(((z[:, None, :] - cz[None]) ** 2).sum(-1), axis=1)]
+    shares = [np.mean(labels == m) for m in models]
+    out.append(Styles(dataset, prefix, models, len(pts), float(np.mean(nearest == labels)),
+                      float(max(shares)), {m: tuple(map(float, c)) for m, c in centroids.items()}))
+  return out
+
+
+def _finding3(definitions: Sequence[Definition], fig_dir: str, rel: str) -> List[str]:
+  lines = ['## Finding 3: training styles in the integration-metastability plane', '',
+           'Claim (the study): plotted against each other over training, integration and '
+           'metastability trace a distinct trajectory per architecture. Shown: the epoch-mode '
+           'trajectory of every run (one panel per dataset, one colour per model, circle = first '
+           'epoch with both values defined, square = last epoch). Computed: with both axes '
+           'scaled by their standard deviation over the panel\'s points, the share of trajectory '
+           'points (epochs x runs) that lie nearer their own model\'s centroid than any other '
+           'model\'s, against the share of the most common model (what assigning every point '
+           'to one model would score). The finding holds for a panel when the share beats that '
+           'baseline.', '']
+  for definition in definitions:
+    lines += [f'### {definition.title}', '']
+    rows, verdicts = [], []
+    for prefix in HISTORIES:
+      for styles in style_separation(definition.views, prefix):
+        verdicts.append(styles.verdict())
+        for model, (meta, integ) in styles.centroids.items():
+          rows.append([styles.dataset, HISTORY_NAMES[prefix], model, _f(integ), _f(meta)])
+      name = f'trajectories_{HISTORY_NAMES[prefix]}_{definition.key}.png'
+      figures.trajectories(definition.views, prefix, os.path.join(fig_dir, name),
+                           f'Integration vs metastability over training ({definition.title})')
+      lines.append(f'![integration vs metastability, {HISTORY_NAMES[prefix]}]({rel}/{name})')
+    lines += [''] + _table(['dataset', 'history', 'model', 'mean integration',
+                            'mean metastability'], rows) + ['']
+    lines += [f'- {v}' for v in verdicts] + ['']
+  return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Ablation
+
+
+def _ablation(logged: Definition, ablated: Definition, checks: Dict[str, Dict[str, float]],
+              fig_dir: str, rel: str) -> List[str]:
+  with_step = any(v.step is not None for v in ablated.views)
+  lines = [f'## Ablation: {ablated.title}', '',
+           'Every epoch-mode metric' + (' and every step-mode one' if with_step else '')
+           + ' recomputed offline from the saved '
+           'per-signal series (dynamics.npz) with the new definition, by the same functions the '
+           'tracker runs during training (analysis/ablation.py); a training run with that '
+           'setting would have logged the same series (tests/test_analysis.py checks it). '
+           'Findings 1 to 3 above show both definitions.', '']
+  if checks:
+    lines += ['Check: recomputing with each run\'s logged definition reproduces its logged '
+              'series; largest absolute difference over all epoch-mode series '
+              f'{max(c["probe"] for c in checks.values()):.3g}'
+              + (f', over all step-mode series {max(c["step"] for c in checks.values() if "step" in c):.3g}'
+                 if any('step' in c for c in checks.values()) else '') + '.', '']
+  for old, new in zip(logged.views, ablated.views):
+    name = old.run.name
+    rows = []
+    for key, label in (('integration', 'final integration'),
+                       ('metastability', 'final metastability'),
+                       ('synchrony', 'final synchrony'), ('dsi', 'final DSI')):
+      for prefix in HISTORIES:
+        rows.append([f'{label} ({HISTORY_NAMES[prefix]})', _f(old.final(key, prefix)),
+                     _f(new.final(key, prefix))])
+    for prefix in HISTORIES:
+      rows.append([f'convergence epoch ({HISTORY_NAMES[prefix]})',
+                   _epoch(old.convergence(prefix)), _epoch(new.convergence(prefix))])
+    rows.append(['accuracy plateau epoch', _epoch(old.plateau), _epoch(new.plateau)])
+    for prefix in HISTORIES:
+      rows.append([f'lead time, epochs ({HISTORY_NAMES[prefix]})', _lead(old.lead(prefix)),
+                   _lead(new.lead(prefix))])
+    if old.step is not None and new.step is not None:
+      for key in ('integration', 'metastability', 'dsi'):
+        rows.append([f'step mode: last {key}', _f(_last_finite(old.step[key])),
+                     _f(_last_finite(new.step[key]))])
+      rows.append(['step mode: convergence step', _epoch(old.step['convergence']),
+                   _epoch(new.step['convergence'])])
+    lines += [f'### {name}', ''] + _table(['quantity', logged.title, ablated.title], rows) + ['']
+    fig = f'ablation_{_slug(name)}.png'
+    figures.ablation_probe(old.probe, new.probe, os.path.join(fig_dir, fig),
+                           f'{name}: epoch-mode metrics, logged vs {ablated.title}',
+                           'logged', 'ablated')
+    lines.append(f'![{name}: epoch-mode metrics, logged vs ablated]({rel}/{fig})')
+    if old.step is not None and new.step is not None:
+      fig = f'ablation_step_{_slug(name)}.png'
+      figures.ablation_step(old.step, new.step, old.run.steps_per_epoch,
+                            os.path.join(fig_dir, fig),
+                            f'{name}: step-mode DSI, logged vs {ablated.title}', 'logged',
+                            'ablated')
+      lines.append(f'![{name}: step-mode DSI, logged vs ablated]({rel}/{fig})')
+    lines.append('')
+  return lines
+
+
+def _last_finite(series) -> float:
+  s = np.asarray(series, np.float64)
+  s = s[np.isfinite(s)]
+  return float(s[-1]) if len(s) else float('nan')
+
+
+def _max_diff(a: Dict[str, Any], b: Dict[str, Any]) -> float:
+  """Largest |a - b| over the shared keys; NaN positions must agree (else inf)."""
+  worst = 0.0
+  for key in set(a) & set(b):
+    x, y = np.asarray(a[key], np.float64), np.asarray(b[key], np.float64)
+    if x.shape != y.shape or not np.array_equal(np.isnan(x), np.isnan(y)):
+      return float('inf')
+    finite = np.isfinite(x)
+    if finite.any():
+      worst = max(worst, float(np.max(np.abs(x[finite] - y[finite]))))
+  return worst
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+
+def definition_title(overrides: Dict[str, Any]) -> str:
+  return 'ablated: ' + ', '.join(f'{k}={v}' for k, v in overrides.items())
+
+
+def build_definitions(runs: Sequence[runs_lib.Run], overrides: Optional[Dict[str, Any]] = None,
+                      step: bool = True, verify: bool = True):
+  """[logged definition] (+ [ablated] when overrides are given), and the replication checks."""
+  logged, ablated, checks = [], [], {}
+  for run in runs:
+    dcfg = run.dynamics_config()
+    step_logged = ablation.logged_step_series(run.dynamics) if step and run.has_step else None
+    logged.append(View(run, dcfg, ablation.logged_probe_series(run.dynamics), step_logged))
+    if overrides:
+      new_cfg = ablation.apply_overrides(dcfg, overrides)
+      new_step = None
+      if step_logged is not None:
+        new_step = ablation.step_series(run.dynamics['step_signals'], new_cfg)
+      ablated.append(View(run, new_cfg, ablation.probe_series(run.dynamics['probe_signals'],
+                                                              new_cfg), new_step))
+      if verify:
+        checks[run.name] = {'probe': _max_diff(
+            ablation.probe_series(run.dynamics['probe_signals'], dcfg), logged[-1].probe)}
+        if step_logged is not None:
+          checks[run.name]['step'] = _max_diff(
+              ablation.step_series(run.dynamics['step_signals'], dcfg), step_logged)
+  definitions = [Definition('logged', 'logged definition', logged)]
+  if overrides:
+    definitions.append(Definition('ablated', definition_title(overrides), ablated))
+  return definitions, checks
+
+
+def _definition_notes(runs: Sequence[runs_lib.Run]) -> List[str]:
+  """Definition fields that differ between the runs (their findings mix definitions)."""
+  configs = [r.dynamics_config() for r in runs]
+  keys = sorted({k for c in configs for k in c})
+  differing = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
+  if not differing:
+    return []
+  return ['**Note:** the runs were trained with different dynamics definitions in: '
+          + ', '.join(f'`{k}` ({", ".join(sorted({repr(c.get(k)) for c in configs}))})'
+                      for k in differing) + '. Cross-run comparisons mix those definitions.', '']
+
+
+def build_report(workdirs: Sequence[str], out_dir: str,
+                 overrides: Optional[Dict[str, Any]] = None, include_unfinished: bool = False,
+                 step: bool = True, command: Optional[str] = None) -> str:
+  """Writes <out_dir>/report.md and <out_dir>/figures/*.png; returns the report path.
+
+  Args:
+    workdirs: run directories, directories of runs or globs (see runs.find_runs).
+    out_dir: where the report goes.
+    overrides: {dynamics field: value} for an offline ablation (see ablation.parse_overrides).
+    include_unfinished: also analyse runs without summary.json (their last dynamics.npz).
+    step: also recompute the step-mode metrics in an ablation.
+    command: the command line, quoted at the top of the report.
+  """
+  fig_dir = os.path.join(out_dir, 'figures')
+  os.makedirs(fig_dir, exist_ok=True)
+  rel = 'figures'
+  loaded = [runs_lib.load_run(w) for w in runs_lib.find_runs(workdirs)]
+  analysed, skipped = [], []
+  for run in loaded:
+    if not run.has_probe:
+      skipped.append((run, 'no epoch-mode series (dynamics.npz missing, or probe_mode off)'))
+    elif not run.finished and not include_unfinished:
+      skipped.append((run, 'not finished (no summary.json); --include_unfinished analyses it'))
+    else:
+      analysed.append(run)
+  analysed.sort(key=lambda r: (r.dataset, r.model, r.seed, r.name))
+  if overrides:
+    # Parse errors name the field; check every run's definition before any long work.
+    for run in analysed:
+      ablation.apply_overrides(run.dynamics_config(), overrides)
+
+  lines = ['# Study report', '']
+  if command:
+    lines += ['Generated by', '', f'    {command}', '']
+  lines += [f'{len(analysed)} run(s) analysed, {len(skipped)} skipped. Every number below is '
+            'computed from the runs\' files; every rule is stated with its finding.', '']
+  rows = []
+  for run in analysed:
+    acc = run.test_accuracy
+    rows.append([run.name, run.model, run.dataset_label, run.source, run.seed,
+                 f'{len(acc)}/{run.num_epochs}', 'yes' if run.finished else 'no',
+                 _f(acc[-1] if len(acc) else np.nan, 2),
+                 _f(np.nanmax(acc) if len(acc) else np.nan, 2)])
+  lines += ['## Runs', ''] + _table(['run', 'model', 'dataset', 'data source', 'seed', 'epochs',
+                                     'finished', 'final test acc (%)', 'best test acc (%)'],
+                                    rows) + ['']
+  if skipped:
+    lines += ['Skipped:', ''] + [f'- `{r.workdir}`: {why}' for r, why in skipped] + ['']
+  if not analysed:
+    lines += ['Nothing to analyse.']
+    return _write(out_dir, lines)
+  lines += _definition_notes(analysed)
+
+  definitions, checks = build_definitions(analysed, overrides, step=step)
+  figures.training_curves(analysed, os.path.join(fig_dir, 'training_curves.png'))
+  lines += _finding1(definitions, fig_dir, rel)
+  lines += _finding2(definitions, fig_dir, rel)
+  lines += _finding3(definitions, fig_dir, rel)
+  lines += ['## Loss and accuracy', '',
+            'Training loss at the logged steps, test loss and test accuracy after every epoch.',
+            '', f'![loss and accuracy]({rel}/training_curves.png)', '']
+  if overrides:
+    lines += _ablation(definitions[0], definitions[1], checks, fig_dir, rel)
+  return _write(out_dir, lines)
+
+
+def _write(out_dir: str, lines: List[str]) -> str:
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, 'report.md')
+  with open(path, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  return path

@@ -1,0 +1,255 @@
+r"""Runs the study's training runs one after another: every model x dataset x seed.
+
+  python sweep.py --models=resnet18,vgg16,mobilenetv2 --datasets=cifar10,cifar100 --scale=cpu \
+      --seeds=0 --root=runs/cpu --data_dir=../shared/data
+  python sweep.py ... --host_index=1 --num_hosts=4   # this machine takes runs 1, 5, 9, ...
+  python sweep.py ... --dry_run                      # print the plan and the commands only
+
+Each run is `python train.py --config=configs/study.py:model=M,dataset=D,scale=S,seed=K
+--workdir=<root>/<D>_<M>_s<K> [--config.<field>=<value> ...]` in its own subprocess (a crash in
+one run does not stop the sweep), with its output shown and appended to <workdir>/train.log;
+every command is appended to <root>/sweep.log. A run whose workdir holds summary.json is
+finished and skipped; an interrupted one resumes from its newest checkpoint (the training loop
+does that by itself). With --data_dir the runs read the offline archives
+<data_dir>/<dataset>.tar.gz (data.source=image_folder); without it, TFDS. `--override
+field=value` (repeatable) passes --config.field=value to every run. At the end a table says what
+happened to each run. Exit status: 0 all done; 1 some run failed; 143 a preemption notice
+(SIGTERM) or Ctrl-C stopped the current run after its checkpoint (the sweep stops; the same
+command resumes it). A finished run is skipped even if the overrides changed since: use a new
+--root for a changed study (an unfinished run of a different config refuses to resume).
+
+Then: python analyze.py --runs=<root> --out=<report dir>
+"""
+
+import dataclasses
+import datetime
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from typing import List, Sequence
+
+from absl import app, flags
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+TRAIN = 'train.py'
+STUDY_CONFIG = 'configs/study.py'
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Command-line flags, defined only when run as a script (importing sweep defines none)."""
+  flags.DEFINE_list('models', ['resnet18', 'vgg16', 'mobilenetv2'], 'configs/study.py models.')
+  flags.DEFINE_list('datasets', ['cifar10', 'cifar100'], 'configs/study.py datasets.')
+  flags.DEFINE_enum('scale', 'cpu', ['cpu', 'paper'], 'configs/study.py scale.')
+  flags.DEFINE_list('seeds', ['0'], 'Seeds (integers).')
+  flags.DEFINE_string('root', None, 'Parent directory of the run workdirs.')
+  flags.DEFINE_string('data_dir', '', 'Directory holding <dataset>.tar.gz image-folder '
+                      'archives (offline); empty: TFDS.')
+  flags.DEFINE_integer('host_index', 0, 'This host takes the runs i with i % num_hosts == '
+                       'host_index.')
+  flags.DEFINE_integer('num_hosts', 1, 'Number of hosts sharing the sweep.')
+  flags.DEFINE_multi_string('override', [], 'field=value, passed to every run as '
+                            '--config.field=value (repeatable).')
+  flags.DEFINE_bool('dry_run', False, 'Print the plan and the commands; run nothing.')
+  flags.DEFINE_string('python', sys.executable, 'Python interpreter for the runs.')
+  flags.mark_flag_as_required('root')
+
+
+@dataclasses.dataclass
+class Job:
+  name: str
+  model: str
+  dataset: str
+  seed: int
+  workdir: str
+  command: List[str]
+  host: int
+  status: str = ''  # set by plan() (finished / resume / new), then by run()
+
+  @property
+  def finished(self) -> bool:
+    return os.path.exists(os.path.join(self.workdir, 'summary.json'))
+
+
+def run_name(dataset: str, model: str, seed: int) -> str:
+  return f'{dataset}_{model}_s{seed}'
+
+
+def workdir_state(workdir: str) -> str:
+  """'finished' (summary.json), 'resume' (checkpoints, unfinished) or 'new'."""
+  if os.path.exists(os.path.join(workdir, 'summary.json')):
+    return 'finished'
+  ckpt = os.path.join(workdir, 'checkpoints')
+  if os.path.isdir(ckpt) and any(d.isdigit() for d in os.listdir(ckpt)):
+    return 'resume'
+  return 'new'
+
+
+def _override_flag(item: str) -> str:
+  field, sep, value = item.partition('=')
+  field = field.strip()
+  if field.startswith('--'):
+    field = field[2:]
+  if field.startswith('config.'):
+    field = field[len('config.'):]
+  if not sep or not field:
+    raise ValueError(f'--override {item!r}: expected field=value, e.g. num_epochs=2.')
+  return f'--config.{field}={value}'
+
+
+def plan(models: Sequence[str], datasets: Sequence[str], seeds: Sequence[int], scale: str,
+         root: str, data_dir: str = '', overrides: Sequence[str] = (), host_index: int = 0,
+         num_hosts: int = 1, python: str = sys.executable) -> List[Job]:
+  """Every run of the sweep, in order (seed, then dataset, then model), with its command.
+
+  Run i belongs to host i % num_hosts. Paths in the commands are absolute, except train.py
+  and the config, which are relative to the repository root (the runs' working directory).
+  """
+  from configs import study  # pylint: disable=g-import-not-at-top
+  for model in models:
+    if model not in study.MODELS:
+      raise ValueError(f'--models: unknown model {model!r}; allowed: {", ".join(study.MODELS)}.')
+  for dataset in datasets:
+    if dataset not in study.DATASETS:
+      raise ValueError(f'--datasets: unknown dataset {dataset!r}; allowed: '
+                       f'{", ".join(study.DATASETS)}.')
+  if num_hosts < 1 or not 0 <= host_index < num_hosts:
+    raise ValueError(f'--host_index={host_index} must be in [0, --num_hosts={num_hosts}).')
+  root = os.path.abspath(root)
+  data_flags = {}
+  if data_dir:
+    for dataset in datasets:
+      archive = os.path.abspath(os.path.join(data_dir, f'{dataset}.tar.gz'))
+      if not os.path.exists(archive):
+        raise FileNotFoundError(f'--data_dir={data_dir}: no {dataset}.tar.gz there ({archive}).')
+      data_flags[dataset] = ['--config.data.source=image_folder', f'--config.data.path={archive}']
+  extra = [_override_flag(o) for o in overrides]
+  jobs = []
+  for seed in seeds:
+    for dataset in datasets:
+      for model in models:
+        name = run_name(dataset, model, seed)
+        workdir = os.path.join(root, name)
+        command = [python, TRAIN,
+                   f'--config={STUDY_CONFIG}:model={model},dataset={dataset},scale={scale},'
+                   f'seed={seed}',
+                   f'--workdir={workdir}'] + data_flags.get(dataset, []) + extra
+        jobs.append(Job(name, model, dataset, int(seed), workdir, command,
+                        host=len(jobs) % num_hosts, status=workdir_state(workdir)))
+  return jobs
+
+
+def _log(root: str, text: str):
+  os.makedirs(root, exist_ok=True)
+  with open(os.path.join(root, 'sweep.log'), 'a') as f:
+    f.write(text + '\n')
+
+
+# train.py's exit status after a preemption notice (SIGTERM): it saved a checkpoint first.
+PREEMPTED_EXIT_CODE = 143
+
+
+def run(job: Job, root: str) -> str:
+  """Runs one job in a subprocess (output shown and appended to <workdir>/train.log).
+
+  The run gets its own session, and a SIGTERM (preemption notice) or Ctrl-C sent to the sweep
+  is passed on to it as one SIGTERM, so it saves a checkpoint before it exits.
+  """
+  os.makedirs(job.workdir, exist_ok=True)
+  line = shlex.join(job.command)
+  stamp = datetime.datetime.now().isoformat(timespec='seconds')
+  _log(root, f'{stamp} {job.name} ({job.status}): cd {shlex.quote(ROOT)} && {line}')
+  print(f'\n=== {job.name}: {"resuming" if job.status == "resume" else "starting"}\n{line}\n',
+        flush=True)
+  env = dict(os.environ, PYTHONUNBUFFERED='1')
+  stopped = []
+  with open(os.path.join(job.workdir, 'train.log'), 'a') as log:
+    log.write(f'\n=== {stamp} {line}\n')
+    proc = subprocess.Popen(job.command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1,
+                            start_new_session=True)
+
+    def stop(signum, frame):
+      del frame
+      if not stopped and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+      stopped.append(signum)
+
+    handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+      for out in proc.stdout:
+        sys.stdout.write(out)
+        log.write(out)
+      rc = proc.wait()
+    finally:
+      for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+  if rc == PREEMPTED_EXIT_CODE or stopped:
+    status = f'stopped (exit {rc}; checkpoint saved, run the sweep again to resume)'
+  elif rc != 0:
+    status = f'failed (exit {rc}; see {os.path.join(job.workdir, "train.log")})'
+  elif job.finished:
+    status = 'done' if job.status == 'new' else 'done (resumed)'
+  else:
+    status = 'incomplete (exit 0 without summary.json)'
+  _log(root, f'{datetime.datetime.now().isoformat(timespec="seconds")} {job.name}: {status}')
+  return status
+
+
+def table(jobs: Sequence[Job]) -> str:
+  width = max([len(j.name) for j in jobs] + [3])
+  lines = [f'{"run":<{width}}  host  status', f'{"-" * width}  ----  ------']
+  lines += [f'{j.name:<{width}}  {j.host:>4}  {j.status}' for j in jobs]
+  return '\n'.join(lines)
+
+
+def sweep(jobs: List[Job], root: str, host_index: int = 0, dry_run: bool = False) -> int:
+  """Runs this host's unfinished jobs in order; returns the sweep's exit status.
+
+  0: every run finished; 1: some run failed (the others still ran); 143: a run was stopped by a
+  preemption notice or Ctrl-C (the sweep stops there; running it again resumes).
+  """
+  mine = [j for j in jobs if j.host == host_index]
+  others = len(jobs) - len(mine)
+  print(f'Sweep: {len(jobs)} runs, {len(mine)} on this host (index {host_index})'
+        + (f', {others} on other hosts' if others else '') + f'; workdirs under {root}.')
+  failed, stopped = 0, False
+  for job in mine:
+    if job.status == 'finished':
+      job.status = 'finished (skipped: summary.json present)'
+    elif stopped:
+      job.status = 'not run (sweep stopped)'
+    elif dry_run:
+      print(f'\n{job.name} ({job.status}):\n  cd {shlex.quote(ROOT)} && {shlex.join(job.command)}')
+      job.status = 'would resume' if job.status == 'resume' else 'would start'
+    else:
+      job.status = run(job, root)
+      failed += job.status.startswith('failed')
+      stopped = job.status.startswith('stopped')
+  print('\n' + table(mine))
+  if failed:
+    print(f'{failed} run(s) failed.')
+  return PREEMPTED_EXIT_CODE if stopped else 1 if failed else 0
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  try:
+    seeds = [int(s) for s in FLAGS.seeds]
+  except ValueError:
+    raise app.UsageError(f'--seeds={",".join(FLAGS.seeds)}: expected integers.') from None
+  try:
+    jobs = plan(FLAGS.models, FLAGS.datasets, seeds, FLAGS.scale, FLAGS.root, FLAGS.data_dir,
+                FLAGS.override, FLAGS.host_index, FLAGS.num_hosts, FLAGS.python)
+  except (ValueError, FileNotFoundError) as e:
+    raise app.UsageError(str(e)) from None
+  sys.exit(sweep(jobs, os.path.abspath(FLAGS.root), FLAGS.host_index, FLAGS.dry_run))
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)
