@@ -97,6 +97,7 @@ def test_four_devices_match_one(tmp_path):
     ('optimizer', 'lion', 1, 'optimizer'),
     ('learning_rate', -0.1, 1, 'learning_rate'),
     ('dynamics.window', 8, 1, 'dynamics.window'),
+    ('dynamics.dfa_scales', '4,8,64', 1, 'dynamics.dfa_scales'),  # 64 > the window of 16
     ('dynamics.reduction', 'median', 1, 'dynamics.reduction'),
     ('dynamics.probe_size', 30, 4, 'dynamics.probe_size'),
 ])

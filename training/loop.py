@@ -6,7 +6,7 @@ import logging as pylogging
 import math
 import os
 import time
-from typing import Any, Callable, Dict, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -44,9 +44,88 @@ def _format_seconds(seconds: float) -> str:
 
 
 def _save_config(config, workdir: str):
+  # Written to a temporary file and renamed: other processes may be reading it (see
+  # _prepare_workdir), and a half-written file would look like a different config.
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    path = os.path.join(workdir, 'config.json')
+    with open(path + '.tmp', 'w') as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(path + '.tmp', path)
+
+
+def _flatten(tree: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
+  """{'a': {'b': 1}} -> {'a.b': 1}: config fields by their dotted names."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def config_differences(saved: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
+  """'field: saved -> new' for every dotted field that differs between two config dicts."""
+  a, b = _flatten(saved), _flatten(new)
+  missing = '<absent>'
+  return [f'{k}: {a.get(k, missing)!r} -> {b.get(k, missing)!r}'
+          for k in sorted(set(a) | set(b)) if a.get(k, missing) != b.get(k, missing)]
+
+
+def _move_run_aside(workdir: str) -> str:
+  """Renames workdir to `<workdir>.old-<timestamp>` (process 0) and returns the new name."""
+  base = f'{os.path.abspath(workdir)}.old-{time.strftime("%Y%m%d-%H%M%S")}'
+  aside, n = base, 1
+  while os.path.exists(aside):  # two overwrites within one second
+    n += 1
+    aside = f'{base}-{n}'
+  checkpoint.sync_processes('workdir_checked')  # every process has read config.json
+  if jax.process_index() == 0:
+    os.replace(workdir, aside)
+  checkpoint.sync_processes('workdir_moved')
+  return aside
+
+
+def _prepare_workdir(config, workdir: str, overwrite: bool):
+  """Makes sure `workdir` can hold this run: new, or a run of this very config (resumed).
+
+  A workdir whose config.json differs is refused, naming the differing fields, unless
+  `overwrite`: then the old run is moved (not deleted) to `<workdir>.old-<timestamp>`. With an
+  identical config, `overwrite` changes nothing and the run resumes, so a job restarted with
+  the same command line never throws away its progress.
+  """
+  path = os.path.join(workdir, 'config.json')
+  if os.path.exists(path):
+    new = json.loads(config.to_json_best_effort(sort_keys=True))  # same types as the file's
+    try:
+      with open(path) as f:
+        differences = config_differences(json.load(f), new)
+    except ValueError as e:  # not JSON: treat as a different run
+      differences = [f'config.json cannot be parsed ({e})']
+    if differences:
+      if not overwrite:
+        shown = '; '.join(differences[:12]) + ('; ...' if len(differences) > 12 else '')
+        raise ValueError(
+            f'{workdir} holds a run with a different config ({len(differences)} field(s), '
+            f'saved -> now: {shown}). Resume it with its own config, choose a new --workdir, '
+            'or pass --overwrite (train_and_evaluate(..., overwrite=True)) to move the old run '
+            f'to {os.path.abspath(workdir)}.old-<timestamp> and start afresh.')
+      aside = _move_run_aside(workdir)
+      logging.warning('--overwrite: the previous run in %s (config differs in %s) was moved to '
+                      '%s; starting afresh.', workdir,
+                      ', '.join(d.split(':')[0] for d in differences[:12]), aside)
+  os.makedirs(workdir, exist_ok=True)
+
+
+def _drop_torn_line(path: str):
+  """A process killed in the middle of a write can leave a last line without its newline;
+  drop it, so that the file parses and the resumed run appends whole records after it."""
+  if not os.path.exists(path):
+    return
+  with open(path, 'rb+') as f:
+    text = f.read()
+    if text and not text.endswith(b'\n'):
+      f.truncate(text.rfind(b'\n') + 1)
 
 
 def _device_batch(sharding, local_array, global_batch):
@@ -54,13 +133,41 @@ def _device_batch(sharding, local_array, global_batch):
   return jax.make_array_from_process_local_data(sharding, local_array, global_shape)
 
 
+def _diverged(what: str, step: int, workdir: str, last_saved: Optional[int]):
+  kept = (f'The last good checkpoint (step {last_saved}) is kept in '
+          f'{os.path.join(workdir, "checkpoints")}' if last_saved is not None
+          else 'No checkpoint was saved')
+  return FloatingPointError(
+      f'{what} at step {step}: training diverged. {kept}; lower learning_rate (or set '
+      'grad_clip_norm) and run again in a fresh workdir (or with --overwrite, which moves '
+      'this one aside).')
+
+
 def _check_finite(values: Dict[str, float], step: int, workdir: str, last_saved):
   for key in ('train/loss', 'train/grad_norm'):
     if key in values and not math.isfinite(values[key]):
-      raise FloatingPointError(
-          f'{key} = {values[key]} at step {step}: training diverged. The last good checkpoint '
-          f'(step {last_saved}) is kept in {os.path.join(workdir, "checkpoints")}; lower '
-          'learning_rate (or set grad_clip_norm) and run again in a fresh workdir.')
+      raise _diverged(f'{key} = {values[key]}', step, workdir, last_saved)
+
+
+@jax.jit
+def _finite_leaves(tree):
+  return jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), tree)
+
+
+def _check_state_finite(state: steps.TrainState, step: int, workdir: str, last_saved):
+  """Raises if any parameter, BatchNorm statistic or optimiser slot is NaN/Inf.
+
+  Run before every save: the loss of step s is computed with the parameters before its update,
+  so a finite loss does not prove that the state about to be saved is finite. (The dynamics
+  buffers hold NaN by design where nothing was computed, so they are not checked.)
+  """
+  tree = {'params': state.params, 'batch_stats': state.batch_stats,
+          'opt_state': state.opt_state}
+  flat, _ = jax.tree_util.tree_flatten_with_path(jax.device_get(_finite_leaves(tree)))
+  bad = [jax.tree_util.keystr(path, simple=True, separator='/') for path, ok in flat if not ok]
+  if bad:
+    names = ', '.join(bad[:5]) + (f' and {len(bad) - 5} more' if len(bad) > 5 else '')
+    raise _diverged(f'NaN/Inf in {names}', step, workdir, last_saved)
 
 
 class Experiment(NamedTuple):
@@ -119,22 +226,48 @@ def build(config, num_classes: int, image_shape, mean, std, steps_per_epoch: int
                     train_step=train_step, eval_step=eval_step, probe=probe)
 
 
-def train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None
-                       ) -> Dict[str, Any]:
+def _probe_batch(config, dataset, batch_sharding):
+  """The fixed probe batch (probe_size images of probe_split, chosen by the seed), sharded."""
+  split_images = (dataset.test_images if config.dynamics.probe_split == 'test'
+                  else dataset.train_images)
+  pick = np.random.default_rng(config.seed).permutation(len(split_images))
+  pick = np.sort(pick[:config.dynamics.probe_size])
+  local = np.array_split(split_images[pick], jax.process_count())[jax.process_index()]
+  return _device_batch(batch_sharding, local, config.dynamics.probe_size)
+
+
+def _check_probe_size(config, dataset):
+  if not (config.dynamics.enabled and config.dynamics.probe_mode):
+    return
+  split = config.dynamics.probe_split
+  size = len(dataset.test_images if split == 'test' else dataset.train_images)
+  if config.dynamics.probe_size > size:
+    raise ValueError(
+        f'dynamics.probe_size={config.dynamics.probe_size} is larger than the {split} split '
+        f'({size} images); lower dynamics.probe_size or use the other dynamics.probe_split.')
+
+
+def train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
+                       overwrite: bool = False) -> Dict[str, Any]:
   """Trains config.model on config.data, evaluating every epoch; writes to workdir.
 
-  Resumes from the newest checkpoint in workdir. `stop_after` ends the run early after that
-  global step with a checkpoint, as a preemption would (tests use it to interrupt a run).
+  Resumes from the newest readable checkpoint in workdir (unreadable ones are moved to
+  `checkpoints.damaged/`). A workdir holding a run of a different config is refused unless
+  `overwrite`, which moves that run to `<workdir>.old-<timestamp>`. On SIGTERM (a preemption
+  notice) the run saves a checkpoint at the current step and returns with `preempted` set.
+  `stop_after` ends the run early after that global step with a checkpoint, as a preemption
+  would (tests use it to interrupt a run). A NaN/Inf loss, gradient norm or state raises
+  FloatingPointError before anything diverged is saved.
   Returns a summary dict (final test accuracy, steps, paths, final state).
   """
   mesh = make_mesh()
   validate.validate_config(config, jax.device_count(), jax.process_count())
-  os.makedirs(workdir, exist_ok=True)
-  _save_config(config, workdir)
+  _prepare_workdir(config, workdir, overwrite)
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P('data'))
 
   dataset = data_lib.load(config.data)
+  _check_probe_size(config, dataset)
   num_classes = dataset.num_classes
   steps_per_epoch = data_lib.steps_per_epoch(len(dataset.train_labels), config.batch_size)
   total_steps = (config.num_train_steps if config.num_train_steps > 0
@@ -159,26 +292,21 @@ def train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None
   if restored is not None:
     state = restored
   start_step = int(jax.device_get(state.step))
+  # Written only now that the run is sure to start: a run that failed on its config or data
+  # leaves no config.json that would make the corrected retry look like a different run.
+  _save_config(config, workdir)
   writer, jsonl = writers_lib.create_writers(workdir)
   if jsonl is not None:
+    # Records past the restored step come from steps that are about to be redone.
+    _drop_torn_line(os.path.join(workdir, 'metrics.jsonl'))
     jsonl.truncate_after(start_step)
   if start_step == 0:
     writer.write_hparams({k: v for k, v in config.items() if not hasattr(v, 'items')})
 
   train_step, eval_step = exp.train_step, exp.eval_step
-  probe = None
-  if tracker is not None and config.dynamics.probe_mode:
-    split_images = (dataset.test_images if config.dynamics.probe_split == 'test'
-                    else dataset.train_images)
-    if config.dynamics.probe_size > len(split_images):
-      raise ValueError(
-          f'dynamics.probe_size={config.dynamics.probe_size} is larger than the '
-          f'{config.dynamics.probe_split} split ({len(split_images)} images).')
-    pick = np.random.default_rng(config.seed).permutation(len(split_images))
-    pick = np.sort(pick[:config.dynamics.probe_size])
-    local = np.array_split(split_images[pick], jax.process_count())[jax.process_index()]
-    probe_images = _device_batch(batch_sharding, local, config.dynamics.probe_size)
-    probe = exp.probe
+  probe = exp.probe
+  if probe is not None:
+    probe_images = _probe_batch(config, dataset, batch_sharding)
 
   # The epoch order depends on the run seed, so seeds differ in data order as well as init.
   batches = data_lib.TrainBatches(dataset.train_images, dataset.train_labels, config.seed,
@@ -198,88 +326,117 @@ def train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None
             'eval/accuracy': 100.0 * totals['correct'] / totals['count']}
 
   logging.info('Training %s on %s (%d classes): %d steps, %d per epoch, batch %d on %d '
-               'device(s); workdir %s', config.model, dataset.name, num_classes, total_steps,
-               steps_per_epoch, config.batch_size, jax.device_count(), workdir)
+               'device(s) in %d process(es); workdir %s', config.model, dataset.name,
+               num_classes, total_steps, steps_per_epoch, config.batch_size,
+               jax.device_count(), jax.process_count(), workdir)
   last_saved = start_step if restored is not None else None
+  preempted = False
   eval_metrics = {}
   t_interval, steps_in_interval = time.time(), 0
   t_start = time.time()
-  for step in range(start_step, total_steps):
-    images, labels = batches.batch(step)
-    state, metrics = train_step(state, _device_batch(batch_sharding, images, config.batch_size),
-                                _device_batch(batch_sharding, labels, config.batch_size))
-    steps_in_interval += 1
-    done = step + 1
-    epoch_end = done % steps_per_epoch == 0 or done == total_steps
-    if done % config.log_every_steps == 0 or epoch_end:
-      # The values of the logged step itself (not an interval mean), so that a resumed run
-      # logs exactly what an uninterrupted one would.
-      fetched = jax.device_get(metrics)
-      values = {k: float(fetched[k]) for k in ('train/loss', 'train/accuracy', 'train/grad_norm')}
-      _check_finite(values, done, workdir, last_saved)
-      if tracker is not None:
-        values.update(tracker.summarize_step(fetched))
-      elapsed = time.time() - t_interval
-      values['train/learning_rate'] = float(schedule(step))
-      values['train/steps_per_sec'] = steps_in_interval / max(elapsed, 1e-9)
-      writer.write_scalars(done, values)
-      eta = (total_steps - done) / max(values['train/steps_per_sec'], 1e-9)
-      logging.info(
-          'step %d/%d  epoch %.2f/%d  loss %.4f  acc %.1f%%  | %.2f steps/s  %.0f img/s  '
-          'ETA %s', done, total_steps, done / steps_per_epoch, num_epochs,
-          values['train/loss'], values['train/accuracy'], values['train/steps_per_sec'],
-          values['train/steps_per_sec'] * config.batch_size, _format_seconds(eta))
-      t_interval, steps_in_interval = time.time(), 0
-    if epoch_end:
-      epoch = math.ceil(done / steps_per_epoch)
-      eval_metrics = evaluate(state)
-      eval_metrics['epoch'] = epoch
-      writer.write_scalars(done, eval_metrics)
-      logging.info('epoch %d: test loss %.4f, test accuracy %.2f%%', epoch,
-                   eval_metrics['eval/loss'], eval_metrics['eval/accuracy'])
-      if probe is not None:
-        state = state.replace(dynamics=tracker.probe_update(
-            state.dynamics, probe(state, probe_images)))
-        scalars, hists = tracker.summarize_probe(state.dynamics)
-        writer.write_scalars(done, scalars)
-        if hists:
-          writer.write_histograms(done, hists)
-      if tracker is not None and config.dynamics.step_mode and jax.process_index() == 0:
-        alphas = np.asarray(jax.device_get(state.dynamics['step_alphas']))
-        if np.isfinite(alphas).any():
-          writer.write_histograms(done, {'dynamics/alpha': alphas})
-    stopping = stop_after is not None and done >= stop_after
-    if (done % config.checkpoint_every_steps == 0 or done == total_steps or epoch_end
-        or stopping):
-      # Never save a diverged state: the last good checkpoint must stay the newest.
-      _check_finite({'train/loss': float(metrics['train/loss'])}, done, workdir, last_saved)
-      checkpoint.save(manager, state)
-      last_saved = done
-    if stopping:
-      logging.info('Stopping after step %d as asked; the run resumes from here.', done)
-      break
-    if epoch_end:  # evaluation time is not training throughput
-      t_interval = time.time()
-  manager.wait_until_finished()
+  watcher = checkpoint.PreemptionWatcher(manager)
+  try:
+    for step in range(start_step, total_steps):
+      images, labels = batches.batch(step)
+      state, metrics = train_step(
+          state, _device_batch(batch_sharding, images, config.batch_size),
+          _device_batch(batch_sharding, labels, config.batch_size))
+      steps_in_interval += 1
+      done = step + 1
+      epoch_end = done % steps_per_epoch == 0 or done == total_steps
+      if done % config.log_every_steps == 0 or epoch_end:
+        # The values of the logged step itself (not an interval mean), so that a resumed run
+        # logs exactly what an uninterrupted one would.
+        fetched = jax.device_get(metrics)
+        values = {k: float(fetched[k])
+                  for k in ('train/loss', 'train/accuracy', 'train/grad_norm')}
+        _check_finite(values, done, workdir, last_saved)
+        if tracker is not None:
+          values.update(tracker.summarize_step(fetched))
+        elapsed = time.time() - t_interval
+        values['train/learning_rate'] = float(schedule(step))
+        values['train/steps_per_sec'] = steps_in_interval / max(elapsed, 1e-9)
+        writer.write_scalars(done, values)
+        eta = (total_steps - done) / max(values['train/steps_per_sec'], 1e-9)
+        logging.info(
+            'step %d/%d  epoch %.2f/%d  loss %.4f  acc %.1f%%  | %.2f steps/s  %.0f img/s  '
+            'ETA %s', done, total_steps, done / steps_per_epoch, num_epochs,
+            values['train/loss'], values['train/accuracy'], values['train/steps_per_sec'],
+            values['train/steps_per_sec'] * config.batch_size, _format_seconds(eta))
+        t_interval, steps_in_interval = time.time(), 0
+      if epoch_end:
+        epoch = math.ceil(done / steps_per_epoch)
+        eval_metrics = evaluate(state)
+        eval_metrics['epoch'] = epoch
+        writer.write_scalars(done, eval_metrics)
+        logging.info('epoch %d: test loss %.4f, test accuracy %.2f%%', epoch,
+                     eval_metrics['eval/loss'], eval_metrics['eval/accuracy'])
+        if probe is not None:
+          state = state.replace(dynamics=tracker.probe_update(
+              state.dynamics, probe(state, probe_images)))
+          scalars, hists = tracker.summarize_probe(state.dynamics)
+          writer.write_scalars(done, scalars)
+          if hists:
+            writer.write_histograms(done, hists)
+        if tracker is not None and config.dynamics.step_mode and jax.process_index() == 0:
+          alphas = np.asarray(jax.device_get(state.dynamics['step_alphas']))
+          if np.isfinite(alphas).any():
+            writer.write_histograms(done, {'dynamics/alpha': alphas})
+      # Every record of step `done` is written before its checkpoint, so a run killed at any
+      # point resumes from a checkpoint whose records are all in metrics.jsonl.
+      preempted = watcher.reached(done) and done < total_steps  # the end is saved anyway
+      stopping = preempted or (stop_after is not None and done >= stop_after)
+      if (done % config.checkpoint_every_steps == 0 or done == total_steps or epoch_end
+          or stopping):
+        # Never save a diverged state: the last good checkpoint must stay the newest.
+        _check_finite({'train/loss': float(metrics['train/loss'])}, done, workdir, last_saved)
+        _check_state_finite(state, done, workdir, last_saved)
+        checkpoint.save(manager, state)
+        last_saved = done
+      if preempted:
+        manager.wait_until_finished()
+        logging.warning('Preempted (SIGTERM) at step %d/%d: checkpoint saved in %s. Run the '
+                        'same command again to resume from step %d.', done, total_steps,
+                        manager.directory, done)
+        break
+      if stopping:
+        logging.info('Stopping after step %d as asked; the run resumes from here.', done)
+        break
+      if epoch_end:  # evaluation time is not training throughput
+        t_interval = time.time()
+  finally:
+    watcher.close()
+    # Also when the run stops with an error: a save still in flight is the last good
+    # checkpoint, and it is lost if the process exits before it is committed.
+    manager.wait_until_finished()
+    manager.close()
   writer.flush()
 
   outputs = {'workdir': os.path.abspath(workdir),
              'tensorboard': os.path.abspath(workdir),
              'metrics': os.path.abspath(os.path.join(workdir, 'metrics.jsonl')),
              'checkpoints': os.path.abspath(os.path.join(workdir, 'checkpoints'))}
+  final_step = int(jax.device_get(state.step))
+  if preempted:  # exit fast: the scheduler's grace period is short
+    return dict(final_step=final_step, total_steps=total_steps, finished=False,
+                preempted=True, eval_accuracy=eval_metrics.get('eval/accuracy'),
+                eval_loss=eval_metrics.get('eval/loss'), seconds=time.time() - t_start,
+                state=state, outputs=outputs)
   if tracker is not None and jax.process_index() == 0:
     export = tracker.export(jax.device_get(state.dynamics))
     export['config_json'] = np.asarray(config.dynamics.to_json_best_effort(sort_keys=True))
     export['steps_per_epoch'] = np.asarray(steps_per_epoch)
     outputs['dynamics'] = os.path.abspath(os.path.join(workdir, 'dynamics.npz'))
     np.savez(outputs['dynamics'], **export)
-  final_step = int(jax.device_get(state.step))
+  summary_path = os.path.join(workdir, 'summary.json')
+  if final_step >= total_steps and not eval_metrics and not os.path.exists(summary_path):
+    # Killed after its final checkpoint but before summary.json: report the final state.
+    eval_metrics = evaluate(state)
   summary = {'final_step': final_step, 'total_steps': total_steps,
              'finished': final_step >= total_steps,
              'eval_accuracy': eval_metrics.get('eval/accuracy'),
              'eval_loss': eval_metrics.get('eval/loss'),
              'seconds': time.time() - t_start}
-  summary_path = os.path.join(workdir, 'summary.json')
   if start_step >= total_steps and os.path.exists(summary_path):
     with open(summary_path) as f:  # a finished run restarted: nothing new to report
       summary = json.load(f)
@@ -288,4 +445,4 @@ def train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None
     with open(summary_path, 'w') as f:
       json.dump(summary, f, indent=2)
   logging.info('Training took %s.', _format_seconds(summary['seconds']))
-  return dict(summary, state=state, outputs=outputs)
+  return dict(summary, preempted=False, state=state, outputs=outputs)
