@@ -62,3 +62,18 @@ def base_config():
 
   config.dynamics = dynamics_default_config()
   return config
+
+
+def use_short_history_dynamics(config):
+  """Dynamics settings for runs of only 12 to 20 epochs (quick start, CPU-scale study).
+
+  DFA scales from 3 to N//2 instead of 4 to N//4, so that the epoch-mode history reaches three
+  scales after 10 to 12 epochs instead of 24, with a sliding history and volatility window to
+  match. Defined once so both configs ablate the same thing.
+  """
+  config.dynamics.dfa_min_scale = 3
+  config.dynamics.dfa_max_divisor = 2
+  config.dynamics.sliding_epochs = 12
+  config.dynamics.volatility_window_epochs = 3
+  config.dynamics.convergence_warmup_epochs = 2
+  return config

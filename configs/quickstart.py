@@ -28,11 +28,6 @@ def get_config(arg=''):
   config.dynamics.window = 128
   config.dynamics.volatility_window_steps = 25
   config.dynamics.probe_size = 128
-  # Shorter DFA scales than the default (4 .. N//4) so that the epoch-mode history reaches
-  # three scales after 12 epochs instead of 24; the step window uses scales 3 .. 64.
-  config.dynamics.dfa_min_scale = 3
-  config.dynamics.dfa_max_divisor = 2
-  config.dynamics.sliding_epochs = 12
-  config.dynamics.volatility_window_epochs = 3
-  config.dynamics.convergence_warmup_epochs = 2
-  return config
+  # 16 epochs: DFA scales 3 .. N//2 so that the epoch history has integration from epoch 12
+  # on (the step window then uses scales 3 .. 64).
+  return common.use_short_history_dynamics(config)

@@ -89,9 +89,5 @@ def get_config(arg='model=resnet18,dataset=cifar10'):
       config.model_args.growth = 12
     config.log_every_steps = 20
     config.checkpoint_every_steps = 200
-    config.dynamics.dfa_min_scale = 3
-    config.dynamics.dfa_max_divisor = 2
-    config.dynamics.sliding_epochs = 12
-    config.dynamics.volatility_window_epochs = 3
-    config.dynamics.convergence_warmup_epochs = 2
+    common.use_short_history_dynamics(config)
   return config

@@ -245,6 +245,17 @@ def resolve_cache_dir(cache_dir):
   return os.path.abspath(os.path.expanduser(cache_dir or DEFAULT_CACHE_DIR))
 
 
+def _subset(images, labels, cfg, split: str, seed: int, num_classes: int):
+  """The class-balanced, seeded subset that `data.<split>_subset` asks for (0 = all)."""
+  size = int(_get(cfg, f"{split}_subset"))
+  if size < 0:
+    raise ValueError(f"data.{split}_subset={size} must be >= 0 (0 = the whole {split} split).")
+  if not size:
+    return images, labels
+  idx = class_balanced_subset(labels, size, seed, num_classes)
+  return images[idx], labels[idx]
+
+
 def load(cfg: Any) -> Dataset:
   """Loads the dataset that `cfg` (a `config.data` ConfigDict, see default_config) names.
 
@@ -282,17 +293,9 @@ def load(cfg: Any) -> Dataset:
     raise ValueError(f"Unknown data.source={source!r}; allowed values: {', '.join(SOURCES)}.")
 
   train_images, train_labels, test_images, test_labels, class_names = arrays
-  subset = int(_get(cfg, "train_subset"))
-  if subset < 0:
-    raise ValueError(f"data.train_subset={subset} must be >= 0 (0 = the whole training split).")
-  if subset:
-    idx = class_balanced_subset(train_labels, subset, seed, len(class_names))
-    train_images, train_labels = train_images[idx], train_labels[idx]
-  test_subset = int(_get(cfg, "test_subset"))
-  if test_subset < 0:
-    raise ValueError(f"data.test_subset={test_subset} must be >= 0 (0 = the whole test split).")
-  if test_subset:
-    idx = class_balanced_subset(test_labels, test_subset, seed, len(class_names))
-    test_images, test_labels = test_images[idx], test_labels[idx]
+  train_images, train_labels = _subset(train_images, train_labels, cfg, "train", seed,
+                                       len(class_names))
+  test_images, test_labels = _subset(test_images, test_labels, cfg, "test", seed,
+                                     len(class_names))
   return Dataset.from_arrays(name, train_images, train_labels, test_images, test_labels,
                              class_names)
