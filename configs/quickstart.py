@@ -28,6 +28,6 @@ def get_config(arg=''):
   config.dynamics.window = 128
   config.dynamics.volatility_window_steps = 25
   config.dynamics.probe_size = 128
-  # 16 epochs: DFA scales 3 .. N//2 so that the epoch history has integration from epoch 12
+  # 16 epochs: DFA scales 3 .. N//2 so that the epoch history has integration from epoch 10
   # on (the step window then uses scales 3 .. 64).
   return common.use_short_history_dynamics(config)
