@@ -26,7 +26,11 @@ import json
 import os
 from typing import Dict, List
 
-import matplotlib
+from training import runtime
+
+runtime.configure_xla_cpu()  # before JAX starts (the --set ablation recomputes metrics)
+
+import matplotlib  # noqa: E402
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402

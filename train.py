@@ -19,7 +19,12 @@ All logic lives in training.loop.train_and_evaluate(config, workdir).
 import os
 import sys
 
-import jax
+# XLA reads its CPU flags when JAX starts its backend, so they are set before anything else.
+from training import runtime
+
+runtime.configure_xla_cpu()
+
+import jax  # noqa: E402
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging

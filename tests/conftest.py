@@ -8,3 +8,8 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+
+# The tests run with the XLA:CPU flags that train.py uses (set before JAX starts).
+from training import runtime  # noqa: E402
+
+runtime.configure_xla_cpu()

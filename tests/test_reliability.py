@@ -476,8 +476,9 @@ def test_two_processes_train_like_one_and_stop_together_on_sigterm(tmp_path):
   assert [r['step'] for r in records[multi]] == list(range(1, MULTI['num_train_steps'] + 1))
   # The same global batches and the same collectives, summed in another order across
   # processes: equal to float rounding at first, then drifting apart as training amplifies
-  # it (about 1e-3 after 4 steps), so only the first steps are compared.
+  # it (about 3e-5 at step 3, 1e-3 after 4 steps), so only the first steps are compared, to
+  # 1e-4: a batch split or reduced wrongly is off by percents from the first step.
   first = [[r['train/loss'] for r in records[w][:3]] for w in (multi, single)]
-  np.testing.assert_allclose(first[0], first[1], rtol=2e-5)
+  np.testing.assert_allclose(first[0], first[1], rtol=1e-4)
   state = _read_checkpoint(multi, MULTI['num_train_steps'])
   assert int(state['step']) == MULTI['num_train_steps']

@@ -1,0 +1,69 @@
+"""training/runtime.py: the XLA:CPU flags it adds, and that they leave the numbers unchanged."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from training import runtime
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_adds_flags_and_keeps_the_users():
+  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  added = runtime.configure_xla_cpu(env)
+  assert added and all(flag in env['XLA_FLAGS'] for flag in added)
+  assert env['XLA_FLAGS'].startswith('--xla_force_host_platform_device_count=2 ')
+  assert runtime.configure_xla_cpu(env) == []  # idempotent
+
+  name = next(iter(runtime.CPU_FLAGS))
+  mine = {'XLA_FLAGS': f'--{name}=dot'}
+  runtime.configure_xla_cpu(mine)
+  assert mine['XLA_FLAGS'] == f'--{name}=dot'  # the user's value wins
+
+  off = {runtime.OPT_OUT: '0'}
+  assert runtime.configure_xla_cpu(off) == [] and 'XLA_FLAGS' not in off
+
+
+_STEPS = r'''
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from training import runtime
+runtime.configure_xla_cpu()
+import jax, jax.numpy as jnp, numpy as np
+from configs import tiny
+from training import loop
+config = tiny.get_config()
+config.batch_size = 32
+exp = loop.build(config, 4, (32, 32, 3), jnp.full(3, 120.0), jnp.full(3, 64.0),
+                 steps_per_epoch=8, total_steps=8, mesh=loop.make_mesh())
+state = exp.init_state(0)
+rng = np.random.default_rng(0)
+losses = []
+for _ in range(4):
+  images = jnp.asarray(rng.integers(0, 256, (32, 32, 32, 3), np.uint8))
+  labels = jnp.asarray(rng.integers(0, 4, (32,)), jnp.int32)
+  state, m = exp.train_step(state, images, labels)
+  losses.append(float(m['train/loss']))
+print(json.dumps(losses))
+'''
+
+
+def _losses(tuned: bool):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  env.pop('XLA_FLAGS', None)
+  env[runtime.OPT_OUT] = '1' if tuned else '0'
+  out = subprocess.run([sys.executable, '-c', _STEPS, ROOT], env=env, capture_output=True,
+                       text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_tuned_steps_match_untuned():
+  tuned, untuned = _losses(True), _losses(False)
+  # Four SGD steps: the flags change the order of float32 sums, nothing else.
+  np.testing.assert_allclose(tuned, untuned, rtol=1e-4)
+  assert tuned[0] != tuned[-1]
