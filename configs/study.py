@@ -29,9 +29,9 @@ training and 2,000 test images (800 and 200 per class on CIFAR-10, 80 and 20 on 
 DenseNet growth 12), 16 epochs, and DFA scales from 3 to N//2 so that the short epoch history
 reaches three scales after 10 epochs instead of 24 (a documented deviation from the default
 scale grid). On this 2-core CPU a width-16 ResNet-18 trains at about 300 images/s, VGG-16 faster;
-MobileNetV2 (width 0.5) and DenseNet-121 (growth 12) manage only 16 and 37 images/s (XLA's CPU
-depthwise and concatenation-heavy convolutions), so the CPU reproduction in results/ uses
-ResNet-18, VGG-16 and vit_tiny.
+MobileNetV2 (width 0.5) and DenseNet-121 (growth 12) managed only 16 and 37 images/s (XLA's CPU
+depthwise and concatenation-heavy convolutions, before the rewrites of models/layers.py), so the
+CPU reproduction in results/ uses ResNet-18, VGG-16 and vit_tiny.
 """
 
 from configs import common

@@ -14,7 +14,7 @@ from typing import Any, Sequence, Union
 import flax.linen as nn
 import jax.numpy as jnp
 
-from models.layers import conv_and_norm
+from models.layers import conv_and_norm, max_pool_2x2
 from models.taps import TapRecorder
 
 # Configuration D in units of the base width: an int is a conv of width * k channels, 'M' a
@@ -36,7 +36,7 @@ class VGG(nn.Module):
     block, layer = 1, 1
     for item in self.layout:
       if item == 'M':
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool_2x2(x)
         block, layer = block + 1, 1
         continue
       x = nn.relu(norm()(conv(self.width * item, (3, 3))(x)))
