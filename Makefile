@@ -23,9 +23,16 @@ demo: $(VENV)/.runtime
 test: $(VENV)/.dev
 	$(PY) -m pytest -q tests
 
-bench: $(VENV)/.dev
+$(VENV)/.bench: $(VENV)/.dev requirements-bench.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-bench.txt
+	touch $@
+
+# The README's performance tables (about 35 minutes on 2 CPU cores); JSON under runs/benchmarks/.
+bench: $(VENV)/.bench
 	$(PY) benchmarks/bench_metrics.py
-	$(PY) benchmarks/bench_overhead.py
+	$(PY) benchmarks/bench_conv.py
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_xla_flags.py
 
 clean-demo:
 	rm -rf $(WORKDIR)
