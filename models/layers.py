@@ -58,10 +58,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
       feature_group_count=feature_group_count, precision=precision)
   if rewrite is None:
     rewrite = jax.default_backend() == 'cpu'
-  nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
   plain = (lhs.ndim == 4 and all(d in (None, 1, (1, 1)) or tuple(d) == (1, 1)
                                  for d in (lhs_dilation, rhs_dilation))
-           and (dimension_numbers == nhwc or tuple(dimension_numbers) == _NHWC))
+           and (tuple(dimension_numbers) == _NHWC or dimension_numbers
+                == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)))
   if not (rewrite and plain):
     return native()
   kernel, strides = rhs.shape[:2], tuple(window_strides)

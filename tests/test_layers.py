@@ -56,6 +56,12 @@ def test_unrewritten_shapes_take_the_native_nhwc_conv():
   for rewrite in (True, False, None):
     got = layers.conv_general_dilated(x, w, (1, 1), 'SAME', rewrite=rewrite)
     np.testing.assert_allclose(got, want, rtol=1e-12)
+  # A 1-D convolution (not NHWC) passes through untouched.
+  x1, w1 = x[:, 0], w[0]
+  dims = ('NWC', 'WIO', 'NWC')
+  np.testing.assert_allclose(
+      layers.conv_general_dilated(x1, w1, (1,), 'SAME', dimension_numbers=dims, rewrite=True),
+      lax.conv_general_dilated(x1, w1, (1,), 'SAME', dimension_numbers=dims), rtol=1e-12)
 
 
 def test_flax_conv_takes_the_rewrite_and_keeps_its_parameters():
