@@ -19,12 +19,7 @@ All logic lives in training.loop.train_and_evaluate(config, workdir).
 import os
 import sys
 
-# XLA reads its CPU flags when JAX starts its backend, so they are set before anything else.
-from training import runtime
-
-runtime.configure_xla_cpu()
-
-import jax  # noqa: E402
+import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
@@ -32,7 +27,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
-# Importing the project touches no device, so jax.distributed can still be initialized in main.
+# Importing the project touches no device, so main can still set XLA's CPU flags for the model
+# and initialize jax.distributed.
+from training import runtime
 from training.loop import train_and_evaluate
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what an unhandled SIGTERM would report
@@ -106,6 +103,8 @@ def _connect_collectives():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # Before anything touches a device: XLA reads its flags when the backend starts.
+  runtime.configure_xla_cpu(model=FLAGS.config.model)
   initialize_distributed()
   result = train_and_evaluate(FLAGS.config, FLAGS.workdir, overwrite=FLAGS.overwrite)
   if result['preempted']:
