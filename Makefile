@@ -32,6 +32,7 @@ bench: $(VENV)/.bench
 	$(PY) benchmarks/bench_metrics.py
 	$(PY) benchmarks/bench_conv.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_layers.py
 	$(PY) benchmarks/bench_xla_flags.py
 
 clean-demo:

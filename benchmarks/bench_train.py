@@ -17,21 +17,25 @@ decay, the recipe of configs/default.py. The JAX step is the one train.py runs
 eager CPU build, its default NCHW layout and thread count (one per core); it is optional
 (`pip install -r requirements-bench.txt`) and without it the PyTorch columns are left out.
 Rounds rotate the order of the three steps so that drift in machine speed hits all alike,
-and each kind's timed steps follow one untimed step of the same kind.
+and each kind's timed steps follow one untimed step of the same kind. Each model runs in a
+process of its own, started with the XLA:CPU flags train.py would use for it
+(training/runtime.py), so no model inherits another's memory or flags.
 """
 
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from training import runtime  # noqa: E402
+from training import runtime  # noqa: E402  (main sets the model's XLA:CPU flags)
 
-runtime.configure_xla_cpu()
+USER_XLA_FLAGS = os.environ.get('XLA_FLAGS')  # what the child processes start from
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -51,6 +55,8 @@ flags.DEFINE_integer('steps', 2, 'Timed steps per kind per round.')
 flags.DEFINE_bool('torch', True, 'Also time the PyTorch twin (skipped if torch is missing).')
 flags.DEFINE_bool('torch_channels_last', False, 'PyTorch in channels-last memory format.')
 flags.DEFINE_string('out', 'runs/benchmarks/bench_train.json', 'JSON output path.')
+flags.DEFINE_bool('one_process', False, 'Measure every model in this process, with the XLA:CPU '
+                  'flags of the first, instead of one process per model.')
 FLAGS = flags.FLAGS
 
 MEAN, STD = (125.3, 123.0, 113.9), (63.0, 62.1, 66.7)  # CIFAR-10, 0..255 units
@@ -198,6 +204,7 @@ def measure(name: str) -> dict:
         times[kind].append(time.perf_counter() - t)
   median = {kind: statistics.median(ts) for kind, ts in times.items()}
   row = dict(model=name, batch=FLAGS.batch, timed_steps=len(times['jax']),
+             xla_flags=os.environ.get('XLA_FLAGS', ''),
              step_s=median, images_per_s={k: FLAGS.batch / v for k, v in median.items()},
              dynamics_overhead=median['jax_dynamics'] / median['jax'],
              compile_s=steps['jax'].compile_s, gflop_per_step=steps['jax'].flops / 1e9,
@@ -226,23 +233,44 @@ def print_table(rows, peak):
     print(line)
 
 
+def measure_in_child(name: str) -> dict:
+  """measure(name) in a fresh process (this script, --models=name), so that it starts with the
+  model's own XLA:CPU flags."""
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, 'row.json')
+    cmd = [sys.executable, os.path.abspath(__file__), f'--models={name}', f'--out={out}',
+           f'--batch={FLAGS.batch}', f'--rounds={FLAGS.rounds}', f'--steps={FLAGS.steps}',
+           f'--torch={FLAGS.torch}', f'--torch_channels_last={FLAGS.torch_channels_last}']
+    env = dict(os.environ)
+    env.pop('XLA_FLAGS', None)  # this process's flags (the defaults): the child picks the model's
+    if USER_XLA_FLAGS is not None:
+      env['XLA_FLAGS'] = USER_XLA_FLAGS
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode:
+      raise RuntimeError(f'bench_train.py --models={name} failed:\n{proc.stderr[-3000:]}')
+    with open(out) as f:
+      return json.load(f)['rows'][0]
+
+
 def main(argv):
   del argv
   unknown = sorted(set(FLAGS.models) - set(CIFAR_MODELS))
   if unknown:
     raise app.UsageError(f'--models: {", ".join(unknown)} not among {", ".join(CIFAR_MODELS)}')
+  in_process = len(FLAGS.models) == 1 or FLAGS.one_process
+  runtime.configure_xla_cpu(model=FLAGS.models[0] if in_process else None)
   info = machine()
   peak = matmul_peak()
   print(f"{info['cpu']}, {info['cores']} cores; jax {info['jax']} ({info['backend']})"
         + (f", torch {info['torch']} ({info['torch_threads']} threads)" if 'torch' in info else '')
-        + f"\nXLA_FLAGS: {info['xla_flags'] or '(none)'}"
         + f"\nfloat32 matmul peak (2048^3): " + ', '.join(f'{k} {v:.0f} GFLOP/s'
                                                         for k, v in peak.items()))
   rows = []
   for name in FLAGS.models:
     t = time.perf_counter()
-    rows.append(measure(name))
-    print(f'  {name}: measured in {time.perf_counter() - t:.0f} s', flush=True)
+    rows.append(measure(name) if in_process else measure_in_child(name))
+    print(f"  {name}: measured in {time.perf_counter() - t:.0f} s; XLA_FLAGS: "
+          f"{rows[-1]['xla_flags'] or '(none)'}", flush=True)
   print(f'\nbatch {FLAGS.batch}, medians of {rows[0]["timed_steps"]} timed steps per kind; '
         'dyn cost = step time with the tracker / without')
   print_table(rows, peak)

@@ -3,6 +3,8 @@ r"""Which XLA:CPU settings help: bench_train.py once per variant, each in a fres
 
   python benchmarks/bench_xla_flags.py                  # ResNet-18, batch 128
   python benchmarks/bench_xla_flags.py --models=resnet18,vgg16 --rounds=2
+  python benchmarks/bench_xla_flags.py --variants=ynn_all,ynn_dot_reduce \
+      --models=resnet18,resnet34,resnet50,vgg16,densenet121,mobilenetv2 --rounds=1 --torch=false
 
 Each variant reports JAX images/s and, with PyTorch installed, the JAX/PyTorch ratio measured
 in that same process, so variants that change the process environment for both frameworks
@@ -24,7 +26,11 @@ YNN = '--xla_cpu_experimental_ynn_fusion_type'
 # additions off; the others start from them.
 VARIANTS = {
     'untuned': ({'DYNAMICS_XLA_CPU_TUNING': '0'}, 'XLA defaults (Eigen convolutions and dots)'),
-    'default': ({}, f'training/runtime.py: {YNN}=dot,eltwise,reduce'),
+    'default': ({}, 'training/runtime.py: YNNPACK fusions chosen per model family'),
+    'ynn_all': ({'XLA_FLAGS': f'{YNN}=dot,eltwise,reduce'},
+                'YNNPACK for dots, elementwise, reductions (the ResNets\' setting)'),
+    'ynn_dot_reduce': ({'XLA_FLAGS': f'{YNN}=dot,reduce'},
+                       'YNNPACK for dots and reductions (VGG, DenseNet, MobileNetV2)'),
     'ynn_dot_only': ({'XLA_FLAGS': f'{YNN}=dot'}, 'YNNPACK for dots only'),
     'ynn_with_conv': ({'XLA_FLAGS': f'{YNN}=individual_convolution,dot,eltwise,reduce'},
                       'YNNPACK also for convolutions'),
@@ -38,6 +44,7 @@ flags.DEFINE_list('variants', list(VARIANTS), 'Variants to run.')
 flags.DEFINE_list('models', ['resnet18'], 'Models (bench_train.py --models).')
 flags.DEFINE_integer('rounds', 3, 'bench_train.py --rounds.')
 flags.DEFINE_integer('steps', 2, 'bench_train.py --steps.')
+flags.DEFINE_bool('torch', True, 'bench_train.py --torch (False: JAX images/s only, faster).')
 flags.DEFINE_string('out', 'runs/benchmarks/bench_xla_flags.json', 'JSON output path.')
 FLAGS = flags.FLAGS
 
@@ -49,7 +56,8 @@ def run_variant(name: str, workdir: str) -> dict:
   env.update(extra)
   out = os.path.join(workdir, f'{name}.json')
   cmd = [sys.executable, os.path.join(HERE, 'bench_train.py'), f'--models={",".join(FLAGS.models)}',
-         f'--rounds={FLAGS.rounds}', f'--steps={FLAGS.steps}', f'--out={out}']
+         f'--rounds={FLAGS.rounds}', f'--steps={FLAGS.steps}', f'--torch={FLAGS.torch}',
+         f'--out={out}']
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
   if proc.returncode:
     return {'error': (proc.stderr or proc.stdout)[-2000:]}

@@ -17,10 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from training import runtime  # noqa: E402
-
-runtime.configure_xla_cpu()
-os.environ['XLA_FLAGS'] += ' --xla_cpu_enable_xprof_traceme=true'  # name the thunks
+from training import runtime  # noqa: E402  (main sets the model's XLA:CPU flags)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -63,6 +60,8 @@ def op_times(trace_dir: str) -> collections.Counter:
 
 def main(argv):
   del argv
+  runtime.configure_xla_cpu(model=FLAGS.model)  # before JAX starts, as train.py does
+  os.environ['XLA_FLAGS'] += ' --xla_cpu_enable_xprof_traceme=true'  # name the thunks
   config = default.get_config(f'model={FLAGS.model}')
   config.batch_size = FLAGS.batch
   config.dynamics.enabled = FLAGS.dynamics
