@@ -94,11 +94,11 @@ def test_tuned_steps_match_untuned():
   untuned = _losses(False)
   # Four SGD steps: the flags change the order of float32 sums, nothing else. Both settings
   # that training/runtime.py picks between (ResNets; VGG, DenseNet, MobileNetV2) are checked.
-  # Each step amplifies the round-off of the one before (dot,reduce: 0 at step 2, 4e-6 at
-  # step 3, 3e-4 at step 4), so the later the step, the looser the bound.
-  for family in ('resnet18', 'densenet121'):
+  # Each step amplifies the round-off of the one before: with dot,reduce the losses differ by
+  # 0 at step 2, 4e-6 at step 3 and 3e-4 at step 4, so there step 4 gets a looser bound.
+  for family, last_rtol in (('resnet18', 1e-4), ('densenet121', 2e-3)):
     ynn = runtime.cpu_flags(family)[runtime.YNN_FUSION]
     tuned = _losses(True, f'--{runtime.YNN_FUSION}={ynn}')
     np.testing.assert_allclose(tuned[:3], untuned[:3], rtol=1e-4, err_msg=ynn)
-    np.testing.assert_allclose(tuned[3], untuned[3], rtol=2e-3, err_msg=ynn)
+    np.testing.assert_allclose(tuned[3], untuned[3], rtol=last_rtol, err_msg=ynn)
   assert untuned[0] != untuned[-1]
