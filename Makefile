@@ -27,7 +27,7 @@ $(VENV)/.bench: $(VENV)/.dev requirements-bench.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-bench.txt
 	touch $@
 
-# The README's performance tables (about 35 minutes on 2 CPU cores); JSON under runs/benchmarks/.
+# The README's performance tables (about 45 minutes on 2 CPU cores); JSON under runs/benchmarks/.
 bench: $(VENV)/.bench
 	$(PY) benchmarks/bench_metrics.py
 	$(PY) benchmarks/bench_conv.py

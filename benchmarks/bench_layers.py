@@ -121,11 +121,7 @@ def measure(name: str, has_torch: bool) -> dict:
 
 def step_seconds(name: str, has_torch: bool) -> dict:
   """Median whole-step seconds of train.py's step (tracker off) and the PyTorch twin."""
-  config = bench_train.default.get_config(f'model={name}')
-  config.batch_size = FLAGS.batch
-  rng = np.random.default_rng(0)
-  images = jnp.asarray(rng.integers(0, 256, (FLAGS.batch, 32, 32, 3), np.uint8))
-  labels = jnp.asarray(rng.integers(0, 10, (FLAGS.batch,)), jnp.int32)
+  config, images, labels = bench_train.config_and_batch(name)
   steps = {'jax': bench_train.JaxStep(name, config, False, images, labels)}
   if has_torch:
     steps['torch'] = bench_train.TorchStep(name, config, images, labels, False)

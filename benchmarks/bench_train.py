@@ -179,12 +179,18 @@ class TorchStep:
     return loss.item()
 
 
-def measure(name: str) -> dict:
+def config_and_batch(name: str):
+  """configs/default.py for `name` at --batch, and a fixed batch: u8[B, 32, 32, 3], i32[B]."""
   config = default.get_config(f'model={name}')
   config.batch_size = FLAGS.batch
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (FLAGS.batch, 32, 32, 3), np.uint8))
   labels = jnp.asarray(rng.integers(0, 10, (FLAGS.batch,)), jnp.int32)
+  return config, images, labels
+
+
+def measure(name: str) -> dict:
+  config, images, labels = config_and_batch(name)
   steps = {'jax': JaxStep(name, config, False, images, labels),
            'jax_dynamics': JaxStep(name, config, True, images, labels)}
   if _torch() is not None:

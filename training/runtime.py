@@ -2,8 +2,9 @@
 
 XLA reads the XLA_FLAGS environment variable once, when the first computation creates the
 backend, so `configure_xla_cpu()` must run before that (it raises if it would come too late).
-train.py calls it in main() with the configured model, before anything touches a device;
-analyze.py, the benchmarks and tests/conftest.py call it before importing JAX. It only adds
+train.py calls it in main() with the configured model, before anything touches a device, and
+so do the benchmarks that time a model; analyze.py, bench_metrics.py and tests/conftest.py
+call it with the defaults before importing JAX. It only adds
 flags: anything already in XLA_FLAGS is kept and wins, and DYNAMICS_XLA_CPU_TUNING=0 turns the
 additions off (to measure without them). The flags only concern the CPU backend; GPUs and TPUs
 ignore them.
@@ -13,11 +14,11 @@ YNNPACK (XNNPACK's successor inside XLA) takes over dot, elementwise and reducti
 including the dots that XLA makes of convolution gradients. On a 2-core AMD EPYC this cuts
 the ResNet-18 train step at batch 128 from 4.2 s to 2.3 s and the weight gradient of a
 64-channel 3x3 convolution at 32x32 from 290 ms to 66 ms; the losses agree to float32
-round-off (tests/test_runtime.py). Its elementwise fusions help the ResNets (ResNet-50: 11.8 s
-without them, 7.5 s with) but hurt DenseNet-121 (9.5 s without, 12.1 s with) and MobileNetV2
-(2.7 s against 4.5 s) and do not help VGG-16 (1.05 s against 1.09 s): around them XLA
-materialises BatchNorm's per-channel broadcasts at full activation size. Those three families
-leave them out.
+round-off (tests/test_runtime.py). Its elementwise fusions help the ResNets (ResNet-50: 14.6
+img/s with them, 11.2 without) but hurt VGG-16 (107.7 against 132.5), DenseNet-121 (10.5
+against 13.9) and MobileNetV2 (29.5 against 54.3): around them XLA materialises BatchNorm's
+per-channel broadcasts at full activation size. Those three families leave them out
+(bench_xla_flags.py --variants=ynn_all,ynn_dot_reduce).
 """
 
 import importlib.metadata
