@@ -2,7 +2,8 @@
 
 Each family lives in its own file and exports ``VARIANTS`` (name -> constructor); adding a
 family is that file plus one line below. Every model maps ``x: f[B, H, W, 3]`` (normalised)
-and ``train: bool`` to ``(logits f[B, num_classes], taps)``; see models/taps.py.
+and ``train: bool`` to ``logits f[B, num_classes]`` and sows its taps into 'intermediates';
+``apply_with_taps(model, variables, x, ...)`` returns ``(logits, taps)``; see models/taps.py.
 """
 
 from models import densenet
@@ -11,6 +12,7 @@ from models import resnet
 from models import vgg
 from models import vit
 from models import vit_checkpoint
+from models.taps import apply_with_taps  # noqa: F401  (models.apply_with_taps)
 
 _REGISTRY = {
     **resnet.VARIANTS,

@@ -19,7 +19,6 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from models.layers import conv_and_norm
-from models.taps import TapRecorder
 
 
 class DenseLayer(nn.Module):
@@ -48,7 +47,7 @@ class Transition(nn.Module):
 
 
 class DenseNet(nn.Module):
-  """CIFAR DenseNet. ``__call__(x: f[B, H, W, 3], train) -> (logits f[B, classes], taps)``."""
+  """CIFAR DenseNet. ``__call__(x: f[B, H, W, 3], train) -> logits f[B, classes]``."""
   num_classes: int
   block_sizes: Sequence[int] = (6, 12, 24, 16)
   growth: int = 32
@@ -59,22 +58,21 @@ class DenseNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = True):
     conv, norm = conv_and_norm(self.dtype, train)
-    tap = TapRecorder()
     x = nn.relu(norm()(conv(2 * self.growth, (3, 3))(x)))
-    tap('stem', x)
+    self.sow('intermediates', 'stem', x)
     for block, num_layers in enumerate(self.block_sizes):
       for layer in range(num_layers):
         new = DenseLayer(self.growth, self.bottleneck, conv=conv, norm=norm)(x)
-        tap(f'block{block + 1}_layer{layer + 1}', new)
+        self.sow('intermediates', f'block{block + 1}_layer{layer + 1}', new)
         x = jnp.concatenate([x, new], axis=-1)
       if block + 1 < len(self.block_sizes):
         features = int(x.shape[-1] * self.compression)
         x = Transition(features, conv=conv, norm=norm)(x)
-        tap(f'transition{block + 1}', x)
+        self.sow('intermediates', f'transition{block + 1}', x)
     x = nn.relu(norm()(x))
     x = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(self.num_classes, dtype=self.dtype)(x)
-    return logits.astype(jnp.float32), tap.taps
+    return logits.astype(jnp.float32)
 
 
 DenseNet121 = functools.partial(DenseNet, block_sizes=(6, 12, 24, 16), growth=32)

@@ -20,7 +20,6 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from models.layers import conv_and_norm
-from models.taps import TapRecorder
 
 # (expansion t, channels c, repeats n, first stride s) per stage; the ImageNet table with
 # the second stage's stride set to 1 for 32x32 inputs.
@@ -57,7 +56,7 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-  """CIFAR MobileNetV2. ``__call__(x: f[B, H, W, 3], train) -> (logits f[B, classes], taps)``.
+  """CIFAR MobileNetV2. ``__call__(x: f[B, H, W, 3], train) -> logits f[B, classes]``.
 
   ``train=True`` needs ``rngs={'dropout': key}`` (see the module docstring).
   """
@@ -72,22 +71,21 @@ class MobileNetV2(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = True):
     conv, norm = conv_and_norm(self.dtype, train)
-    tap = TapRecorder()
     x = nn.relu6(norm()(conv(make_divisible(self.stem_features * self.width_mult), (3, 3))(x)))
-    tap('stem', x)
+    self.sow('intermediates', 'stem', x)
     for stage, (expansion, channels, repeats, stride) in enumerate(self.stages):
       features = make_divisible(channels * self.width_mult)
       for block in range(repeats):
         x = InvertedResidual(features, stride if block == 0 else 1, expansion,
                              conv=conv, norm=norm)(x)
-        tap(f'stage{stage + 1}_block{block + 1}', x)
+        self.sow('intermediates', f'stage{stage + 1}_block{block + 1}', x)
     # As in the paper, the last conv is never made narrower than its width-1.0 size.
     last = make_divisible(self.last_features * max(1.0, self.width_mult))
     x = nn.relu6(norm()(conv(last, (1, 1))(x)))
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     logits = nn.Dense(self.num_classes, dtype=self.dtype)(x)
-    return logits.astype(jnp.float32), tap.taps
+    return logits.astype(jnp.float32)
 
 
 # Registry entries: name -> constructor(num_classes, **variant). The tiny variant (width 0.25,

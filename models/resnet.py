@@ -12,7 +12,6 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from models.layers import conv_and_norm
-from models.taps import TapRecorder
 
 
 class BasicBlock(nn.Module):
@@ -58,7 +57,7 @@ class BottleneckBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-  """CIFAR ResNet. ``__call__(x: f[B, H, W, 3], train) -> (logits f[B, classes], taps)``."""
+  """CIFAR ResNet. ``__call__(x: f[B, H, W, 3], train) -> logits f[B, classes]``."""
   stage_sizes: Sequence[int]
   block_cls: Any
   num_classes: int
@@ -68,17 +67,16 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = True):
     conv, norm = conv_and_norm(self.dtype, train)
-    tap = TapRecorder()
     x = nn.relu(norm()(conv(self.width, (3, 3))(x)))
-    tap('stem', x)
+    self.sow('intermediates', 'stem', x)
     for stage, num_blocks in enumerate(self.stage_sizes):
       for block in range(num_blocks):
         strides = 2 if stage > 0 and block == 0 else 1
         x = self.block_cls(self.width * 2**stage, strides, conv=conv, norm=norm)(x)
-        tap(f'stage{stage + 1}_block{block + 1}', x)
+        self.sow('intermediates', f'stage{stage + 1}_block{block + 1}', x)
     x = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(self.num_classes, dtype=self.dtype)(x)
-    return logits.astype(jnp.float32), tap.taps
+    return logits.astype(jnp.float32)
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)

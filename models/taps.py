@@ -1,28 +1,14 @@
 """Activation taps: named points in a model whose outputs the dynamics tracker records.
 
-A model's ``__call__(x, train)`` returns ``(logits, taps)``; ``taps`` is a dict from tap name
-to activation ``f[B, ..., C]``. Names carry a zero-padded forward index ("00_stem",
-"01_stage1_block1", ...) so that every pytree flatten, which sorts dict keys, keeps them in
-forward order. Nothing reads taps that the train step does not use, so with the dynamics
-tracker off XLA removes them.
+A model declares a tap the way Flax records any intermediate value,
+``self.sow('intermediates', name, x)``, and its ``__call__(x, train)`` returns only the logits.
+``apply_with_taps(model, variables, x, ...)`` is ``model.apply`` that also returns the taps: a
+dict from ``'{index:02d}_{name}'`` to the activation ``f[B, ..., C]``. The zero-padded forward
+index ("00_stem", "01_stage1_block1", ...) keeps them in forward order through every pytree
+flatten, which sorts dict keys (dynamics/taps.py). A plain ``model.apply`` records nothing
+(sow is a no-op when 'intermediates' is not mutable), so evaluation does not compute them.
 """
 
-from typing import Dict
+from dynamics.taps import apply_with_taps, display_name, taps_from_intermediates
 
-import jax.numpy as jnp
-
-
-class TapRecorder:
-  """Collects activations in call order under sortable names."""
-
-  def __init__(self):
-    self.taps: Dict[str, jnp.ndarray] = {}
-
-  def __call__(self, name: str, x: jnp.ndarray) -> jnp.ndarray:
-    self.taps[f'{len(self.taps):02d}_{name}'] = x
-    return x
-
-
-def display_name(tap_key: str) -> str:
-  """'03_stage1_block3' -> 'stage1_block3' (the index only exists to fix the order)."""
-  return tap_key.split('_', 1)[1] if '_' in tap_key else tap_key
+__all__ = ['apply_with_taps', 'display_name', 'taps_from_intermediates']

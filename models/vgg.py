@@ -15,7 +15,6 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from models.layers import conv_and_norm, max_pool_2x2
-from models.taps import TapRecorder
 
 # Configuration D in units of the base width: an int is a conv of width * k channels, 'M' a
 # 2x2 max-pool.
@@ -23,7 +22,7 @@ VGG16_LAYOUT = (1, 1, 'M', 2, 2, 'M', 4, 4, 4, 'M', 8, 8, 8, 'M', 8, 8, 8, 'M')
 
 
 class VGG(nn.Module):
-  """CIFAR VGG. ``__call__(x: f[B, H, W, 3], train) -> (logits f[B, classes], taps)``."""
+  """CIFAR VGG. ``__call__(x: f[B, H, W, 3], train) -> logits f[B, classes]``."""
   num_classes: int
   layout: Sequence[Union[int, str]] = VGG16_LAYOUT
   width: int = 64
@@ -32,7 +31,6 @@ class VGG(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = True):
     conv, norm = conv_and_norm(self.dtype, train)
-    tap = TapRecorder()
     block, layer = 1, 1
     for item in self.layout:
       if item == 'M':
@@ -40,11 +38,11 @@ class VGG(nn.Module):
         block, layer = block + 1, 1
         continue
       x = nn.relu(norm()(conv(self.width * item, (3, 3))(x)))
-      tap(f'block{block}_conv{layer}', x)
+      self.sow('intermediates', f'block{block}_conv{layer}', x)
       layer += 1
     x = jnp.mean(x, axis=(1, 2))  # 1x1 after five pools at 32x32; any size still works.
     logits = nn.Dense(self.num_classes, dtype=self.dtype)(x)
-    return logits.astype(jnp.float32), tap.taps
+    return logits.astype(jnp.float32)
 
 
 VGG16 = functools.partial(VGG, layout=VGG16_LAYOUT)

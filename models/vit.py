@@ -22,12 +22,10 @@ Parameter counts at 224x224: 85,806,346 (10 classes), 85,875,556 (100 classes).
 """
 
 import functools
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
-
-from models.taps import TapRecorder
 
 
 class AddPositionEmbs(nn.Module):
@@ -93,8 +91,10 @@ class Encoder(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool, tap: Optional[TapRecorder] = None):
-    tap = tap if tap is not None else TapRecorder()
+  def __call__(self, x, train: bool, tap: Optional[Callable[[str, Any], Any]] = None):
+    # `tap(name, x)` sows a tap; VisionTransformer passes its own sow, so that the taps sit at
+    # the top of its 'intermediates' ('patch_embedding', 'block1', ...) like every family's.
+    tap = tap or functools.partial(self.sow, 'intermediates')
     x = AddPositionEmbs(name='posembed_input')(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
     tap('patch_embedding', x)
@@ -107,7 +107,7 @@ class Encoder(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-  """ViT with a class token. ``__call__(x: f[B, H, W, 3], train) -> (logits, taps)``.
+  """ViT with a class token. ``__call__(x: f[B, H, W, 3], train) -> logits``.
 
   H and W must be multiples of ``patch_size``; the position embeddings take the token count
   of the input used at init (models/vit_checkpoint.py resamples them for another size).
@@ -124,7 +124,6 @@ class VisionTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    tap = TapRecorder()
     patch = (self.patch_size, self.patch_size)
     x = nn.Conv(self.hidden_size, patch, strides=patch, padding='VALID', dtype=self.dtype,
                 name='embedding')(x)
@@ -134,11 +133,12 @@ class VisionTransformer(nn.Module):
     x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), (batch, 1, 1)), x], axis=1)
     x = Encoder(self.num_layers, self.mlp_dim, self.num_heads, self.dropout_rate,
                 self.attention_dropout_rate, dtype=self.dtype,
-                name='Transformer')(x, train=train, tap=tap)
+                name='Transformer')(x, train=train,
+                                   tap=functools.partial(self.sow, 'intermediates'))
     # The release initialises the head to zero (it is what fine-tuning replaces).
     logits = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros,
                       name='head')(x[:, 0])
-    return logits.astype(jnp.float32), tap.taps
+    return logits.astype(jnp.float32)
 
 
 ViTB16 = functools.partial(VisionTransformer, patch_size=16, hidden_size=768, num_layers=12,

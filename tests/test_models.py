@@ -41,8 +41,9 @@ def abstract_forward(model, side, batch=2, train=False):
   x = jax.ShapeDtypeStruct((batch, side, side, 3), jnp.float32)
 
   def forward(variables, x):
-    out = model.apply(variables, x, train=train, mutable=['batch_stats'] if train else False,
-                      rngs={'dropout': jax.random.key(1)})
+    out = models.apply_with_taps(model, variables, x, train=train,
+                                 mutable=['batch_stats'] if train else False,
+                                 rngs={'dropout': jax.random.key(1)})
     return out[0] if train else out
 
   logits, taps = jax.eval_shape(forward, variables, x)
@@ -166,8 +167,8 @@ def test_tiny_training_reduces_loss_then_eval_forward(name):
 
   def loss_fn(params, batch_stats, key):
     variables = {'params': params, **({'batch_stats': batch_stats} if batch_stats else {})}
-    (logits, taps), state = model.apply(variables, images, train=True,
-                                        mutable=['batch_stats'], rngs={'dropout': key})
+    (logits, taps), state = models.apply_with_taps(model, variables, images, train=True,
+                                                   mutable=['batch_stats'], rngs={'dropout': key})
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return loss, (state.get('batch_stats', {}), taps)
 
@@ -190,11 +191,15 @@ def test_tiny_training_reduces_loss_then_eval_forward(name):
 
   # Inference mode with the running statistics that training accumulated.
   variables = {'params': params, **({'batch_stats': batch_stats} if batch_stats else {})}
-  logits, taps = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images[:4])
+  logits, taps = jax.jit(lambda v, x: models.apply_with_taps(model, v, x, train=False))(
+      variables, images[:4])
   assert logits.shape == (4, 10) and logits.dtype == jnp.float32
   assert bool(jnp.all(jnp.isfinite(logits)))
   check_taps(model, taps, batch=4)
   assert list(taps) == list(train_taps)  # the same names in both modes
+  # A plain apply (the eval step's) records no taps and returns the same logits alone.
+  plain = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images[:4])
+  np.testing.assert_allclose(plain, logits, rtol=1e-5, atol=1e-5)
 
 
 # ----- ViT checkpoints ---------------------------------------------------------------------
@@ -257,8 +262,8 @@ def test_load_pretrained_same_config_gives_identical_logits(saved_vit):
   for key, value in flat(saved).items():
     np.testing.assert_array_equal(flat(loaded)[key], value, err_msg=key)
   x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
-  np.testing.assert_array_equal(model.apply({'params': loaded}, x, train=False)[0],
-                                model.apply({'params': saved}, x, train=False)[0])
+  np.testing.assert_array_equal(model.apply({'params': loaded}, x, train=False),
+                                model.apply({'params': saved}, x, train=False))
 
 
 def test_load_pretrained_keeps_the_given_head_for_another_class_count(saved_vit):
@@ -297,7 +302,7 @@ def test_load_pretrained_resamples_position_embeddings_for_another_input_size(sa
   for k, value in flat(loaded).items():
     if k != key:
       np.testing.assert_array_equal(value, flat(saved)[k], err_msg=k)
-  logits, _ = model.apply({'params': loaded}, jnp.ones((1, 48, 48, 3)), train=False)
+  logits = model.apply({'params': loaded}, jnp.ones((1, 48, 48, 3)), train=False)
   assert bool(jnp.all(jnp.isfinite(logits)))
 
 

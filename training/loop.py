@@ -197,10 +197,10 @@ def build(config, num_classes: int, image_shape, mean, std, steps_per_epoch: int
   tx = optim.make_optimizer(config, schedule)
   tracker = None
   if config.dynamics.enabled:
-    tap_shapes = jax.eval_shape(
-        lambda: model.init_with_output(
-            {'params': jax.random.key(0), 'dropout': jax.random.key(0)},
-            jnp.zeros((1,) + tuple(image_shape)), train=False)[0][1])
+    image = jnp.zeros((1,) + tuple(image_shape))
+    tap_shapes = jax.eval_shape(lambda: models.apply_with_taps(model, model.init(
+        {'params': jax.random.key(0), 'dropout': jax.random.key(0)}, image, train=False), image,
+        train=False)[1])
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     tracker = tracker_lib.make_tracker(
         config.dynamics, {k: v.shape for k, v in tap_shapes.items()}, total_steps, num_epochs)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import optax
 
 from data import augment as augment_lib
+from dynamics.taps import apply_with_taps
 
 
 @flax.struct.dataclass
@@ -58,8 +59,8 @@ def train_step(state: TrainState, images, labels, *, model, tx, tracker, config,
                           flip=config.flip, out_size=out_size)
 
   def loss_fn(params):
-    (logits, taps), new_vars = model.apply(
-        {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
+    (logits, taps), new_vars = apply_with_taps(
+        model, {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
         mutable=['batch_stats'], rngs={'dropout': dropout_rng})
     loss = jnp.mean(cross_entropy(logits, labels, num_classes, config.label_smoothing))
     return loss, (logits, taps, new_vars.get('batch_stats', {}))
@@ -86,8 +87,8 @@ def eval_step(state: TrainState, images, labels, mask, *, model, mean, std, num_
               out_size: Optional[int]) -> Dict[str, jnp.ndarray]:
   """Sums over one padded batch; mask f32[B] is 0 on padding."""
   x = augment_lib.normalize(images, mean, std, out_size=out_size)
-  logits, _ = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, x,
-                          train=False)
+  logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, x,
+                       train=False)
   loss = cross_entropy(logits, labels, num_classes)
   correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
   return {'loss': jnp.sum(loss * mask), 'correct': jnp.sum(correct * mask),
@@ -98,6 +99,6 @@ def probe_signals(state: TrainState, images, *, model, tracker, mean, std,
                   out_size: Optional[int]):
   """The probe batch in inference mode -> tap signals f32[S]."""
   x = augment_lib.normalize(images, mean, std, out_size=out_size)
-  _, taps = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, x,
-                        train=False)
+  _, taps = apply_with_taps(model, {'params': state.params, 'batch_stats': state.batch_stats},
+                            x, train=False)
   return tracker.reduce(taps)
