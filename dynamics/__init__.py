@@ -1,10 +1,65 @@
-"""Training-dynamics metrics: pure JAX functions, time on the last axis (DESIGN.md section 3)."""
+"""Training-dynamics metrics: pure JAX functions, time on the last axis (DESIGN.md section 3).
 
+The library needs only jax and numpy; importing it imports no Flax, ml_collections, TensorFlow
+or any of the project's models, data or training code. Three layers:
+
+* metric functions on signals ``x: f[..., L, N]`` (L taps, N samples): ``dfa_exponent``,
+  ``integration``, ``kuramoto_order``, ``synchrony``, ``metastability``, ``stability_index``,
+  ``rolling_volatility``, ``convergence_signal``, ``accuracy_plateau``, ``compute_metrics``;
+* taps from Flax models: ``taps_from_intermediates`` (Linen ``sow`` / ``capture_intermediates``
+  collections, NNX ``nnx.capture`` states), ``apply_with_taps`` (Linen), ``nnx_apply_with_taps``;
+* the in-step tracker: ``make_tracker(dcfg, tap_shapes, num_steps, num_epochs)`` -> ``Tracker``
+  with ``init``, ``record_step``, ``reduce``, ``probe_update``, ``summarize_step``,
+  ``summarize_probe``, ``export``; ``default_config()`` lists every definition choice.
+"""
+
+from dynamics.api import make_tracker
+from dynamics.config import Config, as_config, default_config
 from dynamics.dfa import default_scales, dfa_exponent, fluctuation, integration, validate_scales
 from dynamics.phase import hilbert, kuramoto_order, metastability, preprocess, synchrony
+from dynamics.signals import reduce_taps, signal_names
 from dynamics.stability import (
   accuracy_plateau,
   convergence_signal,
   rolling_volatility,
   stability_index,
 )
+from dynamics.taps import (
+  apply_with_taps,
+  display_name,
+  nnx_apply_with_taps,
+  taps_from_intermediates,
+)
+from dynamics.tracker import METRICS, MetricSpec, Tracker, compute_metrics, resolve_scales
+
+__all__ = [
+    'METRICS',
+    'Config',
+    'MetricSpec',
+    'Tracker',
+    'accuracy_plateau',
+    'apply_with_taps',
+    'as_config',
+    'compute_metrics',
+    'convergence_signal',
+    'default_config',
+    'default_scales',
+    'dfa_exponent',
+    'display_name',
+    'fluctuation',
+    'hilbert',
+    'integration',
+    'kuramoto_order',
+    'make_tracker',
+    'metastability',
+    'nnx_apply_with_taps',
+    'preprocess',
+    'reduce_taps',
+    'resolve_scales',
+    'rolling_volatility',
+    'signal_names',
+    'stability_index',
+    'synchrony',
+    'taps_from_intermediates',
+    'validate_scales',
+]

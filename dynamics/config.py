@@ -1,10 +1,74 @@
-"""The dynamics config: every definition choice of DESIGN section 3 is a field here."""
+"""The dynamics config: every definition choice of DESIGN section 3 is a field here.
 
-import ml_collections
+``default_config()`` is an ``ml_collections.ConfigDict`` when ml_collections is installed (the
+project's configs nest and lock it), else (or with ``plain=True``) a ``Config``, a plain dict
+with attribute access, so that the library needs only jax and numpy. ``as_config(dcfg)`` turns
+any of a ConfigDict, a mapping, a dataclass or None into a complete ``Config``: the defaults
+with the given fields replaced, an unknown field being an error that names it.
+"""
+
+import dataclasses
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Union
+
+if TYPE_CHECKING:
+  import ml_collections
 
 
-def default_config():
-  c = ml_collections.ConfigDict()
+class Config(dict):
+  """A dict whose fields are also attributes (``c.window`` is ``c['window']``)."""
+
+  def __getattr__(self, name: str) -> Any:
+    try:
+      return self[name]
+    except KeyError:
+      raise AttributeError(f'dynamics config has no field {name!r}; fields: '
+                           f'{", ".join(sorted(self))}.') from None
+
+  def __setattr__(self, name: str, value: Any) -> None:
+    self[name] = value
+
+  def to_dict(self) -> dict:
+    return dict(self)
+
+
+def _new_config() -> Union['ml_collections.ConfigDict', Config]:
+  try:
+    import ml_collections  # pylint: disable=g-import-not-at-top  (optional for the library)
+  except ImportError:
+    return Config()
+  return ml_collections.ConfigDict()
+
+
+def as_config(dcfg: Any = None) -> Config:
+  """None | ConfigDict | Mapping | dataclass instance -> a complete ``Config``.
+
+  Fields not given keep their ``default_config()`` values; a field that the defaults do not
+  have is a ValueError naming it and the known fields (a typo must not silently keep a default).
+  """
+  c = default_config(plain=True)
+  if dcfg is None:
+    return c
+  if hasattr(dcfg, 'to_dict') and callable(dcfg.to_dict):  # ml_collections.ConfigDict
+    given = dcfg.to_dict()
+  elif dataclasses.is_dataclass(dcfg) and not isinstance(dcfg, type):
+    given = dataclasses.asdict(dcfg)
+  elif isinstance(dcfg, Mapping):
+    given = dict(dcfg)
+  else:
+    raise TypeError(f'dynamics config {dcfg!r} must be None, a mapping (dict, ConfigDict) or a '
+                    'dataclass instance of dynamics fields (see dynamics.default_config()).')
+  unknown = sorted(set(given) - set(c))
+  if unknown:
+    raise ValueError(f'Unknown dynamics config field(s) {", ".join(unknown)}; known fields: '
+                     f'{", ".join(sorted(c))}.')
+  c.update(given)
+  return c
+
+
+def default_config(plain: bool = False) -> Union['ml_collections.ConfigDict', Config]:
+  """Every field with its default; a ``Config`` when ``plain`` or without ml_collections."""
+  c = Config() if plain else _new_config()
   c.enabled = True
   # Tap activation a: f[B, ..., C] -> signal. 'mean' (one number per tap), 'rms', or
   # 'proj:K' (batch/spatial mean, then K fixed random unit projections of the channels).
