@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 
 
-def as_real_float(x, what: str) -> jax.Array:
+def as_real_float(x: jax.typing.ArrayLike, what: str) -> jax.Array:
   """x as a real floating array (integers promoted to the default float; complex rejected)."""
   x = jnp.asarray(x)
   if jnp.issubdtype(x.dtype, jnp.complexfloating):

@@ -176,7 +176,7 @@ def _detrend_cumsum_matrix(n: int, order: int) -> np.ndarray:
   return np.triu(np.ones((n, n))) @ projector
 
 
-def fluctuation(x, scales: Sequence[int], order: int = 1) -> jax.Array:
+def fluctuation(x: jax.typing.ArrayLike, scales: Sequence[int], order: int = 1) -> jax.Array:
   """DFA fluctuation function F(n) (steps 1-3 of the definition).
 
   y = cumsum(x - mean(x)); for each n in ``scales`` the first floor(N/n)*n samples of y are cut
@@ -225,7 +225,7 @@ def _fluctuation(x: jax.Array, scales: tuple[int, ...], order: int) -> jax.Array
   return jnp.stack(out, axis=-1)
 
 
-def dfa_exponent(x, scales: Sequence[int], order: int = 1) -> jax.Array:
+def dfa_exponent(x: jax.typing.ArrayLike, scales: Sequence[int], order: int = 1) -> jax.Array:
   """DFA scaling exponent alpha: OLS slope of ln F(n) on ln n (see ``fluctuation``).
 
   White noise gives alpha ~ 0.5, a random walk ~ 1.5, fractional Gaussian noise ~ its Hurst
@@ -279,7 +279,7 @@ def _zscore_time(x: jax.Array) -> jax.Array:
 
 
 def integration(
-  x, scales: Sequence[int], order: int = 1, method: str = 'per_layer_mean'
+  x: jax.typing.ArrayLike, scales: Sequence[int], order: int = 1, method: str = 'per_layer_mean'
 ) -> jax.Array:
   """Integration score of a set of tap signals.
 

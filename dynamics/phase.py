@@ -41,7 +41,7 @@ PREPROCESS_METHODS = ('detrend', 'demean', 'diff')
 _CONSTANT_ULPS = 4
 
 
-def hilbert(x) -> jax.Array:
+def hilbert(x: jax.typing.ArrayLike) -> jax.Array:
   """Analytic signal x + i H[x] along the last axis, as ``scipy.signal.hilbert``.
 
   FFT, keep DC (and Nyquist for even N) once, double the positive frequencies, zero the
@@ -80,7 +80,7 @@ def _check_method(method: str) -> None:
     )
 
 
-def preprocess(x, method: str = 'detrend') -> jax.Array:
+def preprocess(x: jax.typing.ArrayLike, method: str = 'detrend') -> jax.Array:
   """Per-row preprocessing before phase extraction, then z-score over time (ddof 0).
 
   'detrend': subtract the least-squares line in t = 0..N-1; 'demean': subtract the mean;
@@ -123,7 +123,7 @@ def _preprocess_rows(x: jax.Array, method: str) -> jax.Array:
   return jnp.where(constant, 0, rc / jnp.where(constant, 1, sd))
 
 
-def kuramoto_order(x, preprocess: str = 'detrend') -> jax.Array:
+def kuramoto_order(x: jax.typing.ArrayLike, preprocess: str = 'detrend') -> jax.Array:
   """Kuramoto order parameter R(t) = |mean over taps of exp(i phi[l, t])|.
 
   phi = angle(hilbert(preprocess(x))). A row that is zero after preprocessing (a constant tap)
@@ -197,7 +197,7 @@ def _metastability(x: jax.Array, preprocess: str, edge: int) -> jax.Array:
   return jnp.std(_trimmed_order(x, preprocess, edge), axis=-1)
 
 
-def synchrony(x, preprocess: str = 'detrend', edge: int = 0) -> jax.Array:
+def synchrony(x: jax.typing.ArrayLike, preprocess: str = 'detrend', edge: int = 0) -> jax.Array:
   """Synchrony: mean over t of R(t) (``kuramoto_order``), after dropping ``edge`` samples at
   each end.
 
@@ -213,7 +213,7 @@ def synchrony(x, preprocess: str = 'detrend', edge: int = 0) -> jax.Array:
   return _synchrony(x, preprocess, int(edge))
 
 
-def metastability(x, preprocess: str = 'detrend', edge: int = 0) -> jax.Array:
+def metastability(x: jax.typing.ArrayLike, preprocess: str = 'detrend', edge: int = 0) -> jax.Array:
   """Metastability: standard deviation over t (ddof 0) of R(t) (``kuramoto_order``), after
   dropping ``edge`` samples at each end.
 

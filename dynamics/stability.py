@@ -52,8 +52,8 @@ def _check_real(value, field: str, rule: str, ok) -> None:
 
 
 def stability_index(
-  integration,
-  metastability,
+  integration: jax.typing.ArrayLike,
+  metastability: jax.typing.ArrayLike,
   form: str = 'product',
   w_integration: float = 1.0,
   w_metastability: float = 1.0,
@@ -82,7 +82,7 @@ def stability_index(
   return w_integration * i - w_metastability * m
 
 
-def rolling_volatility(v, window: int) -> jax.Array:
+def rolling_volatility(v: jax.typing.ArrayLike, window: int) -> jax.Array:
   """Rolling standard deviation (ddof 0) over the trailing ``window`` samples.
 
   out[..., t] = std(v[..., t-window+1 : t+1]); NaN where t < window - 1 (not enough history)
@@ -120,7 +120,7 @@ def _rolling_volatility(v: jax.Array, window: int) -> jax.Array:
 
 
 def convergence_signal(
-  volatility, rho: float = 0.25, patience: int = 3, warmup: int = 0
+  volatility: jax.typing.ArrayLike, rho: float = 0.25, patience: int = 3, warmup: int = 0
 ) -> jax.Array:
   """First sample at which the volatility has settled, or -1.
 
@@ -167,7 +167,7 @@ def _convergence_signal(v: jax.Array, rho, patience: int, warmup: int) -> jax.Ar
   return jnp.where(jnp.any(held, axis=-1), first, jnp.int32(-1))
 
 
-def accuracy_plateau(accuracy, delta: float = 1.0) -> jax.Array:
+def accuracy_plateau(accuracy: jax.typing.ArrayLike, delta: float = 1.0) -> jax.Array:
   """First epoch from which accuracy stays within ``delta`` of its final maximum, or -1.
 
   Returns the first e with accuracy[e'] >= nanmax(accuracy) - delta for every e' >= e; NaN

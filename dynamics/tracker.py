@@ -40,11 +40,11 @@ class MetricSpec(NamedTuple):
   dsi_w_metastability: float = 1.0
 
   @classmethod
-  def from_config(cls, dcfg) -> 'MetricSpec':
+  def from_config(cls, dcfg: Any) -> 'MetricSpec':
     return cls(**{field: dcfg[field] for field in cls._fields})
 
 
-def resolve_scales(dcfg, n: int, strict: bool = False) -> Optional[Tuple[int, ...]]:
+def resolve_scales(dcfg: Any, n: int, strict: bool = False) -> Optional[Tuple[int, ...]]:
   """The DFA scales for a series of n samples, or None when n is too short for them.
 
   With strict=True a too-short series is a config error (used for the fixed step window).
@@ -96,7 +96,7 @@ def compute_metrics(x: jnp.ndarray, spec: MetricSpec,
               alphas=alphas)
 
 
-def probe_histories(history: jnp.ndarray, dcfg, spec: MetricSpec
+def probe_histories(history: jnp.ndarray, dcfg: Any, spec: MetricSpec
                     ) -> Dict[str, Dict[str, jnp.ndarray]]:
   """history: f32[S, n], the probe signals of epochs 0..n-1 -> compute_metrics of the
   expanding history ('') and of its last `sliding_epochs` samples ('sliding_'), as at epoch
@@ -107,7 +107,7 @@ def probe_histories(history: jnp.ndarray, dcfg, spec: MetricSpec
           for prefix, h in (('', history), ('sliding_', sliding))}
 
 
-def probe_volatility(dsi: jnp.ndarray, dcfg) -> Tuple[jnp.ndarray, jnp.ndarray]:
+def probe_volatility(dsi: jnp.ndarray, dcfg: Any) -> Tuple[jnp.ndarray, jnp.ndarray]:
   """dsi: f32[n], one history's DSI per epoch -> (volatility f32[n], NaN until
   `volatility_window_epochs` values exist; convergence epoch int32, 0-based, -1 if not fired)."""
   window = int(dcfg.volatility_window_epochs)
@@ -132,7 +132,7 @@ class Tracker(NamedTuple):
   tap_names: Sequence[str]
 
 
-def make_tracker(dcfg, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: int,
+def make_tracker(dcfg: Any, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: int,
                  num_epochs: int) -> Tracker:
   """dcfg: config.dynamics; tap_shapes: {tap: shape} from jax.eval_shape of the model."""
   spec = MetricSpec.from_config(dcfg)
@@ -150,7 +150,7 @@ def make_tracker(dcfg, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: int,
   # (a run shorter than the window simply never computes step metrics).
   capacity = max(int(num_steps), window) if dcfg.step_mode else 0
 
-  def reduce(taps):
+  def reduce(taps: Dict[str, jnp.ndarray]) -> jnp.ndarray:
     return signals.reduce_taps(taps, dcfg.reduction, projections)
 
   def init() -> State:
@@ -186,7 +186,8 @@ def make_tracker(dcfg, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: int,
     return dict(integration=nan, metastability=nan, synchrony=nan, dsi=nan,
                 alphas=jnp.full((num_signals,), jnp.nan, jnp.float32))
 
-  def record_step(state: State, taps, step) -> Tuple[State, Dict[str, jnp.ndarray]]:
+  def record_step(state: State, taps: Dict[str, jnp.ndarray], step: jax.typing.ArrayLike
+                  ) -> Tuple[State, Dict[str, jnp.ndarray]]:
     """Inside the train step: append this step's signals; maybe compute the window metrics."""
     if not dcfg.step_mode:
       return state, {}

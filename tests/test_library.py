@@ -7,6 +7,7 @@ against the metric functions applied to the signals the tracker recorded.
 """
 
 import dataclasses
+import inspect
 import os
 import shutil
 import subprocess
@@ -367,3 +368,21 @@ def test_ruff_passes_on_the_library_files():
   result = subprocess.run([ruff, 'check', '--no-cache', *LIBRARY_FILES], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_public_function_of_dynamics_is_annotated():
+  tracker = dynamics.make_tracker(DCFG, {'00_a': (2, 3)}, NUM_STEPS)
+  functions = [getattr(dynamics, name) for name in dynamics.__all__
+               if inspect.isfunction(getattr(dynamics, name))]
+  functions += [f for f in tracker if inspect.isfunction(f)]
+  functions.append(dynamics.MetricSpec.from_config)
+  assert len(functions) > 30
+  missing = []
+  for f in functions:
+    signature = inspect.signature(f)
+    for name, p in signature.parameters.items():
+      if p.annotation is inspect.Parameter.empty and name not in ('self', 'cls'):
+        missing.append(f'{f.__qualname__}({name})')
+    if signature.return_annotation is inspect.Signature.empty:
+      missing.append(f'{f.__qualname__} -> ?')
+  assert not missing, missing
