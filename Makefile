@@ -37,3 +37,8 @@ bench: $(VENV)/.bench
 
 clean-demo:
 	rm -rf $(WORKDIR)
+
+# Lint and import order (pyproject.toml [tool.ruff]); the formatter check is `pyink --check .`.
+.PHONY: lint
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check .

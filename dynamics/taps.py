@@ -41,7 +41,7 @@ import jax
 
 # filter: None (every array), a regular expression searched in the tap's path, or a callable
 # (path, value) -> bool.
-TapFilter = Union[None, str, 're.Pattern[str]', Callable[[str, Any], bool]]
+TapFilter = Union[None, str, re.Pattern, Callable[[str, Any], bool]]
 
 INTERMEDIATES = 'intermediates'
 

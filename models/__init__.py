@@ -6,12 +6,7 @@ and ``train: bool`` to ``logits f[B, num_classes]`` and sows its taps into 'inte
 ``apply_with_taps(model, variables, x, ...)`` returns ``(logits, taps)``; see models/taps.py.
 """
 
-from models import densenet
-from models import mobilenetv2
-from models import resnet
-from models import vgg
-from models import vit
-from models import vit_checkpoint
+from models import densenet, mobilenetv2, resnet, vgg, vit, vit_checkpoint
 from models.taps import apply_with_taps  # noqa: F401  (models.apply_with_taps)
 
 _REGISTRY = {
@@ -42,8 +37,9 @@ def get(name: str, num_classes: int, **variant):
   fields = set(getattr(constructor, 'func', constructor).__dataclass_fields__)
   unknown = sorted(set(variant) - fields)
   if unknown:
+    known = ', '.join(sorted(fields - {'parent', 'name'}))
     raise ValueError(f'Model {name!r} has no field(s) {", ".join(unknown)} (config field '
-                     f'`model_args`); its fields: {", ".join(sorted(fields - {"parent", "name"}))}.')
+                     f'`model_args`); its fields: {known}.')
   return constructor(num_classes=num_classes, **variant)
 
 

@@ -357,7 +357,7 @@ def test_example_own_training_loop_runs_without_the_project_code(tmp_path):
   assert 'per-tap DFA alpha' in out and 'conv1' in out and 'hidden' in out
 
 
-LIBRARY_FILES = ['dynamics/__init__.py', 'dynamics/api.py', 'dynamics/config.py',
+LIBRARY_FILES = ['dynamics/__init__.py', 'dynamics/api.py', 'dynamics/config.py', 'models',
                  'dynamics/taps.py', 'examples/own_training_loop.py', 'tests/test_library.py']
 
 
