@@ -10,14 +10,23 @@ Several processes (one per host, or per GPU), each started with the same flags p
       --coordinator_address=10.0.0.1:12345 --num_processes=2 --process_id=0   # and =1
 
 On a TPU pod, SLURM, Open MPI or Kubernetes, `--distributed` alone lets jax.distributed detect
-them. Exit status: 0 when the run finished (or stopped as asked), 143 when it was preempted
-(SIGTERM) after saving a checkpoint; running the same command again resumes it.
+them. Exit status: 0 when the run finished (or stopped as asked); 143 when it was preempted
+(SIGTERM) and 130 when it was interrupted (Ctrl-C, SIGINT), both after saving a checkpoint:
+running the same command again resumes it; 1 for a user error (bad config, missing data, workdir
+in use, damaged checkpoints with nothing to fall back to, full disk, divergence), reported in
+one message whose traceback is written to a log file (shown with --verbose).
 
 All logic lives in training.loop.train_and_evaluate(config, workdir).
 """
 
+import datetime
+import errno
 import os
+import signal
 import sys
+import tempfile
+import traceback
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -29,10 +38,14 @@ from ml_collections import config_flags
 
 # Importing the project touches no device, so main can still set XLA's CPU flags for the model
 # and initialize jax.distributed.
-from training import runtime
+from training import checkpoint, runtime, workdir as workdir_lib
 from training.loop import train_and_evaluate
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what an unhandled SIGTERM would report
+USER_ERROR_EXIT_CODE = 1
+# What a user can fix from the message alone: shown as one message, without the traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, checkpoint.CheckpointError,
+               workdir_lib.WorkdirLockedError, FloatingPointError)
 
 
 def _env_int(name):
@@ -62,6 +75,9 @@ flags.DEFINE_integer('num_processes', _env_int('JAX_NUM_PROCESSES'),
                      'How many processes take part (default: $JAX_NUM_PROCESSES).')
 flags.DEFINE_integer('process_id', _env_int('JAX_PROCESS_ID'),
                      'This process, 0 .. num_processes - 1 (default: $JAX_PROCESS_ID).')
+flags.DEFINE_bool('verbose', False,
+                  'On a user error, print the Python traceback too (it is always written to a '
+                  'log file, named in the message).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -100,15 +116,65 @@ def _connect_collectives():
                        'processes do not see the same devices.')
 
 
+def _is_user_error(e: BaseException) -> bool:
+  return isinstance(e, USER_ERRORS) or (isinstance(e, OSError) and e.errno == errno.ENOSPC)
+
+
+def _fail(message: str, exc: Optional[BaseException], code: int = USER_ERROR_EXIT_CODE):
+  """Prints `message` alone (the traceback of `exc` goes to a log file, and to stderr with
+  --verbose) and exits with `code`."""
+  if exc is None:  # nothing raised: no traceback to keep
+    print(f'\nError: {message}', file=sys.stderr)
+    sys.exit(code)
+  text = ''.join(traceback.format_exception(exc))
+  stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+  log = os.path.join(tempfile.gettempdir(), f'train-error-{stamp}-{os.getpid()}.log')
+  try:
+    with open(log, 'w') as f:
+      f.write(f'{" ".join(sys.argv)}\n\n{text}')
+    where = f'traceback in {log}'
+  except OSError:  # a full disk, say: the message matters more than the log
+    where = 'no log file could be written'
+  if FLAGS.verbose:
+    print(text, file=sys.stderr)
+  print(f'\nError: {message}\n({where}; --verbose prints it here)', file=sys.stderr)
+  sys.exit(code)
+
+
+def _load_config():
+  """FLAGS.config, or a one-line error naming the file when it cannot be loaded."""
+  given = FLAGS['config'].config_filename
+  path = given.split(':', 1)[0]
+  if not os.path.isfile(path):
+    configs = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
+    _fail(f'--config={given}: there is no file {os.path.abspath(path)} (the configs of this '
+          f'project are in {configs}).', None)
+  try:
+    return FLAGS.config
+  except OSError as e:  # ml_collections reports a failed import as "Failed loading config file"
+    _fail(f'--config={given} cannot be loaded: {e.__cause__ or e}', e)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  config = _load_config()
   # Before anything touches a device: XLA reads its flags when the backend starts.
-  runtime.configure_xla_cpu(model=FLAGS.config.model)
+  runtime.configure_xla_cpu(model=config.model)
   initialize_distributed()
-  result = train_and_evaluate(FLAGS.config, FLAGS.workdir, overwrite=FLAGS.overwrite)
+  try:
+    result = train_and_evaluate(config, FLAGS.workdir, overwrite=FLAGS.overwrite)
+  except KeyboardInterrupt as e:  # a second Ctrl-C, or one before training started
+    _fail('Interrupted (Ctrl-C) without saving; the newest checkpoint in '
+          f'{os.path.join(FLAGS.workdir, "checkpoints")} (if any) is where the same command '
+          'resumes.', e, code=128 + signal.SIGINT)
+  except Exception as e:  # pylint: disable=broad-except
+    if not _is_user_error(e):
+      raise
+    _fail(str(e), e)
   if result['preempted']:
-    sys.exit(PREEMPTED_EXIT_CODE)
+    sys.exit(128 + checkpoint.last_signal() if checkpoint.last_signal() else
+             PREEMPTED_EXIT_CODE)
   out = result['outputs']
   logging.info('Final test accuracy: %s', result['eval_accuracy'])
   print('\nResults:')

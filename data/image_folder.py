@@ -9,7 +9,8 @@ Layout (optionally under ONE top-level folder, as in ../shared/data/cifar10.tar.
 
 - Splits: 'train' and 'test' are required; other top-level folders (e.g. 'val') and loose files
   next to the splits (README, LICENSE) are ignored, as are hidden files/folders ('.DS_Store',
-  '._x.jpg', '__MACOSX').
+  '._x.jpg', '__MACOSX') and the thumbnail caches Windows leaves in image folders ('Thumbs.db',
+  'ehthumbs.db', 'desktop.ini').
 - Labels: class index = position of the class folder name in the sorted (Python string order,
   i.e. code-point) list of the train split's class folders. For CIFAR-10 this is the standard
   order (airplane, automobile, bird, cat, deer, dog, frog, horse, ship, truck is alphabetical) and
@@ -18,7 +19,9 @@ Layout (optionally under ONE top-level folder, as in ../shared/data/cifar10.tar.
 - Order within a class: file names in natural order ('2.png' before '10.png'); classes in label
   order. (Training order comes from the epoch permutation anyway.)
 - Pixels: decoded with Pillow and converted to RGB uint8 (greyscale is replicated, alpha dropped).
-  All images must have the same size.
+  16-bit images keep their high byte (v >> 8, as Pillow does for 16-bit RGB and libpng's
+  strip_16), so a 16-bit file gives the pixels of its 8-bit version; 32-bit integer and float
+  images are refused (their range is unknown). All images must have the same size.
 
 An archive is read straight from the (gzip) stream, no extraction. The decoded arrays are cached as
 an uncompressed .npz in the cache dir, keyed by the archive's absolute path, size and mtime (for a
@@ -49,7 +52,7 @@ SPLITS = ("train", "test")
 LAYOUT = ("<split>/<class>/<image> with split folders 'train' and 'test' (optionally under one "
           "top-level folder, e.g. cifar10/train/airplane/0001.jpg)")
 # Bump when the decoded content or the cache file format changes, to invalidate old caches.
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: 16-bit greyscale no longer saturated, Thumbs.db skipped
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
 log = logging.getLogger(__name__)
@@ -69,8 +72,13 @@ def _natural_key(name):
   return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name) if t]
 
 
+# Not images: thumbnail caches and folder settings that Windows writes next to pictures.
+_SYSTEM_FILES = ("thumbs.db", "ehthumbs.db", "desktop.ini")
+
+
 def _hidden(parts):
-  return any(p.startswith(".") or p == "__MACOSX" for p in parts)
+  return (any(p.startswith(".") or p == "__MACOSX" for p in parts)
+          or (bool(parts) and parts[-1].lower() in _SYSTEM_FILES))
 
 
 def _split_path(name):
@@ -192,14 +200,39 @@ def _resolve_layout(file_parts, dir_parts, where):
   return class_names, classes
 
 
+class _UnsupportedPixels(ValueError):
+  """A readable image whose pixel format has no defined 8-bit conversion."""
+
+
+# Pillow's modes for 16-bit greyscale; convert("RGB") would saturate every value above 255.
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _grey16_to_rgb8(pixels, mode, where, parts):
+  """u16[H, W] -> u8[H, W, 3]: the high byte, replicated to three channels."""
+  if pixels.ndim != 2:
+    raise ValueError(f"Image {os.path.join(where, *parts)!r}: {mode!r} pixels of shape "
+                     f"{pixels.shape}, expected 2-D.")
+  grey = (pixels.astype(np.uint16) >> 8).astype(np.uint8)
+  return np.repeat(grey[..., None], 3, axis=-1)
+
+
 def _decode(source, where, parts):
   """Decodes one image file (path or bytes) to u8[H, W, 3]; errors name the file."""
   try:
     with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
       im.load()
+      if im.mode in _SIXTEEN_BIT:
+        return _grey16_to_rgb8(np.asarray(im), im.mode, where, parts)
+      if im.mode in ("I", "F") or im.mode.startswith("I;"):
+        raise _UnsupportedPixels(
+            f"Image {os.path.join(where, *parts)!r} has {im.mode!r} pixels (32-bit integer or "
+            "float) whose range is unknown; convert it to 8- or 16-bit.")
       if im.mode != "RGB":
-        im = im.convert("RGB")
+        im = im.convert("RGB")  # Pillow reads 16-bit RGB(A) PNGs as 8-bit RGB(A) already.
       return np.asarray(im, dtype=np.uint8)
+  except _UnsupportedPixels:
+    raise
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     raise ValueError(f"Cannot decode image {os.path.join(where, *parts)!r} ({type(e).__name__}: "
                      f"{e}); remove or replace the file.") from e

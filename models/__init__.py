@@ -43,6 +43,11 @@ def get(name: str, num_classes: int, **variant):
   return constructor(num_classes=num_classes, **variant)
 
 
+def pretrained_families():
+  """Name prefixes of the models that `load_pretrained` can fill (config init_checkpoint)."""
+  return tuple(_PRETRAINED_LOADERS)
+
+
 def load_pretrained(name: str, params, path: str):
   """Loads `path` into `params` (freshly initialised) for model `name` (config init_checkpoint)."""
   for prefix, loader in _PRETRAINED_LOADERS.items():

@@ -1,7 +1,9 @@
 """Tests for the input pipeline (data/). Offline and small: image folders are written here."""
 
 import os
+import struct
 import tarfile
+import zlib
 
 import jax
 import numpy as np
@@ -277,6 +279,53 @@ def test_image_folder_directory(tmp_path):
   (root / "README.txt").write_text("not data")  # Loose files next to the splits are ignored.
   (root / "train" / "cat" / ".DS_Store").write_bytes(b"\0junk")  # Hidden files too.
   _check_mini(image_folder.load_image_folder(str(root), cache_dir=None), expected)
+
+
+@pytest.mark.parametrize("junk", ["Thumbs.db", "ehthumbs.db", "desktop.ini", ".DS_Store"])
+def test_image_folder_skips_system_files_in_class_folders(tmp_path, junk):
+  root = tmp_path / "mini"
+  expected = _write_folder(str(root), _SPEC)
+  (root / "train" / "dog" / junk).write_bytes(b"\0\1 not an image")  # Not decodable.
+  _check_mini(image_folder.load_image_folder(str(root), cache_dir=None), expected)
+
+
+def _png16(path, pixels):
+  """Writes u16[H, W] (greyscale) or u16[H, W, 3] (RGB) as a 16-bit PNG, written by hand (Pillow
+  cannot write 16-bit RGB), so the test does not depend on the reader it checks."""
+  h, w = pixels.shape[:2]
+  raw = b"".join(b"\0" + pixels[y].astype(">u2").tobytes() for y in range(h))  # filter 0 rows
+  chunk = lambda kind, body: (struct.pack(">I", len(body)) + kind + body
+                              + struct.pack(">I", zlib.crc32(kind + body)))
+  header = struct.pack(">IIBBBBB", w, h, 16, 2 if pixels.ndim == 3 else 0, 0, 0, 0)
+  with open(path, "wb") as f:
+    f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_image_folder_16_bit_png_keeps_the_high_byte(tmp_path, channels):
+  rng = np.random.default_rng(0)
+  shape = (8, 8) if channels == 1 else (8, 8, 3)
+  wide = rng.integers(0, 2**16, (2,) + shape, dtype=np.uint16)
+  wide[0].flat[:3] = (0, 255 * 257, 65535)  # the ends of the range, and 8-bit 255 widened
+  for split in ("train", "test"):
+    for k, cls in enumerate(("a", "b")):
+      os.makedirs(tmp_path / "d" / split / cls)
+      _png16(str(tmp_path / "d" / split / cls / "0.png"), wide[k])
+  train_x, *_ = image_folder.load_image_folder(str(tmp_path / "d"), cache_dir=None)
+  expected = (wide >> 8).astype(np.uint8)  # the high byte ...
+  if channels == 1:
+    expected = np.repeat(expected[..., None], 3, -1)
+  np.testing.assert_array_equal(train_x, expected)  # ... not min(v, 255), which was 255 here
+  assert train_x.min() == 0 and train_x.max() == 255 and np.mean(train_x == 255) < 0.05
+
+
+def test_image_folder_refuses_32_bit_images(tmp_path):
+  root = tmp_path / "mini"
+  _write_folder(str(root), _SPEC)
+  Image.fromarray(np.full((8, 8), 1e6, np.float32)).save(root / "train" / "dog" / "f.tiff")
+  with pytest.raises(ValueError, match=r"f\.tiff.*'F' pixels.*8- or 16-bit"):
+    image_folder.load_image_folder(str(root), cache_dir=None)
 
 
 def _make_tar(tmp_path, root, name="mini.tar.gz", arcname="mini"):

@@ -1,6 +1,13 @@
-"""Reliability at scale: a killed or preempted run resumes exactly, divergence stops before anything
-diverged is saved, damaged checkpoints are stepped over without deleting them, a workdir of
-another run is never silently reused, bad input is named, and two processes train like one.
+"""Reliability at scale: a killed, preempted or interrupted run resumes exactly, divergence stops
+before anything diverged is saved, damaged checkpoints (whatever the damage, bytes overwritten
+included) are stepped over without deleting them, a workdir of another run or in use by another
+run is never silently reused, a full disk stops the run with one message, every config field out
+of range is named before anything is loaded, bad input is named, the command line reports user
+errors in one message, and two processes train like one.
+
+Most cases are rows of a table (DAMAGE, CONFIG_MISMATCH, BAD_FIELDS, BAD_DATA, CLI_ERRORS) and
+each asserts the exit path, the key words of the message, and that no good checkpoint or record
+was lost. README "Running long jobs" lists the cases with their outcomes.
 
 Runs that must be interrupted are `train.py` subprocesses (as a user starts them); the runs they
 are compared with, and the resumptions, run in this process (same machine, same XLA build, same
@@ -9,6 +16,7 @@ compilation cache (a fresh folder for this module): compiling, not training, is 
 time here, and a cached executable is the very program the first run compiled.
 """
 
+import errno
 import json
 import os
 import re
@@ -27,7 +35,7 @@ from jax.experimental.compilation_cache import compilation_cache
 from PIL import Image
 
 from configs import tiny
-from training import checkpoint, loop
+from training import checkpoint, loop, validate, workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One config for every run compared with the reference: 3 epochs of 8 steps, checkpoints at
@@ -41,6 +49,15 @@ def _config():
   config = tiny.get_config()
   config.update(OVERRIDES)
   return config
+
+
+def _set(config, field, value):
+  """config['a.b'] = value for a dotted field."""
+  *parents, leaf = field.split('.')
+  node = config
+  for part in parents:
+    node = node[part]
+  node[leaf] = value
 
 
 _CACHE_OPTIONS = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs')
@@ -247,25 +264,75 @@ def test_divergence_stops_naming_step_and_quantity_and_keeps_last_good_checkpoin
 
 
 # ----------------------------------------------------------------------------------------------
-# 4. Damaged checkpoints
+# 4. Damaged checkpoints: each row damages the newest step (24) of a copy of the reference run;
+#    the run must notice, move that step aside untouched, resume from 16 and end as the
+#    reference did.
 
 
-def _damage(step_dir, how):
-  """Damages every file of a checkpoint step the way a full disk or a bad copy would."""
-  for folder, _, files in os.walk(step_dir):
-    for name in files:
-      path = os.path.join(folder, name)
-      size = os.path.getsize(path)
-      if how == 'truncate':
-        os.truncate(path, size // 2)
-      elif how == 'empty':
-        os.truncate(path, 0)
-      elif how == 'flip' and size > 64:  # corrupt bytes in place, sizes unchanged
-        with open(path, 'r+b') as f:
-          f.seek(size // 2)
-          chunk = f.read(16)
-          f.seek(size // 2)
-          f.write(bytes(b ^ 0xFF for b in chunk))
+def _step_files(step_dir):
+  return [os.path.join(d, n) for d, _, files in os.walk(step_dir) for n in files]
+
+
+def _damage(step_dir, how, spare=()):
+  """Damages every file of a checkpoint step (but those named in `spare`) the way a full disk
+  or a bad copy would."""
+  for path in _step_files(step_dir):
+    if os.path.basename(path) in spare:
+      continue
+    size = os.path.getsize(path)
+    if how == 'truncate':
+      os.truncate(path, size // 2)
+    elif how == 'empty':
+      os.truncate(path, 0)
+    elif how == 'flip' and size > 64:  # corrupt bytes in place, sizes unchanged
+      with open(path, 'r+b') as f:
+        f.seek(size // 2)
+        chunk = f.read(16)
+        f.seek(size // 2)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+
+
+def _overwrite_largest(step_dir):
+  """2,000 random bytes over the middle of the largest array-data file, its size unchanged:
+  what defect 1 of issue 12 restored silently, with optimiser values of order 1e38."""
+  data_files = [p for p in _step_files(step_dir) if os.sep + 'd' + os.sep in p]
+  path = max(data_files, key=os.path.getsize)
+  size = os.path.getsize(path)
+  assert size > 4000, (path, size)
+  with open(path, 'r+b') as f:
+    f.seek(size // 2 - 1000)
+    f.write(np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8).tobytes())
+  assert os.path.getsize(path) == size
+
+
+def _remove_default(step_dir):
+  shutil.rmtree(os.path.join(step_dir, 'default'))
+
+
+def _empty_default(step_dir):
+  for name in os.listdir(os.path.join(step_dir, 'default')):
+    path = os.path.join(step_dir, 'default', name)
+    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+def _garble_digests(step_dir):
+  # '{\n "config": {' becomes '{"not json": {': still JSON, the config's key lost.
+  with open(os.path.join(step_dir, checkpoint.DIGESTS_FILE), 'r+b') as f:
+    f.write(b'{"not json')
+
+
+DAMAGE = {  # case: (damage step 24, what the warning must say about it)
+    'files truncated': (lambda d: _damage(d, 'truncate', spare=[checkpoint.DIGESTS_FILE]),
+                        r'has \d+ bytes, \d+ when it was saved'),
+    'bytes overwritten, size unchanged': (_overwrite_largest, r'bytes of default/.* changed'),
+    'bytes flipped in every file': (lambda d: _damage(d, 'flip'),  # digests.json too
+                                    r'digests\.json cannot be read'),
+    'bytes flipped in every data file': (
+        lambda d: _damage(d, 'flip', spare=[checkpoint.DIGESTS_FILE]), r'bytes of .* changed'),
+    'default folder removed': (_remove_default, r'default/\S+ is missing'),
+    'default folder emptied': (_empty_default, r'default/\S+ is missing'),
+    'digests.json garbled': (_garble_digests, r'digests\.json itself was changed'),
+}
 
 
 def _snapshot(folder):
@@ -273,24 +340,63 @@ def _snapshot(folder):
           for d, _, files in os.walk(folder) for n in files}
 
 
-def test_damaged_latest_checkpoint_is_moved_aside_and_the_previous_one_resumes(
-    reference, tmp_path, caplog):
+def _contents(folder):
+  out = {}
+  for rel in _snapshot(folder):
+    with open(os.path.join(folder, rel), 'rb') as f:
+      out[rel] = f.read()
+  return out
+
+
+@pytest.mark.parametrize('case', sorted(DAMAGE))
+def test_damaged_newest_checkpoint_is_moved_aside_and_the_previous_one_resumes(
+    case, reference, tmp_path, caplog):
+  damage, says = DAMAGE[case]
   workdir = _copy_run(reference, tmp_path / 'run')
   bad_dir = os.path.join(workdir, 'checkpoints', '24')
-  _damage(bad_dir, 'truncate')
-  damaged_files = _snapshot(bad_dir)
+  damage(bad_dir)
+  damaged_files = _contents(bad_dir)
 
   result = loop.train_and_evaluate(_config(), workdir)
 
   # Stepped back to 16, trained 16 -> 24 again: the same run as the reference.
   assert result['finished']
   _assert_same_run(*reference, workdir, result['state'])
-  assert 'checkpoints/24 cannot be read' in caplog.text
+  assert re.search(r'checkpoints/24 is damaged \(.*' + says, caplog.text), caplog.text[-3000:]
+  assert '<bound method' not in caplog.text
   # The damaged step was moved, not deleted, and is byte for byte what it was.
   aside = os.listdir(os.path.join(workdir, checkpoint.DAMAGED_DIR))
   assert len(aside) == 1 and aside[0].startswith('24-')
-  assert _snapshot(os.path.join(workdir, checkpoint.DAMAGED_DIR, aside[0])) == damaged_files
+  assert _contents(os.path.join(workdir, checkpoint.DAMAGED_DIR, aside[0])) == damaged_files
   assert 'moved, not deleted' in caplog.text and aside[0] in caplog.text
+  # The step saved again in its place has its own digests, and they hold.
+  assert checkpoint.verify_digests(bad_dir)[1] is None
+  assert checkpoint.verify_digests(bad_dir)[0]['step'] == 24
+
+
+def test_every_committed_step_has_digests_of_all_its_files(reference):
+  for step in (8, 16, 24):
+    folder = os.path.join(reference[0], 'checkpoints', str(step))
+    record, problem = checkpoint.verify_digests(folder)
+    assert problem is None and record['step'] == step
+    assert record['config'] == json.loads(_config().to_json_best_effort(sort_keys=True))
+    on_disk = {os.path.relpath(p, folder) for p in _step_files(folder)}
+    # Orbax writes these two at the commit, after the digests: metadata, no array data.
+    assert set(record['files']) == on_disk - {'digests.json', '_CHECKPOINT_METADATA',
+                                              'commit_success.txt'}
+    assert any(name.startswith('default/') for name in record['files'])
+
+
+def test_a_step_without_digests_older_format_is_restored_with_a_warning(
+    reference, tmp_path, caplog):
+  workdir = _copy_run(reference, tmp_path / 'run')
+  for name in ('summary.json', 'dynamics.npz'):  # the run died after its final checkpoint
+    os.remove(os.path.join(workdir, name))
+  os.remove(os.path.join(workdir, 'checkpoints', '24', checkpoint.DIGESTS_FILE))
+  result = loop.train_and_evaluate(_config(), workdir)
+  _assert_same_run(*reference, workdir, result['state'])
+  assert 'checkpoints/24 has no digests.json' in caplog.text
+  assert not os.path.exists(os.path.join(workdir, checkpoint.DAMAGED_DIR))
 
 
 def test_no_readable_checkpoint_stops_with_a_clear_error(reference, tmp_path):
@@ -307,7 +413,7 @@ def test_no_readable_checkpoint_stops_with_a_clear_error(reference, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# 5. Workdir safety
+# 5. Workdir safety: another run's config, another run's checkpoints, another run at work
 
 
 def test_workdir_of_another_config_is_refused_or_moved_aside(reference, tmp_path, caplog):
@@ -335,9 +441,216 @@ def test_workdir_of_another_config_is_refused_or_moved_aside(reference, tmp_path
     assert json.load(f)['learning_rate'] == 0.02
 
 
+CONFIG_MISMATCH = {  # case: (change to the config, the difference the message must name)
+    'learning rate': ({'learning_rate': 0.02}, 'learning_rate: 0.05 -> 0.02'),
+    'model width': ({'model_args.width': 8}, 'model_args.width: 0 -> 8'),  # a tree mismatch
+}
+
+
+@pytest.mark.parametrize('case', sorted(CONFIG_MISMATCH))
+def test_checkpoints_of_another_config_without_config_json_are_refused(case, reference, tmp_path):
+  changes, difference = CONFIG_MISMATCH[case]
+  workdir = _copy_run(reference, tmp_path / 'run')
+  os.remove(os.path.join(workdir, 'config.json'))  # only the checkpoints tell the config
+  before = _contents(workdir)
+  config = _config()
+  for field, value in changes.items():
+    _set(config, field, value)
+  with pytest.raises(checkpoint.CheckpointConfigError, match='different config') as info:
+    loop.train_and_evaluate(config, workdir)
+  assert difference in str(info.value) and 'checkpoints/24' in str(info.value)
+  assert _contents(workdir) == before  # nothing moved, written or deleted
+
+
+def _dead_pid():
+  proc = subprocess.Popen(['true'])
+  proc.wait()
+  return proc.pid
+
+
+def test_workdir_in_use_is_refused_and_ctrl_c_saves_and_resumes_exactly(reference, tmp_path):
+  workdir, log = str(tmp_path / 'run'), str(tmp_path / 'train.log')
+  proc = _start_train(workdir, log)
+  _wait_for_checkpoint(workdir, proc, log, step=8)
+  # A second run on the same workdir stops at once, naming the first, and touches nothing.
+  t0 = time.time()
+  with pytest.raises(workdir_lib.WorkdirLockedError,
+                     match=rf'in use by process {proc.pid} on host'):
+    loop.train_and_evaluate(_config(), workdir)
+  assert time.time() - t0 < 5
+  assert os.path.exists(workdir_lib.lock_path(workdir))  # still the first run's
+
+  proc.send_signal(signal.SIGINT)  # Ctrl-C
+  assert proc.wait(timeout=300) == 130, _tail(log)  # 128 + SIGINT
+  text = _tail(log, 10**6)
+  match = re.search(r'Interrupted \(SIGINT\) at step (\d+)/(\d+): checkpoint saved.*Run the '
+                    r'same command again to resume from step (\d+)', text)
+  assert match and 'Traceback' not in text, _tail(log)
+  stopped = int(match.group(1))
+  assert 8 <= stopped < TOTAL and _committed_steps(workdir)[-1] == stopped
+  assert not os.path.exists(workdir_lib.lock_path(workdir))  # released on the way out
+
+  result = loop.train_and_evaluate(_config(), workdir)
+
+  assert result['finished']
+  _assert_same_run(*reference, workdir, result['state'])  # no record doubled, none lost
+
+
+def test_stale_lock_is_taken_over_and_a_corrupt_metrics_line_is_moved_aside(
+    reference, tmp_path, caplog):
+  workdir = _copy_run(reference, tmp_path / 'run')
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '24'))  # resumes from 16
+  for name in ('summary.json', 'dynamics.npz'):
+    os.remove(os.path.join(workdir, name))
+  dead = _dead_pid()
+  with open(workdir_lib.lock_path(workdir), 'w') as f:  # a run killed with SIGKILL left it
+    json.dump({'pid': dead, 'host': socket.gethostname(), 'started': 'earlier'}, f)
+  path = os.path.join(workdir, 'metrics.jsonl')
+  with open(path) as f:
+    lines = f.readlines()
+  bad_line = 3  # a record of step <= 16: it is not written again
+  assert json.loads(lines[bad_line - 1])['step'] < 16
+  lines[bad_line - 1] = lines[bad_line - 1][:20] + '\0\0\0garbage\n'
+  with open(path, 'w') as f:
+    f.writelines(lines)
+
+  result = loop.train_and_evaluate(_config(), workdir)
+
+  assert result['finished']
+  assert re.search(rf'stale lock .*process {dead} .*no longer running', caplog.text)
+  assert re.search(rf'metrics\.jsonl: line\(s\) {bad_line} are not valid JSON records; moved '
+                   r'to .*metrics\.jsonl\.bad', caplog.text), caplog.text[-2000:]
+  with open(path + '.bad') as f:
+    assert f.read() == f'metrics.jsonl:{bad_line}: {lines[bad_line - 1]}'
+  expected = _records(reference[0])
+  del expected[bad_line - 1]  # the one record that was damaged; every other one is kept
+  np.testing.assert_equal(_records(workdir), expected)
+  assert not os.path.exists(workdir_lib.lock_path(workdir))
+
+
+def test_lock_of_another_host_is_refused_naming_it(tmp_path):
+  workdir = str(tmp_path / 'run')
+  with open(workdir_lib.lock_path(workdir), 'w') as f:
+    json.dump({'pid': 1234, 'host': 'node-17', 'started': 'earlier', 'command': 'train.py'}, f)
+  with pytest.raises(workdir_lib.WorkdirLockedError,
+                     match=r"process 1234 on host 'node-17'.*delete .*run\.lock"):
+    workdir_lib.WorkdirLock(workdir).acquire()
+
+
 # ----------------------------------------------------------------------------------------------
-# 6. Bad input that only shows once the data is there (the config-only checks are the table in
-#    test_train.py; data.load's own messages are unit-tested in test_data.py)
+# 5b. A full disk: one message, the last good checkpoint intact
+
+
+def _resumable_copy(reference, dest):
+  """The reference run as if killed after checkpoint 16: it resumes there and saves 24."""
+  workdir = _copy_run(reference, dest)
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '24'))
+  for name in ('summary.json', 'dynamics.npz'):
+    os.remove(os.path.join(workdir, name))
+  return workdir
+
+
+def _assert_no_space_error(info, workdir):
+  message = str(info.value)
+  assert info.value.errno == errno.ENOSPC
+  assert re.match(r'No space left on the disk of \S+/checkpoints: the checkpoint of step 24 ',
+                  message), message
+  assert 'The last good checkpoint (step 16) is intact' in message
+  assert _committed_steps(workdir) == [8, 16]
+  for step in (8, 16):
+    assert checkpoint.verify_digests(os.path.join(workdir, 'checkpoints', str(step)))[1] is None
+  assert not [n for n in os.listdir(os.path.join(workdir, 'checkpoints')) if 'tmp' in n]
+
+
+def test_full_disk_stops_with_one_message_and_keeps_the_last_checkpoint(
+    reference, tmp_path, monkeypatch):
+  workdir = _resumable_copy(reference, tmp_path / 'run')
+  monkeypatch.setattr(checkpoint, 'free_bytes', lambda path: 100 * 2**10)
+  with pytest.raises(checkpoint.NoSpaceError) as info:
+    loop.train_and_evaluate(_config(), workdir)
+  _assert_no_space_error(info, workdir)
+  assert re.search(r'needs about 1\.\d MiB, 0\.1 MiB are free', str(info.value))
+
+
+@pytest.mark.parametrize('when', ['checked before the save', 'the write itself fails'])
+def test_full_disk_for_real(when, reference, tmp_path, monkeypatch):
+  """On a tmpfs with room for less than one more checkpoint (needs permission to mount)."""
+  mount = tmp_path / 'small'
+  mount.mkdir()
+  need = sum(_snapshot(os.path.join(reference[0], 'checkpoints', '16')).values())
+  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={8 * need}', 'tmpfs',
+                            str(mount)], capture_output=True)
+  if mounted.returncode != 0:
+    pytest.skip(f'cannot mount a tmpfs here: {mounted.stderr.decode().strip()}')
+  try:
+    workdir = _resumable_copy(reference, mount / 'run')
+    # Shrunk to what the copy uses plus a third of a checkpoint (the records to come fit).
+    used = shutil.disk_usage(mount).used
+    subprocess.run(['mount', '-o', f'remount,size={used + need // 3}', str(mount)], check=True)
+    assert shutil.disk_usage(mount).free < need
+    if when == 'the write itself fails':  # let the save start, as if the estimate were wrong
+      monkeypatch.setattr(checkpoint, 'free_bytes', lambda path: 2**40)
+    with pytest.raises(checkpoint.NoSpaceError) as info:
+      loop.train_and_evaluate(_config(), workdir)
+    _assert_no_space_error(info, workdir)
+  finally:
+    subprocess.run(['umount', '-l', str(mount)], check=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Values out of range (validate.FIELDS): refused before any data is loaded or anything is
+#    compiled, naming the field, the value and the allowed range; nothing is left behind.
+
+BAD_FIELDS = {  # field=value: what "allowed" must say
+    'label_smoothing=2.0': r'a finite number in \[0, 1\)',
+    'grad_clip_norm=-1.0': r'a finite number >= 0 \(0 disables clipping\)',
+    'momentum=1.5': r'a finite number in \[0, 1\)',
+    'warmup_epochs=-1.0': r'a finite number >= 0',
+    'data.num_classes=1': r'an integer >= 2',
+    'crop_padding=100': r'an integer in \[0, 31\]',  # the synthetic images are 32x32
+    'crop_padding=-1': r'an integer in \[0, 31\]',
+    "learning_rate=inf": r'a finite number > 0',
+    'image_size=-1': r"an integer in \[0, 4096\] \(0 keeps the dataset's size\)",
+    'model_args.width=-8': r"an integer >= 0 \(0 keeps the model's own\)",
+    'seed=-1': r'an integer in \[0, 4294967295\]',
+    "init_checkpoint='weights.npz'": r"'' for model 'resnet18_tiny', which has no "
+                                     r"pretrained-weights loader \(models with one: vit\*\)",
+    'dynamics.convergence_rho=1.0': r'a finite number in \(0, 1\)',
+    'dynamics.every_steps=0': r'an integer >= 1',
+}
+
+
+@pytest.mark.parametrize('case', sorted(BAD_FIELDS))
+def test_value_out_of_range_is_refused_before_loading_anything(case, tmp_path, monkeypatch):
+  field, _, text = case.partition('=')
+  value = eval(text, {'inf': float('inf')})  # pylint: disable=eval-used
+  config = tiny.get_config()
+  _set(config, field, value)
+
+  def no_loading(*args, **kwargs):
+    raise AssertionError('data were loaded before the config was checked')
+  monkeypatch.setattr(loop.data_lib, 'load', no_loading)
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(ValueError) as info:
+    loop.train_and_evaluate(config, workdir)
+  expected = rf'{re.escape(field)}={re.escape(repr(value))} is not allowed; allowed: '
+  assert re.match(expected + BAD_FIELDS[case], str(info.value)), str(info.value)
+  assert not os.path.exists(workdir) and not os.path.exists(workdir_lib.lock_path(workdir))
+
+
+def test_every_config_field_in_the_table_exists():
+  config = tiny.get_config()
+  for field, _, _ in validate.FIELDS:
+    node = config
+    for part in field.split('.'):
+      node = node[part]
+  for field, _, _ in validate.DYNAMICS_FIELDS:
+    assert field in config.dynamics, field
+
+
+# ----------------------------------------------------------------------------------------------
+# 6b. Bad input that only shows once the data is there (data.load's own messages are
+#     unit-tested in test_data.py)
 
 
 def _image(path, size=8):
@@ -380,19 +693,30 @@ def _wrong_image_size(root):
   return root
 
 
-BAD_DATA = {  # case: (make the folder, error, what the message must name)
-    'missing folder': (_missing, FileNotFoundError, r'images-nowhere'),
-    'empty class': (_empty_class, ValueError, r'empty_cls'),
-    'unreadable image': (_unreadable_image, ValueError, r'broken\.png'),
-    'no split folders': (_no_split_folders, ValueError, r'images.*train'),
-    'wrong image size': (_wrong_image_size, ValueError, r'9\.png.*16x16'),
+def _one_class(root):
+  for split in ('train', 'test'):
+    _image(os.path.join(root, split, 'only', '0.png'))
+  return root
+
+
+BAD_DATA = {  # case: (make the folder, error, what the message must name, config changes)
+    'missing folder': (_missing, FileNotFoundError, r'images-nowhere', {}),
+    'empty class': (_empty_class, ValueError, r'empty_cls', {}),
+    'unreadable image': (_unreadable_image, ValueError, r'broken\.png', {}),
+    'no split folders': (_no_split_folders, ValueError, r'images.*train', {}),
+    'wrong image size': (_wrong_image_size, ValueError, r'9\.png.*16x16', {}),
+    'one class only': (_one_class, ValueError, r"1 class\(es\) \(only\); .* at least two", {}),
+    'crop padding as wide as the images': (
+        _folder, ValueError, r'crop_padding=8 is not allowed for 8x8 images; allowed: an '
+        r'integer in \[0, 7\]', {'crop_padding': 8}),
 }
 
 
 @pytest.mark.parametrize('case', sorted(BAD_DATA))
 def test_bad_data_names_the_file_and_leaves_no_run_behind(case, tmp_path):
-  make, error, pattern = BAD_DATA[case]
+  make, error, pattern, changes = BAD_DATA[case]
   config = tiny.get_config()
+  config.update(changes)
   config.data.source = 'image_folder'
   config.data.path = make(str(tmp_path / 'images'))
   config.data.cache_dir = str(tmp_path / 'cache')
@@ -411,6 +735,96 @@ def test_probe_batch_larger_than_its_split(tmp_path):
              rf'\({config.data.test_size} images\)')
   with pytest.raises(ValueError, match=pattern):
     loop.train_and_evaluate(config, str(tmp_path / 'run'))
+
+
+# ----------------------------------------------------------------------------------------------
+# 6c. The command line: a user error is one message, its traceback in a log file (or shown with
+#     --verbose), exit status 1. All cases start at once (their time is mostly imports).
+
+
+def _cli_missing_config(tmp, reference):
+  del reference
+  return str(tmp / 'run'), ['--config=configs/nope.py']
+
+
+def _cli_value(tmp, reference):
+  del reference
+  return str(tmp / 'run'), ['--config=configs/tiny.py', '--config.label_smoothing=2.0']
+
+
+def _cli_in_use(tmp, reference):
+  del reference
+  workdir = str(tmp / 'run')
+  with open(workdir_lib.lock_path(workdir), 'w') as f:  # held by this (live) test process
+    json.dump({'pid': os.getpid(), 'host': socket.gethostname(), 'started': 'now'}, f)
+  return workdir, ['--config=configs/tiny.py']
+
+
+def _cli_no_readable_checkpoint(tmp, reference):
+  workdir = _copy_run(reference, tmp / 'run')
+  for step in (8, 16, 24):
+    _damage(os.path.join(workdir, 'checkpoints', str(step)), 'truncate')
+  return workdir, ['--config=configs/tiny.py'] + [f'--config.{k}={v}'
+                                                  for k, v in OVERRIDES.items()]
+
+
+def _cli_missing_data(tmp, reference):
+  del reference
+  return str(tmp / 'run'), ['--config=configs/tiny.py', '--config.data.source=image_folder',
+                            f'--config.data.path={tmp}/nowhere']
+
+
+CLI_ERRORS = {  # case: (set up, the message)
+    'missing config file': (_cli_missing_config, r'--config=configs/nope\.py: there is no file '
+                                                 r'\S+/configs/nope\.py'),
+    'value out of range': (_cli_value, r'label_smoothing=2\.0 is not allowed; allowed: a '
+                                       r'finite number in \[0, 1\)'),
+    'workdir in use': (_cli_in_use, rf'workdir \S+ is in use by process {os.getpid()} on host'),
+    'no readable checkpoint': (_cli_no_readable_checkpoint,
+                               r'None of the checkpoints in \S+ can be read'),
+    'missing data': (_cli_missing_data, r"data\.path='\S+/nowhere' \(\S+\) does not exist"),
+}
+
+
+@pytest.fixture(scope='module')
+def cli_runs(reference, tmp_path_factory):
+  """{case: (exit status, output)} of train.py for every CLI_ERRORS case (and one --verbose)."""
+  procs = {}
+  for case, (setup, _) in sorted(CLI_ERRORS.items()) + [('verbose', (_cli_value, None))]:
+    tmp = tmp_path_factory.mktemp('cli')
+    workdir, flags = setup(tmp, reference)
+    flags += ['--verbose'] if case == 'verbose' else []
+    log = str(tmp / 'train.log')
+    with open(log, 'w') as out:
+      cmd = [sys.executable, 'train.py', f'--workdir={workdir}'] + flags
+      procs[case] = (subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, **_CACHE_ENV),
+                                      stdout=out, stderr=subprocess.STDOUT), log)
+  results = {}
+  for case, (proc, log) in procs.items():
+    code = proc.wait(timeout=600)
+    with open(log) as f:
+      results[case] = (code, f.read())
+  return results
+
+
+@pytest.mark.parametrize('case', sorted(CLI_ERRORS))
+def test_command_line_user_error_is_one_message_without_traceback(case, cli_runs):
+  code, output = cli_runs[case]
+  assert code == 1, output[-3000:]
+  assert 'Traceback' not in output, output[-3000:]
+  match = re.search(r'\nError: (.*)\n(\(traceback in (\S+); --verbose prints it here\)\n)?$',
+                    output)
+  assert match, output[-3000:]
+  assert re.search(CLI_ERRORS[case][1], match.group(1)), match.group(1)
+  if case != 'missing config file':  # raised nothing, so there is no traceback to keep
+    with open(match.group(3)) as f:
+      assert 'Traceback (most recent call last)' in f.read()
+
+
+def test_command_line_verbose_shows_the_traceback(cli_runs):
+  code, output = cli_runs['verbose']
+  assert code == 1 and 'Traceback (most recent call last)' in output
+  assert re.search(r'\nError: label_smoothing=2\.0 is not allowed', output)
 
 
 # ----------------------------------------------------------------------------------------------

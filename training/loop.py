@@ -17,7 +17,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import data as data_lib
 import models
 from dynamics import tracker as tracker_lib
-from training import checkpoint, optim, steps, validate, writers as writers_lib
+from training import checkpoint, optim, steps, validate, workdir as workdir_lib
+from training import writers as writers_lib
 
 
 class _QuietOrbax(pylogging.Filter):
@@ -115,17 +116,6 @@ def _prepare_workdir(config, workdir: str, overwrite: bool):
                       '%s; starting afresh.', workdir,
                       ', '.join(d.split(':')[0] for d in differences[:12]), aside)
   os.makedirs(workdir, exist_ok=True)
-
-
-def _drop_torn_line(path: str):
-  """A process killed in the middle of a write can leave a last line without its newline;
-  drop it, so that the file parses and the resumed run appends whole records after it."""
-  if not os.path.exists(path):
-    return
-  with open(path, 'rb+') as f:
-    text = f.read()
-    if text and not text.endswith(b'\n'):
-      f.truncate(text.rfind(b'\n') + 1)
 
 
 def _device_batch(sharding, local_array, global_batch):
@@ -249,6 +239,14 @@ def _check_probe_size(config, dataset):
 
 def train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
                        overwrite: bool = False) -> Dict[str, Any]:
+  """_train_and_evaluate (below) holding the workdir's lock: a second run on the same workdir
+  stops at once with WorkdirLockedError naming the first one (training/workdir.py)."""
+  with workdir_lib.locked(workdir):
+    return _train_and_evaluate(config, workdir, stop_after, overwrite)
+
+
+def _train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
+                        overwrite: bool = False) -> Dict[str, Any]:
   """Trains config.model on config.data, evaluating every epoch; writes to workdir.
 
   Resumes from the newest readable checkpoint in workdir (unreadable ones are moved to
@@ -267,6 +265,7 @@ def train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
   batch_sharding = NamedSharding(mesh, P('data'))
 
   dataset = data_lib.load(config.data)
+  validate.validate_data(config, dataset)
   _check_probe_size(config, dataset)
   num_classes = dataset.num_classes
   steps_per_epoch = data_lib.steps_per_epoch(len(dataset.train_labels), config.batch_size)
@@ -287,7 +286,7 @@ def train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
     state = jax.device_put(state.replace(params=init_params,
                                          opt_state=exp.tx.init(init_params)), replicated)
 
-  manager = checkpoint.make_manager(workdir, config.keep_checkpoints)
+  manager = checkpoint.make_manager(workdir, config.keep_checkpoints, config)
   restored = checkpoint.restore_latest(manager, state, replicated)
   if restored is not None:
     state = restored
@@ -298,7 +297,7 @@ def train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
   writer, jsonl = writers_lib.create_writers(workdir)
   if jsonl is not None:
     # Records past the restored step come from steps that are about to be redone.
-    _drop_torn_line(os.path.join(workdir, 'metrics.jsonl'))
+    workdir_lib.repair_metrics(os.path.join(workdir, 'metrics.jsonl'))
     jsonl.truncate_after(start_step)
   if start_step == 0:
     writer.write_hparams({k: v for k, v in config.items() if not hasattr(v, 'items')})
@@ -395,8 +394,8 @@ def train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
         last_saved = done
       if preempted:
         manager.wait_until_finished()
-        logging.warning('Preempted (SIGTERM) at step %d/%d: checkpoint saved in %s. Run the '
-                        'same command again to resume from step %d.', done, total_steps,
+        logging.warning('%s at step %d/%d: checkpoint saved in %s. Run the same command '
+                        'again to resume from step %d.', watcher.reason, done, total_steps,
                         manager.directory, done)
         break
       if stopping:

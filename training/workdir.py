@@ -1,0 +1,181 @@
+"""The workdir's safety catches: one run at a time (a lock file), and a metrics.jsonl that a
+killed or damaged run left behind made readable again without losing a valid record."""
+
+import contextlib
+import json
+import os
+import socket
+import sys
+import time
+from typing import Any, Dict, Iterator, List, Optional
+
+import jax
+from absl import logging
+
+
+class WorkdirLockedError(RuntimeError):
+  """Another run (alive, or on another host) holds the workdir's lock."""
+
+
+def lock_path(workdir: str) -> str:
+  # Next to the workdir, not in it: `--overwrite` moves the workdir aside while the lock must
+  # stay, and a lock in a fresh folder would be taken before the workdir check has run.
+  return os.path.abspath(workdir).rstrip(os.sep) + '.lock'
+
+
+def _start_time(pid: int) -> Optional[str]:
+  """The start time of process `pid` in clock ticks since boot (Linux), to tell a live process
+  from a new one that got a dead one's PID; None where /proc is not available."""
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      # The command name (field 2) is in parentheses and may hold spaces: split after it.
+      return f.read().rsplit(')', 1)[1].split()[19]
+  except (OSError, IndexError):
+    return None
+
+
+def _alive(holder: Dict[str, Any]) -> bool:
+  """Whether the process that wrote the lock `holder` (same host) still runs."""
+  pid = int(holder['pid'])
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # exists, owned by another user
+    return True
+  started = holder.get('start_time')
+  return started is None or _start_time(pid) in (None, started)
+
+
+def _describe(holder: Dict[str, Any]) -> str:
+  return (f'process {holder.get("pid")} on host {holder.get("host")!r} (started '
+          f'{holder.get("started", "?")}: {holder.get("command", "?")})')
+
+
+class WorkdirLock:
+  """`<workdir>.lock`, created atomically (O_EXCL), holding this process's PID and host.
+
+  A lock whose process is dead (same host) is stale: taken over with a warning. A lock of a live
+  process, or of another host (whose processes cannot be checked from here), is refused at
+  once with WorkdirLockedError naming that process. With several processes (jax.distributed)
+  only process 0 takes the lock: they are one run.
+  """
+
+  def __init__(self, workdir: str):
+    self.path = lock_path(workdir)
+    self._mine: Optional[Dict[str, Any]] = None
+
+  def _read(self) -> Optional[Dict[str, Any]]:
+    try:
+      with open(self.path) as f:
+        return json.load(f)
+    except FileNotFoundError:
+      return None
+    except (OSError, ValueError):
+      return {}  # being written right now, or damaged
+
+  def acquire(self) -> 'WorkdirLock':
+    if jax.process_index() != 0:
+      return self
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    me = {'pid': os.getpid(), 'host': socket.gethostname(), 'start_time': _start_time(os.getpid()),
+          'started': time.strftime('%Y-%m-%d %H:%M:%S'), 'command': ' '.join(sys.argv)}
+    for _ in range(5):  # a few rounds of "create, else judge the holder", against races
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        holder = self._read()
+        if holder is None:  # released in between
+          continue
+        if not holder:  # empty or unparsable: a holder that is writing it now, unless old
+          age = time.time() - os.path.getmtime(self.path) if os.path.exists(self.path) else 0
+          if age < 10:
+            time.sleep(0.2)
+            continue
+          reason = 'an unreadable lock file'
+        elif holder.get('host') != me['host']:
+          raise WorkdirLockedError(
+              f'The workdir {self.path[:-5]} is in use by {_describe(holder)}, another host, '
+              f'whose processes cannot be checked from here. Wait for that run to end, or use '
+              f'another --workdir; if it is no longer running, delete {self.path}.')
+        elif _alive(holder):
+          raise WorkdirLockedError(
+              f'The workdir {self.path[:-5]} is in use by {_describe(holder)}: two runs in '
+              'one workdir would mix their records and checkpoints. Wait for it to end (or '
+              'stop it), or use another --workdir.')
+        else:
+          reason = f'{_describe(holder)}, which is no longer running'
+        # Renamed, not deleted, so that of two runs taking over the same stale lock only one
+        # succeeds (the other's rename fails, and it sees the winner's lock next round).
+        stale = f'{self.path}.stale-{os.getpid()}'
+        try:
+          os.replace(self.path, stale)
+        except FileNotFoundError:
+          continue
+        os.remove(stale)
+        logging.warning('Took over the stale lock %s of %s.', self.path, reason)
+        continue
+      with os.fdopen(fd, 'w') as f:
+        json.dump(me, f)
+      self._mine = me
+      return self
+    raise WorkdirLockedError(f'Could not take the lock {self.path}: other runs keep taking it.')
+
+  def release(self):
+    if self._mine is None:
+      return
+    holder = self._read()
+    if holder and holder.get('pid') == self._mine['pid'] and (
+        holder.get('started') == self._mine['started']):
+      os.remove(self.path)
+    self._mine = None
+
+
+@contextlib.contextmanager
+def locked(workdir: str) -> Iterator[WorkdirLock]:
+  """Holds the workdir's lock for the duration of the block."""
+  lock = WorkdirLock(workdir).acquire()
+  try:
+    yield lock
+  finally:
+    lock.release()
+
+
+def repair_metrics(path: str) -> List[int]:
+  """Makes metrics.jsonl parse again before a resumed run reads it; returns the bad line numbers.
+
+  A last line without its newline (a process killed in the middle of a write) is dropped, as
+  the step that wrote it is redone. Any other line that is not a JSON record with a `step` (a
+  damaged file) is moved to `<path>.bad` (appended, with its line number), with a warning naming
+  the file and the line; every valid record is kept, in order.
+  """
+  if not os.path.exists(path):
+    return []
+  with open(path, 'rb') as f:
+    text = f.read()
+  lines = text.split(b'\n')
+  torn = lines.pop()  # b'' when the file ends with a newline
+  kept: List[bytes] = []
+  bad: List[int] = []
+  for number, line in enumerate(lines, 1):
+    try:
+      record = json.loads(line)
+      ok = isinstance(record, dict) and isinstance(record.get('step'), int)
+    except ValueError:
+      ok = False
+    if ok:
+      kept.append(line)
+    elif line.strip():
+      bad.append(number)
+      with open(path + '.bad', 'ab') as f:
+        f.write(b'%s:%d: %s\n' % (os.path.basename(path).encode(), number, line))
+  if not bad and not torn:
+    return []
+  if bad:
+    logging.warning('%s: line(s) %s are not valid JSON records; moved to %s, the %d valid '
+                    'record(s) are kept.', path, ', '.join(map(str, bad)), path + '.bad',
+                    len(kept))
+  with open(path + '.tmp', 'wb') as f:
+    f.write(b''.join(line + b'\n' for line in kept))
+  os.replace(path + '.tmp', path)
+  return bad
