@@ -252,7 +252,8 @@ def _train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
   Resumes from the newest readable checkpoint in workdir (unreadable ones are moved to
   `checkpoints.damaged/`). A workdir holding a run of a different config is refused unless
   `overwrite`, which moves that run to `<workdir>.old-<timestamp>`. On SIGTERM (a preemption
-  notice) the run saves a checkpoint at the current step and returns with `preempted` set.
+  notice) or SIGINT (Ctrl-C) the run saves a checkpoint at the current step and returns with
+  `preempted` set (checkpoint.last_signal() tells which).
   `stop_after` ends the run early after that global step with a checkpoint, as a preemption
   would (tests use it to interrupt a run). A NaN/Inf loss, gradient norm or state raises
   FloatingPointError before anything diverged is saved.
