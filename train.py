@@ -62,6 +62,10 @@ flags.DEFINE_integer('num_processes', _env_int('JAX_NUM_PROCESSES'),
                      'How many processes take part (default: $JAX_NUM_PROCESSES).')
 flags.DEFINE_integer('process_id', _env_int('JAX_PROCESS_ID'),
                      'This process, 0 .. num_processes - 1 (default: $JAX_PROCESS_ID).')
+flags.DEFINE_bool('verbose', False,
+                  'Also log every scalar and histogram written (as absl -v 1 does), and the '
+                  "libraries' informational messages; by default the console shows one "
+                  'progress line per log interval and one line per epoch.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -103,6 +107,8 @@ def _connect_collectives():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if FLAGS.verbose:
+    logging.set_verbosity(logging.DEBUG)
   # Before anything touches a device: XLA reads its flags when the backend starts.
   runtime.configure_xla_cpu(model=FLAGS.config.model)
   initialize_distributed()
@@ -111,7 +117,7 @@ def main(argv):
     sys.exit(PREEMPTED_EXIT_CODE)
   out = result['outputs']
   logging.info('Final test accuracy: %s', result['eval_accuracy'])
-  print('\nResults:')
+  print('Results:')
   print(f'  TensorBoard logs:    tensorboard --logdir {out["tensorboard"]}')
   print(f'  metrics (JSON lines): {out["metrics"]}')
   print(f'  checkpoints:          {out["checkpoints"]}')
