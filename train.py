@@ -116,7 +116,8 @@ def main(argv):
   if result['preempted']:
     sys.exit(PREEMPTED_EXIT_CODE)
   out = result['outputs']
-  logging.info('Final test accuracy: %s', result['eval_accuracy'])
+  if result['eval_accuracy'] is not None:
+    logging.info('Final test accuracy: %.2f%%', result['eval_accuracy'])
   print('Results:')
   print(f'  TensorBoard logs:    tensorboard --logdir {out["tensorboard"]}')
   print(f'  metrics (JSON lines): {out["metrics"]}')

@@ -222,9 +222,14 @@ def _decode_split(files, indices_by_class, class_names, where, shape=None, split
   order = [(label, i) for label, cls in enumerate(class_names)
            for i in indices_by_class.get(cls, [])]
   images, labels, first = None, np.empty(len(order), np.int32), None
-  # disable=None: a bar on a terminal only, no carriage-return clutter in log files.
+  # disable=None: a bar on a terminal only, no carriage-return clutter in log files, which
+  # get a line per quarter of the split instead.
   bar = tqdm.tqdm(order, desc=f"decoding {split}", unit="img", disable=None, leave=False)
+  quarter, start = max(len(order) // 4, 1), time.perf_counter()
   for k, (label, i) in enumerate(bar):
+    if bar.disable and k and k % quarter == 0:
+      log.info("decoded %d/%d %s images (%.0f s)", k, len(order), split,
+               time.perf_counter() - start)
     parts, source = files[i]
     img = _decode(source, where, parts)
     if images is None:

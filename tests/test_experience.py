@@ -172,7 +172,7 @@ def test_console_shows_compile_and_epoch_lines_and_no_scalar_dicts(run20):
   assert 'Compiling the train step ...' in out
   assert 'Compiled the train step in' in out
   for epoch in (1, 2, 3):
-    assert f'epoch {epoch}/3: test loss' in out
+    assert f'epoch {epoch}/3 (step ' in out
   assert 'dynamics.window=auto -> 10 steps' in out
   assert 'Histogram for' not in out and '[Hyperparameters]' not in out
   assert 'oneDNN' not in out  # no TensorFlow banner
@@ -222,3 +222,14 @@ def test_figures_and_report_say_what_is_not_defined(run20, monkeypatch):
   assert 'not defined: needs 10 epochs, has 3' in report
   assert 'Step mode, last window (10 steps' in report
   assert ': .' not in report and ': \n' not in report  # no empty results
+
+
+def test_a_run_shorter_than_any_step_window_trains_and_says_so(tmp_path):
+  config = tiny.get_config()
+  config.num_train_steps = 4  # the DFA scales need 10 steps
+  config.dynamics.probe_mode = False
+  fit = _fit(config)
+  assert fit.config.dynamics.window == 10 and fit.warnings
+  loop.train_and_evaluate(config, str(tmp_path))  # build() does not re-check the resolved 10
+  dyn = np.load(tmp_path / 'dynamics.npz')
+  assert dyn['step_signals'].shape[1] == 4 and not np.isfinite(dyn['step_dsi']).any()

@@ -220,7 +220,9 @@ def build(config, num_classes: int, image_shape, mean, std, steps_per_epoch: int
 
   image_shape: (H, W, 3) as the model sees it; mean, std: f32[3] in 0..255 units.
   """
-  if config.dynamics.enabled:  # dynamics.window = auto etc.: sized to the run (no-op if done)
+  dcfg = config.dynamics
+  if dcfg.enabled and validate.AUTO in (dcfg.window, dcfg.volatility_window_steps):
+    # Called directly (train_and_evaluate resolves these first): size them to the run.
     config = validate.fit_to_run(config, total_steps, steps_per_epoch).config
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P('data'))
@@ -306,6 +308,9 @@ def train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
   batch_sharding = NamedSharding(mesh, P('data'))
 
   t_load = time.time()
+  logging.info('Loading the data: %s ...', config.data.source + (
+      f' {config.data.path}' if config.data.source == 'image_folder' else
+      f' {config.data.name}' if config.data.source == 'tfds' else ''))
   dataset = data_lib.load(config.data)
   logging.info('Data: %s, %d training and %d test images of %s (%.1f s).', dataset.name,
                len(dataset.train_labels), len(dataset.test_labels),
@@ -349,8 +354,8 @@ def train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
     writer.write_hparams({k: v for k, v in config.items() if not hasattr(v, 'items')})
 
   train_step = _announce_first_call(exp.train_step, 'train step')
-  eval_step = _announce_first_call(exp.eval_step, 'evaluation step')
-  probe = exp.probe and _announce_first_call(exp.probe, 'dynamics probe')
+  # The evaluation step and the probe compile in a second or two: the epoch line's time says it.
+  eval_step, probe = exp.eval_step, exp.probe
   if probe is not None:
     probe_images = _probe_batch(config, dataset, batch_sharding)
 
@@ -376,10 +381,11 @@ def train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
                num_classes, total_steps, steps_per_epoch, config.batch_size,
                jax.device_count(), jax.process_count(), workdir)
   # The periodic work of the loop below, each a named action.
-  def log_train(step, metrics, interval_steps, interval_start):
+  def log_train(step, metrics, interval_steps, interval_start, epoch_end):
     """Every log_every_steps and at each epoch end: the values of the logged step itself (not
     an interval mean, so that a resumed run logs exactly what an uninterrupted one would) to
-    the writers, and one progress line to the console."""
+    the writers, and one progress line to the console (at an epoch end, the epoch's line
+    carries it instead). Returns the line's throughput part."""
     done = step + 1
     fetched = jax.device_get(metrics)  # waits for the step: the interval's time ends here
     interval_seconds = time.time() - interval_start
@@ -391,22 +397,27 @@ def train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
     values['train/steps_per_sec'] = interval_steps / max(interval_seconds, 1e-9)
     writer.write_scalars(done, values)
     eta = (total_steps - done) / max(values['train/steps_per_sec'], 1e-9)
-    logging.info(
-        'step %d/%d  epoch %.2f/%d  loss %.4f  acc %.1f%%  | %.2f steps/s  %.0f img/s  '
-        'ETA %s', done, total_steps, done / steps_per_epoch, num_epochs,
-        values['train/loss'], values['train/accuracy'], values['train/steps_per_sec'],
-        values['train/steps_per_sec'] * config.batch_size, _format_seconds(eta))
+    speed = (f'{values["train/steps_per_sec"]:.2f} steps/s  '
+             f'{values["train/steps_per_sec"] * config.batch_size:.0f} img/s  '
+             f'ETA {_format_seconds(eta)}')
+    train = f'loss {values["train/loss"]:.4f}  acc {values["train/accuracy"]:.1f}%'
+    if not epoch_end:
+      logging.info('step %d/%d  epoch %.2f/%d  %s  | %s', done, total_steps,
+                   done / steps_per_epoch, num_epochs, train, speed)
+    return f'train {train}', speed
 
-  def end_epoch(state, done):
-    """Evaluation, the dynamics probe and the per-tap alphas to the writers; one console
-    line. Returns (state with the probe sample appended, the evaluation metrics)."""
+  def end_epoch(state, done, progress):
+    """Evaluation, the dynamics probe and the per-tap alphas to the writers; one console line
+    with `progress` (log_train's). Returns (state with the probe sample appended, the
+    evaluation metrics)."""
     epoch = math.ceil(done / steps_per_epoch)
     t_eval = time.time()
     eval_metrics = evaluate(state)
     eval_metrics['epoch'] = epoch
     writer.write_scalars(done, eval_metrics)
-    line = (f'epoch {epoch}/{num_epochs}: test loss {eval_metrics["eval/loss"]:.4f}, test '
-            f'accuracy {eval_metrics["eval/accuracy"]:.2f}% ({time.time() - t_eval:.1f} s)')
+    line = (f'epoch {epoch}/{num_epochs} (step {done}/{total_steps}): {progress[0]}  | test '
+            f'loss {eval_metrics["eval/loss"]:.4f}  acc {eval_metrics["eval/accuracy"]:.2f}% '
+            f'({time.time() - t_eval:.1f} s)  | {progress[1]}')
     if probe is not None:
       state = state.replace(dynamics=tracker.probe_update(
           state.dynamics, probe(state, probe_images)))
@@ -455,10 +466,10 @@ def train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
       done = step + 1
       epoch_end = done % steps_per_epoch == 0 or done == total_steps
       if done % config.log_every_steps == 0 or epoch_end:
-        log_train(step, metrics, steps_in_interval, t_interval)
+        progress = log_train(step, metrics, steps_in_interval, t_interval, epoch_end)
         t_interval, steps_in_interval = time.time(), 0
       if epoch_end:
-        state, eval_metrics = end_epoch(state, done)
+        state, eval_metrics = end_epoch(state, done, progress)
       # Every record of step `done` is written before its checkpoint, so a run killed at any
       # point resumes from a checkpoint whose records are all in metrics.jsonl.
       preempted = watcher.reached(done) and done < total_steps  # the end is saved anyway

@@ -193,8 +193,9 @@ def fit_to_run(config, total_steps: int, steps_per_epoch: int) -> RunFit:
   leaves fewer than 3 samples of the window, raises ValueError naming the field, the value and
   the allowed range. What the run cannot compute with its settings (epoch history too short for
   the DFA scales, volatility or convergence that cannot be reached) is returned as warnings
-  with the numbers and the fix. The config is copied, never changed in place; a resolved
-  config passes through unchanged.
+  with the numbers and the fix. The config is copied, never changed in place. Call it once,
+  on the config as given: a window that auto set above a run too short for any window would
+  read as an explicit one the second time.
   """
   total, epochs = total_steps, math.ceil(total_steps / steps_per_epoch)
   config = config.copy_and_resolve_references()
