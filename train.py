@@ -19,18 +19,21 @@ All logic lives in training.loop.train_and_evaluate(config, workdir).
 import os
 import sys
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from absl import app, flags, logging
-from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
-from ml_collections import config_flags
+if __name__ == '__main__':  # the imports below take seconds (JAX): show that the run started
+  print('train.py: loading JAX and the project ...', file=sys.stderr, flush=True)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from jax.experimental import multihost_utils  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 # Importing the project touches no device, so main can still set XLA's CPU flags for the model
 # and initialize jax.distributed.
-from training import runtime
-from training.loop import train_and_evaluate
+from training import runtime  # noqa: E402
+from training.loop import train_and_evaluate  # noqa: E402
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what an unhandled SIGTERM would report
 

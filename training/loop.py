@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -365,9 +366,12 @@ def train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
 
   def evaluate(state):
     totals = {'loss': 0.0, 'correct': 0.0, 'count': 0.0}
-    for images, labels, mask in data_lib.eval_batches(
+    # A bar on a terminal only (disable=None); the epoch line gives the time.
+    for images, labels, mask in tqdm.tqdm(data_lib.eval_batches(
         dataset.test_images, dataset.test_labels, config.eval_batch_size,
-        jax.process_index(), jax.process_count()):
+        jax.process_index(), jax.process_count()), desc='evaluating', unit='batch',
+        total=math.ceil(len(dataset.test_labels) / config.eval_batch_size), disable=None,
+        leave=False):
       sums = eval_step(state, _device_batch(batch_sharding, images, config.eval_batch_size),
                        _device_batch(batch_sharding, labels, config.eval_batch_size),
                        _device_batch(batch_sharding, mask, config.eval_batch_size))
