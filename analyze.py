@@ -22,20 +22,21 @@ run, (3) integration-metastability trajectories, loss/accuracy curves, and with 
 logged and the recomputed metrics side by side.
 """
 
-import json
+import logging as pylogging
 import os
-from typing import Dict, List
+from typing import List
 
 from training import runtime
 
 runtime.configure_xla_cpu()  # before JAX starts (the --set ablation recomputes metrics)
 
-import matplotlib  # noqa: E402
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
+
+from analysis import figures  # noqa: E402
+
+# JAX logs at INFO that it found no TPU; only its warnings belong on this console.
+pylogging.getLogger('jax._src.xla_bridge').setLevel(pylogging.WARNING)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string('workdir', None, 'Run directory (repeatable).')
@@ -51,146 +52,88 @@ flags.DEFINE_bool('ablate_step_mode', True, 'Study mode with --set: also recompu
                   'step-mode metrics (every training step; the slower part).')
 
 
-def load_metrics(workdir: str) -> Dict[str, np.ndarray]:
-  """metrics.jsonl -> {name: f64[K, 2] rows of (step, value)} for every scalar."""
-  series: Dict[str, List] = {}
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    for line in f:
-      record = json.loads(line)
-      step = record.pop('step')
-      for key, value in record.items():
-        if isinstance(value, (int, float)):
-          series.setdefault(key, []).append((step, value))
-  return {k: np.asarray(v, np.float64) for k, v in series.items()}
-
-
-def load_dynamics(workdir: str):
-  path = os.path.join(workdir, 'dynamics.npz')
-  return dict(np.load(path)) if os.path.exists(path) else None
-
-
-def _plot(ax, xy, label, **kw):
-  if xy is not None and len(xy):
-    ax.plot(xy[:, 0], xy[:, 1], label=label, **kw)
-
-
-def plot_training(metrics, path, title):
-  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-  _plot(ax_loss, metrics.get('train/loss'), 'train')
-  _plot(ax_loss, metrics.get('eval/loss'), 'test', marker='o')
-  ax_loss.set(xlabel='training step', ylabel='cross-entropy loss', title=f'{title}: loss')
-  _plot(ax_acc, metrics.get('train/accuracy'), 'train')
-  _plot(ax_acc, metrics.get('eval/accuracy'), 'test', marker='o')
-  ax_acc.set(xlabel='training step', ylabel='accuracy (%)', title=f'{title}: accuracy')
-  for ax in (ax_loss, ax_acc):
-    ax.legend()
-    ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
-def plot_step_dynamics(dyn, path, title):
-  steps = np.arange(1, dyn['step_dsi'].shape[0] + 1)
-  fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
-  panels = [('step_integration', 'integration (DFA alpha)'),
-            ('step_metastability', 'metastability (std of R)'),
-            ('step_dsi', 'dynamical stability index'),
-            ('step_dsi_volatility', 'DSI volatility')]
-  for ax, (key, label) in zip(axes.flat, panels):
-    ax.plot(steps, dyn[key], lw=1)
-    ax.set(ylabel=label, title=label)
-    ax.grid(alpha=0.3)
+def _step_lines(run, dcfg) -> List[str]:
+  """report.md's step-mode lines: the last window's values, or why there are none."""
+  dyn = run.dynamics
+  steps_done = int(dyn['step_dsi'].shape[0])
+  window = int(dyn['step_window']) if 'step_window' in dyn else int(dcfg.window)
+  last = {k: dyn[f'step_{k}'][np.isfinite(dyn[f'step_{k}'])] for k in
+          ('integration', 'metastability', 'synchrony', 'dsi')}
+  if not any(len(v) for v in last.values()):
+    return ['Step mode, window metrics: ' + figures.not_defined_text(
+        window, steps_done, 'training steps (dynamics.window)') + '.']
+  lines = [f'Step mode, last window ({window} steps, n = {len(last["dsi"])} windows): ' +
+           ', '.join(f'{k} {v[-1]:.3f}' for k, v in last.items() if len(v)) + '.']
   conv = int(dyn.get('step_convergence', -1))
-  if conv >= 0:
-    axes.flat[3].axvline(conv + 1, color='C3', ls='--', label=f'convergence signal (step {conv + 1})')
-    axes.flat[3].legend()
-  for ax in axes[1]:
-    ax.set_xlabel('training step')
-  window = int(dyn['step_window']) if 'step_window' in dyn else None
-  fig.suptitle(f'{title}: step-mode dynamics' +
-               (f' (sliding window of {window} steps)' if window else ''))
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  vol = np.isfinite(dyn['step_dsi_volatility']).any()
+  lines.append('Step mode convergence signal: ' + (
+      f'step {conv + 1}.' if conv >= 0 else 'did not fire.' if vol else
+      'DSI volatility ' + figures.not_defined_text(
+          window + (int(dcfg.volatility_window_steps) - 1) * int(dcfg.every_steps), steps_done,
+          'training steps') + '.'))
+  return lines
 
 
-def plot_epoch_dynamics(dyn, metrics, path, title):
+def _epoch_lines(run, dcfg, min_epochs: int, plateau: int) -> List[str]:
+  dyn = run.dynamics
   count = int(dyn['probe_count'])
-  epochs = np.arange(1, count + 1)
-  fig, (ax_dsi, ax_vol) = plt.subplots(1, 2, figsize=(11, 4))
-  for prefix, label in (('probe_', 'expanding history'), ('probe_sliding_', 'sliding window')):
-    ax_dsi.plot(epochs, dyn[prefix + 'dsi'], marker='o', label=label)
-    ax_vol.plot(epochs, dyn[prefix + 'dsi_volatility'], marker='o', label=f'volatility, {label}')
-  ax_dsi.set(xlabel='epoch', ylabel='DSI', title=f'{title}: DSI per epoch (probe batch)')
+  final = {k: float(dyn[f'probe_{k}'][-1]) for k in ('integration', 'metastability', 'dsi')}
+  shown = ', '.join(f'{k} {v:.3f}' for k, v in final.items() if np.isfinite(v))
+  lines = [f'Epoch mode (probe batch, expanding history of {count} epochs): '
+           + (shown or 'nothing defined') + '.']
+  if not np.isfinite(final['dsi']):
+    lines.append('Epoch mode integration and DSI: ' + figures.not_defined_text(
+        min_epochs, count, 'epochs') + '.')
   conv = int(dyn['probe_convergence'])
-  if conv >= 0:
-    ax_vol.axvline(conv + 1, color='C3', ls='--', label=f'convergence signal (epoch {conv + 1})')
-  acc = metrics.get('eval/accuracy')
-  if acc is not None and len(acc):
-    ax_acc = ax_vol.twinx()
-    ax_acc.plot(np.arange(1, len(acc) + 1), acc[:, 1], color='k', alpha=0.5, label='test accuracy')
-    ax_acc.set_ylabel('test accuracy (%)')
-  ax_vol.set(xlabel='epoch', ylabel='DSI volatility', title='volatility vs accuracy')
-  for ax in (ax_dsi, ax_vol):
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
-def plot_alphas(dyn, path, title):
-  key = 'probe_alphas' if 'probe_alphas' in dyn and np.isfinite(dyn['probe_alphas']).any() else (
-      'step_alphas')
-  alphas = dyn.get(key)
-  if alphas is None or not np.isfinite(alphas).any():
-    return False
-  names = [str(n) for n in dyn['signal_names']]
-  fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names)), 4))
-  ax.bar(range(len(alphas)), alphas)
-  ax.axhline(0.5, color='k', lw=0.8, ls=':', label='white noise (0.5)')
-  ax.axhline(1.5, color='k', lw=0.8, ls='--', label='random walk (1.5)')
-  ax.set_xticks(range(len(names)), names, rotation=75, fontsize=7)
-  source = 'probe, whole history' if key == 'probe_alphas' else 'training steps, last window'
-  ax.set(ylabel='DFA exponent alpha', title=f'{title}: per-tap integration ({source})')
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return True
+  vol = np.isfinite(dyn['probe_dsi_volatility']).any()
+  lines.append('Epoch mode convergence signal: ' + (
+      f'epoch {conv + 1}.' if conv >= 0 else 'did not fire.' if vol else
+      'DSI volatility ' + figures.not_defined_text(
+          min_epochs + int(dcfg.volatility_window_epochs) - 1, count, 'epochs') + '.'))
+  lines.append('Accuracy plateau: ' + (f'epoch {plateau + 1} (within {dcfg.plateau_delta:g} '
+                                       'points of the final maximum).' if plateau >= 0
+                                       else 'not reached.'))
+  return lines
 
 
 def analyze_run(workdir: str) -> str:
   """Writes the figures and report.md of one run; returns the report path."""
-  title = os.path.basename(os.path.normpath(workdir))
+  from analysis import runs as runs_lib  # pylint: disable=g-import-not-at-top
+  from dynamics import stability  # pylint: disable=g-import-not-at-top
+  from training import validate  # pylint: disable=g-import-not-at-top
+  run = runs_lib.load_run(workdir)
   plots = os.path.join(workdir, 'plots')
   os.makedirs(plots, exist_ok=True)
-  metrics = load_metrics(workdir)
-  dyn = load_dynamics(workdir)
-  figures = ['training.png']
-  plot_training(metrics, os.path.join(plots, 'training.png'), title)
-  lines = [f'# Run {title}', '']
-  acc = metrics.get('eval/accuracy')
-  if acc is not None and len(acc):
-    lines.append(f'Final test accuracy: {acc[-1, 1]:.2f}% (best {acc[:, 1].max():.2f}%).')
-  if dyn is not None:
+  figures.run_training(run, os.path.join(plots, 'training.png'))
+  written = ['training.png']
+  lines = [f'# Run {run.name}: {figures.run_title(run)}', '']
+  acc = run.test_accuracy
+  if len(acc):
+    lines.append(f'Final test accuracy: {acc[-1]:.2f}% (best {np.nanmax(acc):.2f}%, '
+                 f'{len(acc)} epoch(s)).')
+  else:
+    lines.append('Test accuracy: not evaluated yet (no epoch finished).')
+  dyn = run.dynamics
+  if dyn is None:
+    lines.append('Dynamics: no dynamics.npz (dynamics.enabled=False, or the run has not ended).')
+  else:
+    dcfg = run.dynamics_config()
+    min_epochs = validate.min_dfa_length(dcfg) or 0
+    plateau = (int(stability.accuracy_plateau(acc, float(dcfg.plateau_delta))) if len(acc)
+               else -1)
     if 'step_dsi' in dyn:
-      plot_step_dynamics(dyn, os.path.join(plots, 'step_dynamics.png'), title)
-      figures.append('step_dynamics.png')
-      last = {k: dyn[f'step_{k}'][np.isfinite(dyn[f'step_{k}'])] for k in
-              ('integration', 'metastability', 'synchrony', 'dsi')}
-      lines.append('Step mode, last window: ' + ', '.join(
-          f'{k} {v[-1]:.3f}' for k, v in last.items() if len(v)) + '.')
+      figures.run_step_dynamics(run, os.path.join(plots, 'step_dynamics.png'))
+      written.append('step_dynamics.png')
+      lines += _step_lines(run, dcfg)
     if 'probe_dsi' in dyn and int(dyn['probe_count']) > 0:
-      plot_epoch_dynamics(dyn, metrics, os.path.join(plots, 'epoch_dynamics.png'), title)
-      figures.append('epoch_dynamics.png')
-      conv = int(dyn['probe_convergence'])
-      lines.append('Epoch mode convergence signal: ' +
-                   (f'epoch {conv + 1}.' if conv >= 0 else 'not fired.'))
-    if plot_alphas(dyn, os.path.join(plots, 'alphas.png'), title):
-      figures.append('alphas.png')
-  lines += [''] + [f'![{f}](plots/{f})' for f in figures]
+      figures.run_epoch_dynamics(run, os.path.join(plots, 'epoch_dynamics.png'), min_epochs,
+                                 plateau)
+      written.append('epoch_dynamics.png')
+      lines += _epoch_lines(run, dcfg, min_epochs, plateau)
+    figures.run_alphas(run, os.path.join(plots, 'alphas.png'), min_epochs)
+    written.append('alphas.png')
+  lines = [line if line.startswith('#') or not line else f'- {line}' for line in lines]
+  lines += [''] + [f'![{f}](plots/{f})' for f in written]
   report = os.path.join(workdir, 'report.md')
   with open(report, 'w') as f:
     f.write('\n'.join(lines) + '\n')
@@ -226,6 +169,9 @@ def study_main():
     if FLAGS.set:
       first = runs_lib.load_run(workdirs[0]).dynamics_config()
       overrides = ablation.parse_overrides(FLAGS.set, first)
+    print(f'Analysing {len(workdirs)} run(s)' + (
+        f', recomputing their metrics with {", ".join(FLAGS.set)}' if overrides else '') + ' ...',
+          flush=True)
     path = report_lib.build_report(
         workdirs, FLAGS.out, overrides=overrides, include_unfinished=FLAGS.include_unfinished,
         step=FLAGS.ablate_step_mode,

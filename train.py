@@ -28,18 +28,21 @@ import tempfile
 import traceback
 from typing import Optional
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from absl import app, flags, logging
-from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
-from ml_collections import config_flags
+if __name__ == '__main__':  # the imports below take seconds (JAX): show that the run started
+  print('train.py: loading JAX and the project ...', file=sys.stderr, flush=True)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from jax.experimental import multihost_utils  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 # Importing the project touches no device, so main can still set XLA's CPU flags for the model
 # and initialize jax.distributed.
-from training import checkpoint, runtime, workdir as workdir_lib
-from training.loop import train_and_evaluate
+from training import checkpoint, runtime, workdir as workdir_lib  # noqa: E402
+from training.loop import train_and_evaluate  # noqa: E402
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what an unhandled SIGTERM would report
 USER_ERROR_EXIT_CODE = 1
@@ -76,8 +79,11 @@ flags.DEFINE_integer('num_processes', _env_int('JAX_NUM_PROCESSES'),
 flags.DEFINE_integer('process_id', _env_int('JAX_PROCESS_ID'),
                      'This process, 0 .. num_processes - 1 (default: $JAX_PROCESS_ID).')
 flags.DEFINE_bool('verbose', False,
-                  'On a user error, print the Python traceback too (it is always written to a '
-                  'log file, named in the message).')
+                  'Also log every scalar and histogram written (as absl -v 1 does) and the '
+                  "libraries' informational messages (by default the console shows one "
+                  'progress line per log interval and one line per epoch); and on a user '
+                  'error, print the Python traceback too (it is always written to a log file, '
+                  'named in the message).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -158,6 +164,8 @@ def _load_config():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if FLAGS.verbose:
+    logging.set_verbosity(logging.DEBUG)
   config = _load_config()
   # Before anything touches a device: XLA reads its flags when the backend starts.
   runtime.configure_xla_cpu(model=config.model)
@@ -176,8 +184,9 @@ def main(argv):
     sys.exit(128 + checkpoint.last_signal() if checkpoint.last_signal() else
              PREEMPTED_EXIT_CODE)
   out = result['outputs']
-  logging.info('Final test accuracy: %s', result['eval_accuracy'])
-  print('\nResults:')
+  if result['eval_accuracy'] is not None:
+    logging.info('Final test accuracy: %.2f%%', result['eval_accuracy'])
+  print('Results:')
   print(f'  TensorBoard logs:    tensorboard --logdir {out["tensorboard"]}')
   print(f'  metrics (JSON lines): {out["metrics"]}')
   print(f'  checkpoints:          {out["checkpoints"]}')

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tqdm
 
 from dynamics import stability, tracker as tracker_lib
 
@@ -197,7 +198,8 @@ def step_series(step_signals: np.ndarray, dcfg, chunk: int = 256) -> Dict[str, n
   due = candidates[candidates + 1 >= window]
   if len(due):
     batch = min(chunk, len(due))
-    for start in range(0, len(due), batch):
+    for start in tqdm.tqdm(range(0, len(due), batch), desc='step-mode windows', unit='chunk',
+                           disable=None, leave=False):
       steps = due[start:start + batch]
       idx = steps[:, None] - window + 1 + np.arange(window)[None, :]
       windows = np.transpose(x[:, idx], (1, 0, 2))  # [B, S, window]

@@ -1,6 +1,11 @@
-"""The study report's figures. Each stands on its own: title, axis labels with units, legend.
+"""Every figure of the project: the study report's and one run's (analyze.py --workdir).
 
-Every function takes plain arrays or `report.View`s and writes one PNG (matplotlib, Agg).
+Each stands on its own: a title naming model, dataset and seed(s), axis labels with units, the
+number of samples behind each series, a legend placed off the data, markers on short series,
+log scales where a spike would flatten the rest, the convergence signal and the accuracy
+plateau marked (or a note that they did not occur), and "not defined: needs N, has M" in
+place of an empty axis. Every function takes plain arrays, `runs.Run`s or `report.View`s and
+writes one PNG (matplotlib, Agg).
 """
 
 import textwrap
@@ -36,6 +41,12 @@ def _epoch_axis(ax, n: Optional[int] = None):
 
 def _wrap(title: str, width: int = 90) -> str:
   return '\n'.join(textwrap.wrap(title, width))
+
+
+def _min_epochs(dcfg) -> int:
+  """Probe samples (epochs) the DFA scales of `dcfg` need."""
+  from training import validate  # pylint: disable=g-import-not-at-top
+  return validate.min_dfa_length(dcfg) or 0
 
 
 def _colors(keys: Sequence[str]) -> Dict[str, str]:
@@ -130,6 +141,10 @@ def lead_figure(view, path: str, title: str):
       lines += ax_vol.plot([], [], color=color, ls=':',
                            label=f'convergence signal, {HISTORY_TITLES[prefix]}: did not fire')
   ax_vol.set_ylabel(f'DSI volatility (std over {view.dcfg.volatility_window_epochs} epochs)')
+  if not any(np.isfinite(view.probe[p + 'dsi_volatility']).any() for p in ('', 'sliding_')):
+    _undefined(ax_vol, 'DSI volatility',
+               _min_epochs(view.dcfg) + int(view.dcfg.volatility_window_epochs) - 1,
+               len(view.probe['dsi']), 'epochs')
   ax_acc.grid(alpha=0.3)
   ax_acc.legend(handles=[ax_acc.lines[0]] + lines, fontsize=7, loc='best')
   _save(fig, path)
@@ -157,6 +172,10 @@ def trajectories(views, prefix: str, path: str, title: str):
       first, last = np.flatnonzero(ok)[[0, -1]]
       ax.annotate(f'e{first + 1}', (meta[first], integ[first]), fontsize=7, color=color)
       ax.annotate(f'e{last + 1}', (meta[last], integ[last]), fontsize=7, color=color)
+    if not ax.lines:
+      has = max((len(v.probe[prefix + 'integration']) for v in views
+                 if v.run.dataset_label == dataset), default=0)
+      _undefined(ax, 'integration', _min_epochs(views[0].dcfg), has, 'epochs')
     ax.plot([], [], 'o', color='gray', mfc='white', label='first epoch defined')
     ax.plot([], [], 's', color='gray', label='last epoch')
     ax.set(xlabel='metastability (std over time of Kuramoto R, unitless)',
@@ -206,4 +225,202 @@ def ablation_step(old: Dict, new: Dict, steps_per_epoch: Optional[int], path: st
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
   fig.suptitle(_wrap(title, 110))
+  _save(fig, path)
+
+
+# --- One run (analyze.py --workdir), to the same standards as the study figures -------------
+
+SHORT_SERIES = 60  # series with fewer points get markers
+
+
+def run_title(run) -> str:
+  """'resnet18 on synthetic, seed 0': what every figure of one run names."""
+  return f'{run.model} on {run.dataset_label}, seed {run.seed}'
+
+
+def not_defined_text(needs: int, has: int, unit: str) -> str:
+  """The note that replaces an empty axis or an empty report cell."""
+  return f'not defined: needs {needs} {unit}, has {has}'
+
+
+def _undefined(ax, what: str, needs: int, has: int, unit: str):
+  _note(ax, f'{what}: {not_defined_text(needs, has, unit)}')
+
+
+def _note(ax, text: str):
+  ax.text(0.5, 0.5, '\n'.join(textwrap.wrap(text, 48)), transform=ax.transAxes, ha='center',
+          va='center', fontsize=9, color='0.3',
+          bbox=dict(boxstyle='round', fc='0.96', ec='0.7'))
+
+
+def _marker(n: int) -> Dict:
+  return dict(marker='o', ms=3) if n < SHORT_SERIES else {}
+
+
+def _log_if_spiky(ax, y):
+  """Log scale when one spike would flatten the rest (positive data spanning > 30x)."""
+  y = np.asarray(y, np.float64)
+  y = y[np.isfinite(y)]
+  if len(y) > 2 and (y > 0).all() and y.max() > 30 * np.median(y):
+    ax.set_yscale('log')
+    return True
+  return False
+
+
+def _legend(ax, **kw):
+  # Outside-the-data placement: matplotlib picks the emptiest corner, small font.
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=7, loc='best', framealpha=0.85, **kw)
+
+
+def run_training(run, path: str):
+  """Loss (log scale when a spike would flatten it) and accuracy of one run, per step."""
+  scalars = run.scalars()
+  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+  for ax, key, ylabel in ((ax_loss, 'loss', 'cross-entropy loss (nats)'),
+                          (ax_acc, 'accuracy', 'accuracy (%)')):
+    train, test = scalars.get(f'train/{key}'), scalars.get(f'eval/{key}')
+    counts = []
+    if train is not None and len(train):
+      ax.plot(train[:, 0], train[:, 1], label=f'train batch (n = {len(train)} logged steps)',
+              **_marker(len(train)))
+      counts.append(len(train))
+    if test is not None and len(test):
+      ax.plot(test[:, 0], test[:, 1], marker='o', label=f'test set (n = {len(test)} epochs)')
+    if not counts:
+      _note(ax, f'{key}: nothing logged yet (metrics.jsonl has no train/{key})')
+    elif key == 'loss':
+      _log_if_spiky(ax, train[:, 1])
+    spe = run.steps_per_epoch
+    ax.set(xlabel='training step' + (f' ({spe} per epoch)' if spe else ''), ylabel=ylabel,
+           title=_wrap(f'{run_title(run)}: {key}', 60))
+    ax.grid(alpha=0.3)
+    _legend(ax)
+  _save(fig, path)
+
+
+def run_step_dynamics(run, path: str):
+  """Step-mode integration, metastability, DSI and its volatility, one panel each, with the
+  convergence signal marked (or a note that it did not fire / could not be computed)."""
+  dyn, dcfg = run.dynamics, run.dynamics_config()
+  steps_done = int(dyn['step_dsi'].shape[0])
+  window = int(dyn['step_window']) if 'step_window' in dyn else int(dcfg.window)
+  every, vol_w = int(dcfg.every_steps), int(dcfg.volatility_window_steps)
+  panels = [('integration', 'integration (mean DFA alpha, unitless)', window),
+            ('metastability', 'metastability (std over time of Kuramoto R)', window),
+            ('dsi', 'dynamical stability index (unitless)', window),
+            ('dsi_volatility', f'DSI volatility (std of the last {vol_w} DSI values)',
+             window + (vol_w - 1) * every)]
+  fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+  for ax, (key, label, needs) in zip(axes.flat, panels):
+    y = np.asarray(dyn[f'step_{key}'], np.float64)
+    ok = np.isfinite(y)
+    x = np.arange(1, len(y) + 1)  # index i is step i + 1 (steps done)
+    if ok.any():
+      ax.plot(x[ok], y[ok], lw=1, label=f'n = {int(ok.sum())} windows', **_marker(int(ok.sum())))
+      if key == 'dsi_volatility':
+        _log_if_spiky(ax, y[ok])
+    else:
+      _undefined(ax, label.split(' (')[0], needs, steps_done, 'training steps')
+    ax.set(xlabel='training step', ylabel=label.split(' (')[0], title=_wrap(label, 50))
+    ax.set_xlim(0.5, steps_done + 0.5)
+    ax.grid(alpha=0.3)
+  ax_vol = axes.flat[3]
+  conv = int(dyn.get('step_convergence', -1))
+  if conv >= 0:
+    ax_vol.axvline(conv + 1, color='C3', ls='--', label=f'convergence signal (step {conv + 1})')
+  elif np.isfinite(dyn['step_dsi_volatility']).any():
+    ax_vol.plot([], [], color='C3', ls='--', label='convergence signal: did not fire')
+  for ax in axes.flat:
+    _legend(ax)
+  fig.suptitle(_wrap(f'{run_title(run)}: step-mode dynamics (training forward pass, sliding '
+                     f'window of {window} steps, every {every})', 110))
+  _save(fig, path)
+
+
+def run_epoch_dynamics(run, path: str, min_epochs: int, plateau: int):
+  """Epoch-mode DSI and its volatility against test accuracy, convergence signals and the
+  accuracy plateau (0-based `plateau`, -1 if none) marked, or notes that they did not occur.
+
+  min_epochs: probe samples the DFA scales need (integration, DSI).
+  """
+  dyn, dcfg = run.dynamics, run.dynamics_config()
+  count = int(dyn['probe_count'])
+  epochs = _epochs(count)
+  fig, (ax_dsi, ax_vol) = plt.subplots(1, 2, figsize=(12, 5.2))
+  for prefix, color in (('', 'C0'), ('sliding_', 'C1')):
+    dsi = np.asarray(dyn[f'probe_{prefix}dsi'], np.float64)
+    if np.isfinite(dsi).any():
+      ax_dsi.plot(epochs, dsi, color=color, marker='o', ms=3,
+                  label=f'{HISTORY_TITLES[prefix]} (n = {int(np.isfinite(dsi).sum())} epochs)')
+  if not ax_dsi.lines:
+    _undefined(ax_dsi, 'epoch-mode DSI', min_epochs, count, 'epochs (probe samples)')
+  ax_dsi.set(xlabel='epoch', ylabel='DSI (unitless)',
+             title=_wrap(f'{run_title(run)}: DSI per epoch (probe batch of '
+                         f'{dcfg.probe_size} {dcfg.probe_split} images)', 60))
+  acc = run.test_accuracy
+  ax_acc = ax_vol.twinx()
+  handles = []
+  if len(acc):
+    handles += ax_acc.plot(_epochs(len(acc)), acc, color='k', alpha=0.6, marker='.',
+                           label='test accuracy')
+  ax_acc.set_ylabel('test accuracy (%)')
+  if plateau >= 0:
+    handles.append(ax_acc.axvline(plateau + 1, color='k', ls='--',
+                                  label=f'accuracy plateau (epoch {plateau + 1})'))
+  else:
+    handles += ax_acc.plot([], [], color='k', ls='--', label='accuracy plateau: not reached')
+  vol_w = int(dcfg.volatility_window_epochs)
+  for prefix, color in (('', 'C0'), ('sliding_', 'C1')):
+    vol = np.asarray(dyn[f'probe_{prefix}dsi_volatility'], np.float64)
+    if np.isfinite(vol).any():
+      handles += ax_vol.plot(epochs, vol, color=color, marker='o', ms=3,
+                             label=f'DSI volatility, {HISTORY_TITLES[prefix]}')
+    conv = int(dyn[f'probe_{prefix}convergence'])
+    if conv >= 0:
+      handles.append(ax_vol.axvline(conv + 1, color=color, ls=':', lw=2,
+                                    label=f'convergence signal, {HISTORY_TITLES[prefix]} '
+                                          f'(epoch {conv + 1})'))
+    else:
+      handles += ax_vol.plot([], [], color=color, ls=':',
+                             label=f'convergence signal, {HISTORY_TITLES[prefix]}: did not fire')
+  if not any(np.isfinite(dyn[f'probe_{p}dsi_volatility']).any() for p in ('', 'sliding_')):
+    _undefined(ax_vol, 'DSI volatility', min_epochs + vol_w - 1, count,
+               'epochs (probe samples)')
+  ax_vol.set(xlabel='epoch', ylabel=f'DSI volatility (std over {vol_w} epochs)',
+             title='volatility vs test accuracy')
+  for ax in (ax_dsi, ax_vol):
+    _epoch_axis(ax, count)
+    ax.grid(alpha=0.3)
+  _legend(ax_dsi)
+  # Below the axes: eight entries over two series would cover the data.
+  ax_vol.legend(handles=handles, fontsize=7, loc='upper center', bbox_to_anchor=(0.5, -0.15),
+                ncol=2)
+  _save(fig, path)
+
+
+def run_alphas(run, path: str, min_epochs: int):
+  """Per-tap DFA exponents: the probe's whole history if defined, else the last step window;
+  a 'not defined' note when neither is."""
+  dyn = run.dynamics
+  names = [str(n) for n in dyn['signal_names']]
+  fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names)), 4.2))
+  probe = dyn.get('probe_alphas')
+  if probe is not None and np.isfinite(probe).any():
+    alphas, source = probe, f'probe, whole history of {int(dyn["probe_count"])} epochs'
+  else:
+    alphas = dyn.get('step_alphas')
+    source = (f'training steps, last window of {int(dyn["step_window"])}'
+              if 'step_window' in dyn else 'training steps')
+  if alphas is not None and np.isfinite(alphas).any():
+    ax.bar(range(len(alphas)), alphas, label=f'n = {len(alphas)} signals')
+    ax.axhline(0.5, color='k', lw=0.8, ls=':', label='white noise (0.5)')
+    ax.axhline(1.5, color='k', lw=0.8, ls='--', label='random walk (1.5)')
+  else:
+    _undefined(ax, 'per-tap DFA exponent', min_epochs, int(dyn.get('probe_count', 0)),
+               'epochs (probe), and no step window was computed')
+  ax.set_xticks(range(len(names)), names, rotation=75, fontsize=7)
+  ax.set(ylabel='DFA exponent alpha (unitless)',
+         title=_wrap(f'{run_title(run)}: per-tap integration ({source})', 80))
+  _legend(ax)
   _save(fig, path)

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import ml_collections
 import numpy as np
+import tqdm
 
 from analysis import ablation, figures, runs as runs_lib
 from dynamics import stability
@@ -489,7 +490,8 @@ def build_definitions(runs: Sequence[runs_lib.Run], overrides: Optional[Dict[str
                       step: bool = True, verify: bool = True):
   """[logged definition] (+ [ablated] when overrides are given), and the replication checks."""
   logged, ablated, checks = [], [], {}
-  for run in runs:
+  # A bar on a terminal (the ablation recomputes every run's metrics: seconds to minutes).
+  for run in tqdm.tqdm(runs, desc='analysing runs', unit='run', disable=None, leave=False):
     dcfg = run.dynamics_config()
     step_logged = ablation.logged_step_series(run.dynamics) if step and run.has_step else None
     logged.append(View(run, dcfg, ablation.logged_probe_series(run.dynamics), step_logged))

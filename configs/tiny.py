@@ -21,8 +21,8 @@ def get_config(arg=''):
   config.warmup_epochs = 0.0
   config.log_every_steps = 4
   config.checkpoint_every_steps = 8
-  config.dynamics.window = 16
-  config.dynamics.volatility_window_steps = 4
+  # dynamics.window and volatility_window_steps stay auto: sized to however many steps a test
+  # runs (16 steps: a 10-step window, volatility over 3).
   config.dynamics.dfa_min_scale = 3
   config.dynamics.dfa_max_divisor = 2
   config.dynamics.probe_size = 32

@@ -46,6 +46,7 @@ import tarfile
 import time
 
 import numpy as np
+import tqdm
 from PIL import Image
 
 SPLITS = ("train", "test")
@@ -238,8 +239,8 @@ def _decode(source, where, parts):
                      f"{e}); remove or replace the file.") from e
 
 
-def _decode_split(files, indices_by_class, class_names, where, shape=None):
-  """Decodes one split.
+def _decode_split(files, indices_by_class, class_names, where, shape=None, split=""):
+  """Decodes one split, with a progress bar (counts, images/s, ETA) on a terminal.
 
   Args:
     files: list of (parts, path-or-bytes).
@@ -247,13 +248,21 @@ def _decode_split(files, indices_by_class, class_names, where, shape=None):
     class_names: label order.
     where: archive/dir path, for error messages.
     shape: required (H, W, 3), or None to take the first image's.
+    split: its name, for the progress bar.
   Returns:
     (u8[n, H, W, 3], int32[n]).
   """
   order = [(label, i) for label, cls in enumerate(class_names)
            for i in indices_by_class.get(cls, [])]
   images, labels, first = None, np.empty(len(order), np.int32), None
-  for k, (label, i) in enumerate(order):
+  # disable=None: a bar on a terminal only, no carriage-return clutter in log files, which
+  # get a line per quarter of the split instead.
+  bar = tqdm.tqdm(order, desc=f"decoding {split}", unit="img", disable=None, leave=False)
+  quarter, start = max(len(order) // 4, 1), time.perf_counter()
+  for k, (label, i) in enumerate(bar):
+    if bar.disable and k and k % quarter == 0:
+      log.info("decoded %d/%d %s images (%.0f s)", k, len(order), split,
+               time.perf_counter() - start)
     parts, source = files[i]
     img = _decode(source, where, parts)
     if images is None:
@@ -344,12 +353,15 @@ def load_image_folder(path, cache_dir=None):
       return cached
 
   start = time.perf_counter()
+  log.info("Decoding %s (the first load only; later loads read the cache%s) ...", where,
+           f" in {cache_dir}" if cache_dir else ", here disabled")
   if not is_dir:
     files, dirs = _read_archive(where)
   class_names, classes = _resolve_layout([p for p, _ in files], dirs, where)
-  train_images, train_labels = _decode_split(files, classes["train"], class_names, where)
+  train_images, train_labels = _decode_split(files, classes["train"], class_names, where,
+                                             split="train")
   test_images, test_labels = _decode_split(files, classes["test"], class_names, where,
-                                           shape=train_images.shape[1:])
+                                           shape=train_images.shape[1:], split="test")
   arrays = (train_images, train_labels, test_images, test_labels, class_names)
   log.info("Decoded %d + %d images in %d classes from %s in %.1f s.", len(train_labels),
            len(test_labels), len(class_names), where, time.perf_counter() - start)

@@ -77,9 +77,11 @@ def default_config(plain: bool = False) -> Union['ml_collections.ConfigDict', Co
 
   # Step mode: the training forward pass of every step, metrics over the last `window` steps.
   c.step_mode = True
-  c.window = 256
+  # 0 = auto: sized to the run by training.validate.fit_to_run, which logs its choice; 256 and
+  # 50 on runs long enough for them (>= 512 steps, >= 100 computed windows), else half the run.
+  c.window = 0
   c.every_steps = 1  # compute the window metrics every n steps (the series is recorded every step)
-  c.volatility_window_steps = 50
+  c.volatility_window_steps = 0
 
   # Probe (epoch) mode: a fixed probe batch in inference mode at the end of every epoch,
   # metrics over the whole history so far (expanding) and over the last `sliding_epochs`.

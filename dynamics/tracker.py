@@ -238,7 +238,10 @@ def make_tracker(dcfg: Any, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: i
       value = float(value)
       if key == 'dynamics/convergence_step':
         if value >= 0:
-          out[key] = value
+          # The state holds the 0-based index into the step series (as dynamics.npz's
+          # step_convergence); the log's steps are 1-based (step s = s steps done), as are
+          # the plots and the report: index i is step i + 1.
+          out[key] = value + 1
       elif np.isfinite(value):
         out[key] = value
     return out

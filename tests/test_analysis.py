@@ -23,8 +23,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # 14 epochs of 8 steps. Smaller DFA scales than the default so that the epoch history reaches
 # three of them (the default grid needs 24 epochs).
+# The step window is explicit (not auto) so that the step-mode signal fires in these runs.
 BASE = dict(dfa_min_scale=3, dfa_max_divisor=2, sliding_epochs=10, volatility_window_epochs=3,
-            convergence_warmup_epochs=2)
+            convergence_warmup_epochs=2, window=16, volatility_window_steps=4)
 # Every kind of definition field: DFA (order, explicit scales), phases, DSI form and weight,
 # volatility and convergence (epoch and step), sliding window, and the step-mode window.
 CHANGED = dict(dfa_order=2, dfa_scales='4,5,6', phase_preprocess='diff', dsi_form='linear',

@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -22,10 +23,12 @@ from training import writers as writers_lib
 
 
 class _QuietOrbax(pylogging.Filter):
-  """Orbax logs every save at INFO; keep its warnings and errors, drop the chatter."""
+  """Orbax logs every save at INFO, JAX that it found no TPU; keep their warnings and errors
+  (and, with --verbose, everything), drop the chatter."""
 
   def filter(self, record):
-    return record.levelno >= pylogging.WARNING or '/orbax/' not in record.pathname
+    return (record.levelno >= pylogging.WARNING or logging.get_verbosity() >= logging.DEBUG
+            or not ('/orbax/' in record.pathname or record.pathname.endswith('xla_bridge.py')))
 
 
 logging.get_absl_handler().addFilter(_QuietOrbax())
@@ -118,6 +121,36 @@ def _prepare_workdir(config, workdir: str, overwrite: bool):
   os.makedirs(workdir, exist_ok=True)
 
 
+def _announce_first_call(fn, what: str):
+  """fn, whose first call (where jax.jit compiles) is announced and timed on the console."""
+  called = False
+
+  def call(*args):
+    nonlocal called
+    if called:
+      return fn(*args)
+    called = True
+    logging.info('Compiling the %s ...', what)
+    t = time.time()
+    out = jax.block_until_ready(fn(*args))
+    call.seconds = time.time() - t
+    logging.info('Compiled the %s in %.1f s (its first call included).', what, call.seconds)
+    return out
+
+  call.seconds = 0.0  # of the first call, once made
+  return call
+
+
+def _fit_to_run(config, train_size: int):
+  """validate.fit_to_run on this run's length; logs its choices and warnings."""
+  fit = validate.fit_to_run(config, *validate.run_length(config, train_size))
+  for note in fit.notes:
+    logging.info('%s', note)
+  for warning in fit.warnings:
+    logging.warning('%s', warning)
+  return fit.config
+
+
 def _device_batch(sharding, local_array, global_batch):
   global_shape = (global_batch,) + local_array.shape[1:]
   return jax.make_array_from_process_local_data(sharding, local_array, global_shape)
@@ -178,6 +211,10 @@ def build(config, num_classes: int, image_shape, mean, std, steps_per_epoch: int
 
   image_shape: (H, W, 3) as the model sees it; mean, std: f32[3] in 0..255 units.
   """
+  dcfg = config.dynamics
+  if dcfg.enabled and validate.AUTO in (dcfg.window, dcfg.volatility_window_steps):
+    # Called directly (train_and_evaluate resolves these first): size them to the run.
+    config = validate.fit_to_run(config, total_steps, steps_per_epoch).config
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P('data'))
   out_size = config.image_size or None
@@ -261,12 +298,26 @@ def _train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
   """
   mesh = make_mesh()
   validate.validate_config(config, jax.device_count(), jax.process_count())
-  _prepare_workdir(config, workdir, overwrite)
+  # config.json keeps the config as given (auto fields as 0); the run uses them resolved.
+  given = config
+  train_size = validate.known_train_size(config)
+  if train_size is not None:  # before loading: a run-length error costs no decoding
+    config = _fit_to_run(config, train_size)
+  _prepare_workdir(given, workdir, overwrite)
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P('data'))
 
+  t_load = time.time()
+  logging.info('Loading the data: %s ...', config.data.source + (
+      f' {config.data.path}' if config.data.source == 'image_folder' else
+      f' {config.data.name}' if config.data.source == 'tfds' else ''))
   dataset = data_lib.load(config.data)
   validate.validate_data(config, dataset)
+  logging.info('Data: %s, %d training and %d test images of %s (%.1f s).', dataset.name,
+               len(dataset.train_labels), len(dataset.test_labels),
+               'x'.join(map(str, dataset.train_images.shape[1:])), time.time() - t_load)
+  if train_size is None:  # an image folder: its size is known now, still before compiling
+    config = _fit_to_run(config, len(dataset.train_labels))
   _check_probe_size(config, dataset)
   num_classes = dataset.num_classes
   steps_per_epoch = data_lib.steps_per_epoch(len(dataset.train_labels), config.batch_size)
@@ -281,7 +332,7 @@ def _train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
   exp = build(config, num_classes, image_shape, mean, std, steps_per_epoch, total_steps,
               mesh)
   tracker, schedule = exp.tracker, exp.schedule
-  state = exp.init_state(config.seed)
+  state = _announce_first_call(exp.init_state, 'initial state')(config.seed)
   if config.init_checkpoint:
     init_params = models.load_pretrained(config.model, state.params, config.init_checkpoint)
     state = jax.device_put(state.replace(params=init_params,
@@ -294,7 +345,7 @@ def _train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
   start_step = int(jax.device_get(state.step))
   # Written only now that the run is sure to start: a run that failed on its config or data
   # leaves no config.json that would make the corrected retry look like a different run.
-  _save_config(config, workdir)
+  _save_config(given, workdir)
   writer, jsonl = writers_lib.create_writers(workdir)
   if jsonl is not None:
     # Records past the restored step come from steps that are about to be redone.
@@ -303,8 +354,9 @@ def _train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
   if start_step == 0:
     writer.write_hparams({k: v for k, v in config.items() if not hasattr(v, 'items')})
 
-  train_step, eval_step = exp.train_step, exp.eval_step
-  probe = exp.probe
+  train_step = _announce_first_call(exp.train_step, 'train step')
+  # The evaluation step and the probe compile in a second or two: the epoch line's time says it.
+  eval_step, probe = exp.eval_step, exp.probe
   if probe is not None:
     probe_images = _probe_batch(config, dataset, batch_sharding)
 
@@ -314,9 +366,12 @@ def _train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
 
   def evaluate(state):
     totals = {'loss': 0.0, 'correct': 0.0, 'count': 0.0}
-    for images, labels, mask in data_lib.eval_batches(
+    # A bar on a terminal only (disable=None); the epoch line gives the time.
+    for images, labels, mask in tqdm.tqdm(data_lib.eval_batches(
         dataset.test_images, dataset.test_labels, config.eval_batch_size,
-        jax.process_index(), jax.process_count()):
+        jax.process_index(), jax.process_count()), desc='evaluating', unit='batch',
+        total=math.ceil(len(dataset.test_labels) / config.eval_batch_size), disable=None,
+        leave=False):
       sums = eval_step(state, _device_batch(batch_sharding, images, config.eval_batch_size),
                        _device_batch(batch_sharding, labels, config.eval_batch_size),
                        _device_batch(batch_sharding, mask, config.eval_batch_size))
@@ -329,6 +384,74 @@ def _train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
                'device(s) in %d process(es); workdir %s', config.model, dataset.name,
                num_classes, total_steps, steps_per_epoch, config.batch_size,
                jax.device_count(), jax.process_count(), workdir)
+  # The periodic work of the loop below, each a named action.
+  def log_train(step, metrics, interval_steps, interval_start, epoch_end):
+    """Every log_every_steps and at each epoch end: the values of the logged step itself (not
+    an interval mean, so that a resumed run logs exactly what an uninterrupted one would) to
+    the writers, and one progress line to the console (at an epoch end, the epoch's line
+    carries it instead). Returns the line's throughput part."""
+    done = step + 1
+    fetched = jax.device_get(metrics)  # waits for the step: the interval's time ends here
+    interval_seconds = time.time() - interval_start
+    values = {k: float(fetched[k]) for k in ('train/loss', 'train/accuracy', 'train/grad_norm')}
+    _check_finite(values, done, workdir, last_saved)
+    if tracker is not None:
+      values.update(tracker.summarize_step(fetched))
+    values['train/learning_rate'] = float(schedule(step))
+    values['train/steps_per_sec'] = interval_steps / max(interval_seconds, 1e-9)
+    writer.write_scalars(done, values)
+    eta = (total_steps - done) / max(values['train/steps_per_sec'], 1e-9)
+    speed = (f'{values["train/steps_per_sec"]:.2f} steps/s  '
+             f'{values["train/steps_per_sec"] * config.batch_size:.0f} img/s  '
+             f'ETA {_format_seconds(eta)}')
+    train = f'loss {values["train/loss"]:.4f}  acc {values["train/accuracy"]:.1f}%'
+    if not epoch_end:
+      logging.info('step %d/%d  epoch %.2f/%d  %s  | %s', done, total_steps,
+                   done / steps_per_epoch, num_epochs, train, speed)
+    return f'train {train}', speed
+
+  def end_epoch(state, done, progress):
+    """Evaluation, the dynamics probe and the per-tap alphas to the writers; one console line
+    with `progress` (log_train's). Returns (state with the probe sample appended, the
+    evaluation metrics)."""
+    epoch = math.ceil(done / steps_per_epoch)
+    t_eval = time.time()
+    eval_metrics = evaluate(state)
+    eval_metrics['epoch'] = epoch
+    writer.write_scalars(done, eval_metrics)
+    line = (f'epoch {epoch}/{num_epochs} (step {done}/{total_steps}): {progress[0]}  | test '
+            f'loss {eval_metrics["eval/loss"]:.4f}  acc {eval_metrics["eval/accuracy"]:.2f}% '
+            f'({time.time() - t_eval:.1f} s)  | {progress[1]}')
+    if probe is not None:
+      state = state.replace(dynamics=tracker.probe_update(
+          state.dynamics, probe(state, probe_images)))
+      scalars, hists = tracker.summarize_probe(state.dynamics)
+      writer.write_scalars(done, scalars)
+      if hists:
+        writer.write_histograms(done, hists)
+      shown = [(name, scalars.get(f'dynamics_epoch/{name}'))
+               for name in ('integration', 'metastability', 'dsi')]
+      line += '; epoch dynamics: ' + (', '.join(f'{n} {v:.3f}' for n, v in shown if v is not None)
+                                      or 'not defined yet')
+      if shown[0][1] is None and dfa_epochs:
+        line += f' (integration and DSI from epoch {dfa_epochs})'
+    if tracker is not None and config.dynamics.step_mode and jax.process_index() == 0:
+      alphas = np.asarray(jax.device_get(state.dynamics['step_alphas']))
+      if np.isfinite(alphas).any():
+        writer.write_histograms(done, {'dynamics/alpha': alphas})
+    logging.info('%s', line)
+    return state, eval_metrics
+
+  dfa_epochs = tracker is not None and validate.min_dfa_length(config.dynamics)
+
+  def save_checkpoint(state, done, metrics):
+    """A checkpoint of step `done`, after its records are written; never of a diverged state
+    (the last good checkpoint must stay the newest)."""
+    writer.flush()  # metrics.jsonl holds every record of a checkpointed step
+    _check_finite({'train/loss': float(metrics['train/loss'])}, done, workdir, last_saved)
+    _check_state_finite(state, done, workdir, last_saved)
+    checkpoint.save(manager, state)
+
   last_saved = start_step if restored is not None else None
   preempted = False
   eval_metrics = {}
@@ -342,56 +465,22 @@ def _train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
           state, _device_batch(batch_sharding, images, config.batch_size),
           _device_batch(batch_sharding, labels, config.batch_size))
       steps_in_interval += 1
+      if step == start_step:  # the compilation is not training throughput
+        t_interval += train_step.seconds
       done = step + 1
       epoch_end = done % steps_per_epoch == 0 or done == total_steps
       if done % config.log_every_steps == 0 or epoch_end:
-        # The values of the logged step itself (not an interval mean), so that a resumed run
-        # logs exactly what an uninterrupted one would.
-        fetched = jax.device_get(metrics)
-        values = {k: float(fetched[k])
-                  for k in ('train/loss', 'train/accuracy', 'train/grad_norm')}
-        _check_finite(values, done, workdir, last_saved)
-        if tracker is not None:
-          values.update(tracker.summarize_step(fetched))
-        elapsed = time.time() - t_interval
-        values['train/learning_rate'] = float(schedule(step))
-        values['train/steps_per_sec'] = steps_in_interval / max(elapsed, 1e-9)
-        writer.write_scalars(done, values)
-        eta = (total_steps - done) / max(values['train/steps_per_sec'], 1e-9)
-        logging.info(
-            'step %d/%d  epoch %.2f/%d  loss %.4f  acc %.1f%%  | %.2f steps/s  %.0f img/s  '
-            'ETA %s', done, total_steps, done / steps_per_epoch, num_epochs,
-            values['train/loss'], values['train/accuracy'], values['train/steps_per_sec'],
-            values['train/steps_per_sec'] * config.batch_size, _format_seconds(eta))
+        progress = log_train(step, metrics, steps_in_interval, t_interval, epoch_end)
         t_interval, steps_in_interval = time.time(), 0
       if epoch_end:
-        epoch = math.ceil(done / steps_per_epoch)
-        eval_metrics = evaluate(state)
-        eval_metrics['epoch'] = epoch
-        writer.write_scalars(done, eval_metrics)
-        logging.info('epoch %d: test loss %.4f, test accuracy %.2f%%', epoch,
-                     eval_metrics['eval/loss'], eval_metrics['eval/accuracy'])
-        if probe is not None:
-          state = state.replace(dynamics=tracker.probe_update(
-              state.dynamics, probe(state, probe_images)))
-          scalars, hists = tracker.summarize_probe(state.dynamics)
-          writer.write_scalars(done, scalars)
-          if hists:
-            writer.write_histograms(done, hists)
-        if tracker is not None and config.dynamics.step_mode and jax.process_index() == 0:
-          alphas = np.asarray(jax.device_get(state.dynamics['step_alphas']))
-          if np.isfinite(alphas).any():
-            writer.write_histograms(done, {'dynamics/alpha': alphas})
+        state, eval_metrics = end_epoch(state, done, progress)
       # Every record of step `done` is written before its checkpoint, so a run killed at any
       # point resumes from a checkpoint whose records are all in metrics.jsonl.
       preempted = watcher.reached(done) and done < total_steps  # the end is saved anyway
       stopping = preempted or (stop_after is not None and done >= stop_after)
       if (done % config.checkpoint_every_steps == 0 or done == total_steps or epoch_end
           or stopping):
-        # Never save a diverged state: the last good checkpoint must stay the newest.
-        _check_finite({'train/loss': float(metrics['train/loss'])}, done, workdir, last_saved)
-        _check_state_finite(state, done, workdir, last_saved)
-        checkpoint.save(manager, state)
+        save_checkpoint(state, done, metrics)
         last_saved = done
       if preempted:
         manager.wait_until_finished()
@@ -405,6 +494,7 @@ def _train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
       if epoch_end:  # evaluation time is not training throughput
         t_interval = time.time()
   finally:
+    writer.flush()  # the records of the last steps, also when the run stops with an error
     watcher.close()
     # Also when the run stops with an error: a save still in flight is the last good
     # checkpoint, and it is lost if the process exits before it is committed.

@@ -9,7 +9,7 @@ size and device count, DFA scales and window) follow the table as code.
 
 import math
 import os
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import models
 from dynamics import signals, tracker as tracker_lib
@@ -272,16 +272,249 @@ def validate_dynamics(dcfg, num_devices: int):
            f'points per window than polynomial coefficients); the smallest is {smallest} '
            '(dynamics.dfa_scales / dfa_min_scale).')
   _require(dcfg.phase_edge >= 0, f'dynamics.phase_edge={dcfg.phase_edge} must be >= 0.')
-  _require(dcfg.volatility_window_steps >= 2 and dcfg.volatility_window_epochs >= 2,
-           'dynamics.volatility_window_steps and volatility_window_epochs must be >= 2.')
+  _require(dcfg.volatility_window_steps == AUTO or dcfg.volatility_window_steps >= 2,
+           f'dynamics.volatility_window_steps={dcfg.volatility_window_steps} must be >= 2, or 0 '
+           '(auto).')
   if dcfg.step_mode:
-    _require(dcfg.window >= tracker_lib.min_phase_samples(spec),
-             f'dynamics.window={dcfg.window} is too short for the phase metrics.')
-    try:
-      tracker_lib.resolve_scales(dcfg, dcfg.window, strict=True)
-    except ValueError as e:
-      raise ValueError(f'dynamics.window={dcfg.window} does not fit the DFA scales: {e}') from e
+    # window = 0 (auto) is sized to the run by fit_to_run, once the run's length is known.
+    _require(dcfg.window >= 0, f'dynamics.window={dcfg.window} must be >= 1, or 0 (auto).')
+    if dcfg.window:
+      minimum = 3 + (1 if spec.phase_preprocess == 'diff' else 0)
+      _require(dcfg.window >= minimum,
+               f'dynamics.window={dcfg.window} is too short for the phase metrics (they need '
+               f'{minimum} samples); allowed: >= {minimum}, or 0 (auto).')
+      _require(dcfg.window >= tracker_lib.min_phase_samples(spec),
+               f'dynamics.phase_edge={dcfg.phase_edge} drops {2 * dcfg.phase_edge} of the '
+               f'{dcfg.window} samples of dynamics.window, leaving fewer than the 3 the phase '
+               f'metrics need; allowed: 0 .. {(dcfg.window - minimum) // 2}.')
+      try:
+        tracker_lib.resolve_scales(dcfg, dcfg.window, strict=True)
+      except ValueError as e:
+        raise ValueError(f'dynamics.window={dcfg.window} does not fit the DFA scales: {e}') from e
   if dcfg.probe_mode:
     _require(dcfg.probe_size % num_devices == 0,
              f'dynamics.probe_size={dcfg.probe_size} must be a positive multiple of the '
              f'device count ({num_devices}).')
+
+
+# --- Run length against what each metric needs ---------------------------------------------
+# Kept apart from the field checks above: these need the run's length (steps, epochs), which
+# depends on the dataset size, so they run once that is known (from the config before loading,
+# else right after loading) and always before anything is compiled.
+
+AUTO = 0  # dynamics.window / volatility_window_steps: size the field to the run
+AUTO_DEFAULTS = {'window': 256, 'volatility_window_steps': 50}
+CIFAR_TRAIN_SIZE = 50_000  # CIFAR-10 and CIFAR-100 alike
+
+
+class RunFit(NamedTuple):
+  """What fit_to_run decided: the config to run (every `auto` field resolved), the choices it
+  made (info lines) and what the run will not compute (warning lines)."""
+  config: Any
+  notes: List[str]
+  warnings: List[str]
+
+
+def known_train_size(config) -> Optional[int]:
+  """Training examples the run will see, from the config alone; None if only loading knows
+  (an image folder without data.train_subset)."""
+  if config.data.train_subset > 0:
+    return int(config.data.train_subset)
+  if config.data.source == 'synthetic':
+    return int(config.data.train_size)
+  if config.data.source == 'tfds' and config.data.name in TFDS_NAMES:
+    return CIFAR_TRAIN_SIZE
+  return None
+
+
+def run_length(config, train_size: int) -> Tuple[int, int]:
+  """(total_steps, steps_per_epoch) exactly as the loop computes them."""
+  steps_per_epoch = max(train_size // config.batch_size, 1)
+  total = (config.num_train_steps if config.num_train_steps > 0
+           else steps_per_epoch * config.num_epochs)
+  return total, steps_per_epoch
+
+
+def min_dfa_length(dcfg, limit: int = 1 << 20) -> Optional[int]:
+  """Shortest series on which the DFA scales of `dcfg` are defined (3 distinct scales), or
+  None if none up to `limit` is."""
+  n = 1
+  while n <= limit:  # doubling, then bisection: defined-ness is monotone in n
+    if tracker_lib.resolve_scales(dcfg, n) is not None:
+      break
+    n *= 2
+  else:
+    return None
+  lo, hi = n // 2, n  # undefined at lo (or lo = 0), defined at hi
+  while hi - lo > 1:
+    mid = (lo + hi) // 2
+    if tracker_lib.resolve_scales(dcfg, mid) is not None:
+      hi = mid
+    else:
+      lo = mid
+  return hi
+
+
+def _scales_text(dcfg) -> str:
+  if dcfg.dfa_scales:
+    return f'dynamics.dfa_scales={dcfg.dfa_scales!r}'
+  return (f'3 DFA scales from dynamics.dfa_min_scale={dcfg.dfa_min_scale} to '
+          f'N // dynamics.dfa_max_divisor={dcfg.dfa_max_divisor}')
+
+
+def _short_scales(dcfg) -> bool:
+  """Whether the DFA grid already starts as short as the short-run configs' (3 .. N//2)."""
+  return not dcfg.dfa_scales and dcfg.dfa_min_scale <= 3 and dcfg.dfa_max_divisor <= 2
+
+
+def _computed_windows(total: int, window: int, every: int) -> int:
+  """Step-mode samples with metrics: steps k in [window, total] (1-based) with k % every == 0."""
+  return max(total // every - (window - 1) // every, 0) if total >= window else 0
+
+
+def fit_to_run(config, total_steps: int, steps_per_epoch: int) -> RunFit:
+  """Compares the run's length with what every dynamics metric needs.
+
+  Resolves the `auto` (0) fields to the run: dynamics.window = 256 when the run has at least
+  512 steps, else half the run (never below the shortest window the DFA scales and the phase
+  metrics allow); volatility_window_steps = 50 when at least 100 windows are computed, else half
+  of them. An explicit window or volatility window longer than the run, or a phase_edge that
+  leaves fewer than 3 samples of the window, raises ValueError naming the field, the value and
+  the allowed range. What the run cannot compute with its settings (epoch history too short for
+  the DFA scales, volatility or convergence that cannot be reached) is returned as warnings
+  with the numbers and the fix. The config is copied, never changed in place. Call it once,
+  on the config as given: a window that auto set above a run too short for any window would
+  read as an explicit one the second time.
+  """
+  total, epochs = total_steps, math.ceil(total_steps / steps_per_epoch)
+  config = config.copy_and_resolve_references()
+  dcfg = config.dynamics
+  notes, warnings = [], []
+  if not dcfg.enabled:
+    return RunFit(config, notes, warnings)
+  spec = tracker_lib.MetricSpec.from_config(dcfg)
+  phase_min = tracker_lib.min_phase_samples(spec)
+  dfa_min = min_dfa_length(dcfg)
+  diff = 1 if spec.phase_preprocess == 'diff' else 0
+  run = f'the run has {total} steps ({epochs} epoch(s) of {steps_per_epoch})'
+  if dcfg.step_mode:
+    needed = max(dfa_min or 0, 3 + diff)  # the shortest window with every metric
+    with config.unlocked():
+      _fit_window(dcfg, total, needed, dfa_min, run, notes, warnings)
+    window = int(dcfg.window)
+    _require(phase_min <= window,
+             f'dynamics.phase_edge={dcfg.phase_edge} drops {2 * dcfg.phase_edge} of the '
+             f'{window} samples of the step window (dynamics.window), leaving fewer than the 3 '
+             f'the phase metrics need; allowed: 0 .. {max((window - 3 - diff) // 2, 0)}.')
+    computed = _computed_windows(total, window, int(dcfg.every_steps))
+    with config.unlocked():
+      _fit_volatility(dcfg, computed, window, notes, warnings)
+    vol = int(dcfg.volatility_window_steps)
+    if computed >= vol:
+      first = window + (vol - 1) * int(dcfg.every_steps)  # 1-based step of the first volatility
+      left = computed - vol + 1
+      if left < dcfg.convergence_patience:
+        warnings.append(
+            f'step-mode convergence signal: {left} volatility value(s) (from step {first} on) '
+            f'but dynamics.convergence_patience={dcfg.convergence_patience}; it cannot fire. '
+            'Lower the patience or train longer.')
+      if dcfg.convergence_warmup_steps >= total:
+        warnings.append(
+            f'dynamics.convergence_warmup_steps={dcfg.convergence_warmup_steps} but {run}: the '
+            'step-mode convergence signal cannot fire; lower it below the run length.')
+  if dcfg.probe_mode:
+    _check_epochs(dcfg, epochs, dfa_min, phase_min, warnings)
+  return RunFit(config, notes, warnings)
+
+
+def _fit_window(dcfg, total, needed, dfa_min, run, notes, warnings):
+  """Resolves dynamics.window = auto, or checks an explicit one against the run."""
+  if dfa_min is None:
+    raise ValueError(f'{_scales_text(dcfg)} are not defined on any series length; fix '
+                     'dynamics.dfa_scales.')
+  if dcfg.window == AUTO:
+    if total < needed:
+      dcfg.window = needed
+      warnings.append(
+          f'step-mode metrics need a window of at least {needed} steps ({_scales_text(dcfg)}) '
+          f'but {run}: they will not be computed (the signals are still saved). Train at '
+          f'least {needed} steps (num_train_steps or num_epochs)' + (
+              '.' if _short_scales(dcfg) else ', or for shorter runs use '
+              '--config.dynamics.dfa_min_scale=3 --config.dynamics.dfa_max_divisor=2.'))
+    else:
+      standard = AUTO_DEFAULTS['window']
+      dcfg.window = standard if total >= 2 * standard else max(needed, total // 2)
+      notes.append(f'dynamics.window=auto -> {dcfg.window} steps'
+                   + ('' if dcfg.window == standard else f' ({run}; the standard 256 needs '
+                      f'{2 * standard})'))
+  elif dcfg.window > total:
+    hint = (f'use --config.dynamics.window={max(needed, total // 2)} (allowed: {needed} .. '
+            f'{total}) or 0 (auto)' if total >= needed else
+            f'no window fits: the metrics need at least {needed} steps ({_scales_text(dcfg)})')
+    raise ValueError(
+        f'dynamics.window={dcfg.window} but {run}: step-mode metrics would never be computed; '
+        f'{hint}, or train longer.')
+
+
+def _fit_volatility(dcfg, computed, window, notes, warnings):
+  """Resolves volatility_window_steps = auto, or checks an explicit one against the run."""
+  standard = AUTO_DEFAULTS['volatility_window_steps']
+  every = int(dcfg.every_steps)
+  if dcfg.volatility_window_steps == AUTO:
+    if computed < 4:
+      dcfg.volatility_window_steps = 2
+      if computed:
+        warnings.append(
+            f'step-mode DSI volatility: only {computed} window(s) are computed (dynamics.window='
+            f'{window}, every_steps={every}); the volatility needs 2 and the convergence signal '
+            'more. Train longer or lower dynamics.window.')
+      return
+    dcfg.volatility_window_steps = standard if computed >= 2 * standard else computed // 2
+    if dcfg.volatility_window_steps != standard:
+      notes.append(f'dynamics.volatility_window_steps=auto -> {dcfg.volatility_window_steps} '
+                   f'(the run computes {computed} step windows; the standard {standard} needs '
+                   f'{2 * standard})')
+  elif computed and dcfg.volatility_window_steps > computed:
+    raise ValueError(
+        f'dynamics.volatility_window_steps={dcfg.volatility_window_steps} but the run computes '
+        f'only {computed} step-mode DSI values (dynamics.window={window}, every_steps={every}): '
+        f'the volatility would never be defined; allowed: 2 .. {computed}; use '
+        f'--config.dynamics.volatility_window_steps={max(computed // 2, 2)} or 0 (auto).')
+
+
+def _check_epochs(dcfg, epochs, dfa_min, phase_min, warnings):
+  """Warnings for the probe (epoch-mode) history: one sample per epoch."""
+  fix_short = f'train for at least {dfa_min} epochs (num_epochs)'
+  if not _short_scales(dcfg):
+    fix_short += (', or use --config.dynamics.dfa_min_scale=3 --config.dynamics.dfa_max_divisor=2 '
+                  '(defined from 10 epochs on)')
+  if epochs < phase_min:
+    warnings.append(f'epoch-mode synchrony and metastability need {phase_min} probe samples '
+                    f'(one per epoch; dynamics.phase_edge={dcfg.phase_edge}) but the run has '
+                    f'{epochs} epoch(s): they will not be computed.')
+  if dfa_min is not None and epochs < dfa_min:
+    warnings.append(
+        f'epoch-mode integration, DSI and convergence need {dfa_min} probe samples (one per '
+        f'epoch; {_scales_text(dcfg)}) but the run has {epochs} epoch(s): they will not be '
+        f'computed; {fix_short}.')
+    return
+  if dfa_min is not None and dcfg.sliding_epochs < dfa_min:
+    warnings.append(
+        f'dynamics.sliding_epochs={dcfg.sliding_epochs} is shorter than the {dfa_min} samples '
+        f'the DFA scales need ({_scales_text(dcfg)}): the sliding-window integration and DSI '
+        f'will never be computed; use --config.dynamics.sliding_epochs={dfa_min} or more.')
+  with_dsi = epochs - (dfa_min or 1) + 1  # epochs at which the expanding DSI is defined
+  vol = dcfg.volatility_window_epochs
+  if with_dsi < vol:
+    warnings.append(
+        f'epoch-mode DSI volatility needs dynamics.volatility_window_epochs={vol} DSI values, '
+        f'the run has {with_dsi} (DSI defined from epoch {dfa_min or 1} of {epochs}): '
+        'volatility and convergence signal will not be computed; lower it or train longer.')
+  elif with_dsi - vol + 1 < dcfg.convergence_patience:
+    warnings.append(
+        f'epoch-mode convergence signal: {with_dsi - vol + 1} volatility value(s) but '
+        f'dynamics.convergence_patience={dcfg.convergence_patience}; it cannot fire.')
+  if dcfg.convergence_warmup_epochs >= epochs:
+    warnings.append(
+        f'dynamics.convergence_warmup_epochs={dcfg.convergence_warmup_epochs} but the run has '
+        f'{epochs} epoch(s): the epoch-mode convergence signal cannot fire.')
