@@ -8,3 +8,4 @@ from dynamics.stability import (
   rolling_volatility,
   stability_index,
 )
+from dynamics.nulls import surrogate_test, surrogates
