@@ -28,7 +28,7 @@ vmap-compatible (``num``, ``method`` and ``iterations`` are static).
 from __future__ import annotations
 
 import functools
-from typing import Callable, Dict
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +36,7 @@ import numpy as np
 
 from dynamics.arrays import as_real_float
 
-__all__ = ['SURROGATE_METHODS', 'ALTERNATIVES', 'surrogates', 'surrogate_test', 'null_stats']
+__all__ = ['ALTERNATIVES', 'SURROGATE_METHODS', 'null_stats', 'surrogate_test', 'surrogates']
 
 SURROGATE_METHODS = ('shuffle', 'phase', 'phase_joint', 'iaaft', 'shift')
 ALTERNATIVES = ('greater', 'less', 'two-sided')
@@ -137,7 +137,7 @@ def _one(key, x, method: str, iterations: int) -> jax.Array:
   return jax.lax.fori_loop(0, iterations, body, _rank_permute(key, x))
 
 
-def null_stats(value, null, alternative: str = 'greater') -> Dict[str, jax.Array]:
+def null_stats(value, null, alternative: str = 'greater') -> dict[str, jax.Array]:
   """Surrogate-test statistics of a value against null draws (NaN draws are left out).
 
   p = (1 + #{null >= value}) / (1 + num) for 'greater' (#{null <= value} for 'less'; for
@@ -173,14 +173,14 @@ def null_stats(value, null, alternative: str = 'greater') -> Dict[str, jax.Array
   bad = ~jnp.isfinite(value) | (count == 0)
   nan = jnp.asarray(jnp.nan, value.dtype)
   z = jnp.where(std > 0, (value - mean) / jnp.where(std > 0, std, 1), nan)
-  return dict(value=value, null_mean=jnp.where(count > 0, mean, nan),
-              null_std=jnp.where(count > 1, std, nan), z=jnp.where(bad | (count < 2), nan, z),
-              p=jnp.where(bad, nan, p.astype(value.dtype)))
+  return {'value': value, 'null_mean': jnp.where(count > 0, mean, nan),
+          'null_std': jnp.where(count > 1, std, nan), 'z': jnp.where(bad | (count < 2), nan, z),
+          'p': jnp.where(bad, nan, p.astype(value.dtype))}
 
 
 def surrogate_test(statistic: Callable[[jax.Array], jax.Array], x, key, num: int = 99,
                    method: str = 'phase', alternative: str = 'greater',
-                   iterations: int = 10) -> Dict[str, jax.Array]:
+                   iterations: int = 10) -> dict[str, jax.Array]:
   """Test a statistic of the signals against its value on ``num`` surrogates.
 
   Args:
