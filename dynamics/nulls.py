@@ -199,3 +199,82 @@ def surrogate_test(statistic: Callable[[jax.Array], jax.Array], x, key, num: int
   value = statistic(x)
   null = jax.vmap(statistic)(surrogates(key, x, num, method, iterations))
   return null_stats(value, null, alternative)
+
+
+# --------------------------------------------------------------------------- the tracker's nulls
+
+# Metrics with a null in the tracker and the report, and the default null of each (DESIGN 3.6).
+NULL_METRICS = ('integration', 'synchrony', 'metastability', 'dsi')
+DEFAULT_METHODS = 'integration=shuffle,synchrony=phase,metastability=phase'
+
+
+def parse_methods(text: str) -> dict[str, str]:
+  """'integration=shuffle,synchrony=phase,...' -> {metric: method} for integration, synchrony
+  and metastability (a metric not named keeps its default). The DSI null combines the
+  integration and metastability nulls draw by draw (neither structure present)."""
+  out = dict(item.split('=') for item in DEFAULT_METHODS.split(','))
+  for item in str(text).split(','):
+    if not item.strip():
+      continue
+    metric, sep, method = (s.strip() for s in item.partition('='))
+    if not sep or metric not in out:
+      raise ValueError(f'dynamics.surrogate_methods={text!r}: expected comma-separated '
+                       f'metric=method with metric in {tuple(out)}, e.g. {DEFAULT_METHODS!r}.')
+    if method not in SURROGATE_METHODS:
+      raise ValueError(f'dynamics.surrogate_methods={text!r}: method {method!r} for {metric} '
+                       f'is not one of {SURROGATE_METHODS}.')
+    out[metric] = method
+  return out
+
+
+def evaluation_key(base_key, mode: int, sample) -> jax.Array:
+  """The surrogate key of one metric evaluation: a pure function of the run's base key (from its
+  seed), the mode (0 = step, 1 = probe expanding, 2 = probe sliding) and the sample index (step
+  or epoch), so a resumed run, and the offline ablation, draw exactly the same surrogates.
+
+  base_key: uint32[2] raw key data (``jax.random.key_data``), as kept in the tracker state."""
+  key = jax.random.wrap_key_data(jnp.asarray(base_key, jnp.uint32))
+  return jax.random.fold_in(jax.random.fold_in(key, mode), sample)
+
+
+def metric_nulls(key, x, values: dict, spec, scales, num: int,
+                 methods: dict[str, str]) -> dict[str, jax.Array]:
+  """z and p of integration, synchrony, metastability and DSI against their surrogate nulls.
+
+  Args:
+    key: the evaluation's key (``evaluation_key``).
+    x: f[S, N] the signals the metrics were computed on (batch axes: vmap this function).
+    values: the metrics of x ({'integration', 'synchrony', 'metastability', 'dsi'}).
+    spec: the tracker's MetricSpec (definition fields); scales: the DFA scales or None.
+    num: static number of surrogates per method; methods: ``parse_methods``.
+
+  Returns:
+    {'<metric>_z', '<metric>_p'}: f[] each, NaN where the metric is undefined. One-sided
+    ('greater'): p small means the data have more of the structure than its null.
+  """
+  # Imported here: tracker imports this module, and the metric modules do not import it.
+  from dynamics import dfa, phase, stability  # pylint: disable=g-import-not-at-top
+  draws = {}
+  for index, method in enumerate(SURROGATE_METHODS):
+    if method in methods.values():
+      draws[method] = surrogates(jax.random.fold_in(key, index), x, num, method)
+  nan = jnp.full((num,), jnp.nan, x.dtype)
+  null = {}
+  xi = draws[methods['integration']]
+  null['integration'] = (nan if scales is None else
+                         dfa.integration(xi, scales, spec.dfa_order, spec.integration_method))
+  n_phase = x.shape[-1]
+  min_phase = 3 + 2 * spec.phase_edge + (1 if spec.phase_preprocess == 'diff' else 0)
+  for name, fn in (('synchrony', phase.synchrony), ('metastability', phase.metastability)):
+    xs = draws[methods[name]]
+    null[name] = (fn(xs, spec.phase_preprocess, spec.phase_edge) if n_phase >= min_phase
+                  else nan)
+  null['dsi'] = stability.stability_index(null['integration'], null['metastability'],
+                                          spec.dsi_form, spec.dsi_w_integration,
+                                          spec.dsi_w_metastability)
+  out = {}
+  for name in NULL_METRICS:
+    stats = null_stats(values[name], null[name], 'greater')
+    out[f'{name}_z'] = stats['z']
+    out[f'{name}_p'] = stats['p']
+  return out

@@ -23,10 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dynamics import dfa, phase, signals, stability
+from dynamics import dfa, nulls, phase, signals, stability
 
 State = Dict[str, jnp.ndarray]
 METRICS = ('integration', 'metastability', 'synchrony', 'dsi')
+# z-score and p-value of each metric against its surrogate null (DESIGN 3.6; dynamics/nulls.py).
+NULL_KEYS = tuple(f'{m}_{s}' for m in nulls.NULL_METRICS for s in ('z', 'p'))
 
 
 class MetricSpec(NamedTuple):
@@ -38,6 +40,8 @@ class MetricSpec(NamedTuple):
   dsi_form: str = 'product'
   dsi_w_integration: float = 1.0
   dsi_w_metastability: float = 1.0
+  surrogates: int = 0
+  surrogate_methods: str = nulls.DEFAULT_METHODS
 
   @classmethod
   def from_config(cls, dcfg) -> 'MetricSpec':
@@ -71,11 +75,13 @@ def min_phase_samples(spec: MetricSpec) -> int:
 
 
 def compute_metrics(x: jnp.ndarray, spec: MetricSpec,
-                    scales: Optional[Tuple[int, ...]]) -> Dict[str, jnp.ndarray]:
+                    scales: Optional[Tuple[int, ...]], key=None) -> Dict[str, jnp.ndarray]:
   """x: f[..., S, N] -> integration, metastability, synchrony, dsi f[...], alphas f[..., S].
 
   Entries that the history cannot define yet (too short for the scales or the Hilbert
   transform) are NaN. The same function serves step mode, probe mode and offline ablation.
+  With a key (a key array of shape x.shape[:-2], one per evaluation) and spec.surrogates > 0,
+  also NULL_KEYS: each metric's z and p against spec.surrogates surrogates (nulls.metric_nulls).
   """
   batch = x.shape[:-2]
   nan = jnp.full(batch, jnp.nan, x.dtype)
@@ -92,19 +98,34 @@ def compute_metrics(x: jnp.ndarray, spec: MetricSpec,
     sync = meta = nan
   dsi = stability.stability_index(integration, meta, spec.dsi_form, spec.dsi_w_integration,
                                   spec.dsi_w_metastability)
-  return dict(integration=integration, metastability=meta, synchrony=sync, dsi=dsi,
-              alphas=alphas)
+  out = dict(integration=integration, metastability=meta, synchrony=sync, dsi=dsi,
+             alphas=alphas)
+  if key is not None and spec.surrogates > 0:
+    methods = nulls.parse_methods(spec.surrogate_methods)
+
+    def one(k, signals_, values):
+      return nulls.metric_nulls(k, signals_, values, spec, scales, int(spec.surrogates), methods)
+
+    for _ in batch:  # one vmap per batch axis: each evaluation draws from its own key
+      one = jax.vmap(one)
+    out.update(one(key, x, {name: out[name] for name in nulls.NULL_METRICS}))
+  return out
 
 
-def probe_histories(history: jnp.ndarray, dcfg, spec: MetricSpec
+def probe_histories(history: jnp.ndarray, dcfg, spec: MetricSpec, surrogate_key=None
                     ) -> Dict[str, Dict[str, jnp.ndarray]]:
   """history: f32[S, n], the probe signals of epochs 0..n-1 -> compute_metrics of the
   expanding history ('') and of its last `sliding_epochs` samples ('sliding_'), as at epoch
-  n-1. Shared by the tracker and the offline ablation (analysis/ablation.py)."""
+  n-1. Shared by the tracker and the offline ablation (analysis/ablation.py).
+
+  surrogate_key: the run's uint32[2] base key (state['surrogate_key']); None = no nulls."""
   n = history.shape[-1]
   sliding = history[:, max(0, n - int(dcfg.sliding_epochs)):]
-  return {prefix: compute_metrics(h, spec, resolve_scales(dcfg, h.shape[-1]))
-          for prefix, h in (('', history), ('sliding_', sliding))}
+  out = {}
+  for mode, (prefix, h) in enumerate((('', history), ('sliding_', sliding)), start=1):
+    key = None if surrogate_key is None else nulls.evaluation_key(surrogate_key, mode, n - 1)
+    out[prefix] = compute_metrics(h, spec, resolve_scales(dcfg, h.shape[-1]), key)
+  return out
 
 
 def probe_volatility(dsi: jnp.ndarray, dcfg) -> Tuple[jnp.ndarray, jnp.ndarray]:
@@ -133,9 +154,13 @@ class Tracker(NamedTuple):
 
 
 def make_tracker(dcfg, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: int,
-                 num_epochs: int) -> Tracker:
-  """dcfg: config.dynamics; tap_shapes: {tap: shape} from jax.eval_shape of the model."""
+                 num_epochs: int, seed: int = 0) -> Tracker:
+  """dcfg: config.dynamics; tap_shapes: {tap: shape} from jax.eval_shape of the model; seed:
+  the run seed, from which the surrogate draws derive (state['surrogate_key'])."""
   spec = MetricSpec.from_config(dcfg)
+  with_nulls = int(spec.surrogates) > 0
+  nulls.parse_methods(spec.surrogate_methods)  # a config error now, not inside the step
+  metric_keys = METRICS + (NULL_KEYS if with_nulls else ())
   tap_names = sorted(tap_shapes)
   kind, k = signals.parse_reduction(dcfg.reduction)
   projections = (signals.make_projections([tap_shapes[t][-1] for t in tap_names], k,
@@ -158,6 +183,10 @@ def make_tracker(dcfg, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: int,
     nan_steps = jnp.full((capacity,), jnp.nan, f32)
     nan_epochs = jnp.full((num_epochs,), jnp.nan, f32)
     state = {}
+    if with_nulls:
+      # Raw key data, so the state stays a plain dict of uint/float arrays (checkpointable,
+      # and a replica axis can hold one key per seed).
+      state['surrogate_key'] = jax.random.key_data(jax.random.key(seed))
     if dcfg.step_mode:
       state.update(
           step_signals=jnp.zeros((num_signals, capacity), f32),
@@ -166,24 +195,24 @@ def make_tracker(dcfg, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: int,
           step_streak=jnp.zeros((), jnp.int32),
           step_streak_start=jnp.full((), -1, jnp.int32),
           step_convergence=jnp.full((), -1, jnp.int32),
-          **{f'step_{m}': nan_steps for m in METRICS + ('dsi_volatility',)})
+          **{f'step_{m}': nan_steps for m in metric_keys + ('dsi_volatility',)})
     if dcfg.probe_mode:
       state.update(
           probe_signals=jnp.zeros((num_signals, num_epochs), f32),
           probe_count=jnp.zeros((), jnp.int32),
           probe_alphas=jnp.full((num_signals,), jnp.nan, f32),
           **{f'probe_{h}{m}': nan_epochs
-             for h in ('', 'sliding_') for m in METRICS + ('dsi_volatility',)},
+             for h in ('', 'sliding_') for m in metric_keys + ('dsi_volatility',)},
           probe_convergence=jnp.full((), -1, jnp.int32),
           probe_sliding_convergence=jnp.full((), -1, jnp.int32))
     return state
 
-  def _window_metrics(window_signals):
-    return compute_metrics(window_signals, spec, step_scales)
+  def _window_metrics(window_signals, key):
+    return compute_metrics(window_signals, spec, step_scales, key if with_nulls else None)
 
-  def _skip(window_signals):
+  def _skip(window_signals, key):
     nan = jnp.full((), jnp.nan, jnp.float32)
-    return dict(integration=nan, metastability=nan, synchrony=nan, dsi=nan,
+    return dict(**{name: nan for name in metric_keys},
                 alphas=jnp.full((num_signals,), jnp.nan, jnp.float32))
 
   def record_step(state: State, taps, step) -> Tuple[State, Dict[str, jnp.ndarray]]:
@@ -200,8 +229,10 @@ def make_tracker(dcfg, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: int,
     start = jnp.maximum(index - window + 1, 0)
     window_signals = jax.lax.dynamic_slice(state['step_signals'], (0, start),
                                            (num_signals, window))
-    m = jax.lax.cond(due, _window_metrics, _skip, window_signals)
-    for name in METRICS:
+    key = (nulls.evaluation_key(state['surrogate_key'], 0, step) if with_nulls
+           else jnp.zeros((), jnp.int32))
+    m = jax.lax.cond(due, _window_metrics, _skip, window_signals, key)
+    for name in metric_keys:
       state[f'step_{name}'] = state[f'step_{name}'].at[index].set(
           jnp.where(due, m[name], state[f'step_{name}'][index]))
     state['step_alphas'] = jnp.where(due, m['alphas'], state['step_alphas'])
@@ -223,7 +254,7 @@ def make_tracker(dcfg, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: int,
     fired = (state['step_convergence'] < 0) & (streak >= dcfg.convergence_patience)
     state.update(step_vol_max=vol_max, step_streak=streak, step_streak_start=streak_start,
                  step_convergence=jnp.where(fired, streak_start, state['step_convergence']))
-    out = {f'dynamics/{name}': m[name] for name in METRICS}
+    out = {f'dynamics/{name}': m[name] for name in metric_keys}
     out['dynamics/dsi_volatility'] = vol
     out['dynamics/convergence_step'] = state['step_convergence']
     return state, out
@@ -248,10 +279,11 @@ def make_tracker(dcfg, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: int,
     index = count - 1
     state['probe_signals'] = state['probe_signals'].at[:, index].set(sig)
     state['probe_count'] = jnp.asarray(count, jnp.int32)
-    histories = probe_histories(state['probe_signals'][:, :count], dcfg, spec)
+    histories = probe_histories(state['probe_signals'][:, :count], dcfg, spec,
+                                state.get('surrogate_key'))
     for history, m in histories.items():
       prefix = 'probe_' + history
-      for name in METRICS:
+      for name in metric_keys:
         state[prefix + name] = state[prefix + name].at[index].set(m[name])
       if not history:
         state['probe_alphas'] = m['alphas']
@@ -272,7 +304,7 @@ def make_tracker(dcfg, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: int,
     index = int(state['probe_count']) - 1
     scalars = {}
     for prefix, label in (('probe_', 'dynamics_epoch'), ('probe_sliding_', 'dynamics_epoch_sliding')):
-      for name in METRICS + ('dsi_volatility',):
+      for name in metric_keys + ('dsi_volatility',):
         value = float(state[prefix + name][index])
         if np.isfinite(value):
           scalars[f'{label}/{name}'] = value
@@ -286,7 +318,7 @@ def make_tracker(dcfg, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: int,
   def export(state: State) -> Dict[str, np.ndarray]:
     """Everything needed to recompute the metrics offline (written to dynamics.npz)."""
     out = {k: np.asarray(v) for k, v in state.items()}
-    series = ('signals',) + METRICS + ('dsi_volatility',)
+    series = ('signals',) + metric_keys + ('dsi_volatility',)
     if 'step_signals' in out:
       for key in series:
         out[f'step_{key}'] = out[f'step_{key}'][..., :num_steps]

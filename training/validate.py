@@ -1,7 +1,7 @@
 """Config checks that run before anything expensive, each naming the field and what is allowed."""
 
 import models
-from dynamics import signals, tracker as tracker_lib
+from dynamics import nulls, signals, tracker as tracker_lib
 from training import optim
 
 DATA_SOURCES = ('synthetic', 'tfds', 'image_folder')
@@ -64,6 +64,10 @@ def validate_dynamics(dcfg, num_devices: int):
   _require(spec.dsi_form in ('product', 'linear'),
            f'dynamics.dsi_form={spec.dsi_form!r}; allowed: product, linear.')
   _require(dcfg.dfa_order >= 1, f'dynamics.dfa_order={dcfg.dfa_order} must be >= 1.')
+  _require(isinstance(dcfg.surrogates, int) and dcfg.surrogates >= 0,
+           f'dynamics.surrogates={dcfg.surrogates!r} must be an integer >= 0 (surrogates per '
+           'metric evaluation; 0 = no null models).')
+  nulls.parse_methods(dcfg.surrogate_methods)
   smallest = (min(tracker_lib.resolve_scales(dcfg, 2**31, strict=True)) if dcfg.dfa_scales
               else dcfg.dfa_min_scale)
   _require(smallest >= dcfg.dfa_order + 2,
