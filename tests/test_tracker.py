@@ -125,7 +125,6 @@ def test_step_and_probe_nulls_equal_surrogate_test():
   state, outputs, _ = _run_steps(tracker, 40)
   np.testing.assert_array_equal(state['surrogate_key'],
                                 jax.random.key_data(jax.random.key(5)))
-  spec = tracker_lib.MetricSpec.from_config(dcfg)
   scales = dfa.default_scales(dcfg.window)
   stats = {
       'integration': (lambda x: dfa.integration(x, scales), 'shuffle'),
