@@ -161,6 +161,23 @@ def plot_alphas(dyn, path, title):
   return True
 
 
+def _nulls(dyn, prefix: str) -> str:
+  """' Against the surrogate nulls: integration z +3.1 (p 0.025), ...' at the last sample with
+  a z-score, or '' when the run has none (dynamics.surrogates = 0, or trained before them)."""
+  parts = []
+  for k in ('integration', 'synchrony', 'metastability', 'dsi'):
+    z, p = dyn.get(f'{prefix}{k}_z'), dyn.get(f'{prefix}{k}_p')
+    if z is None or p is None:
+      continue
+    ok = np.isfinite(z)
+    if ok.any():
+      parts.append(f'{k} z {z[ok][-1]:+.2f} (p {p[ok][-1]:.3f})')
+  if not parts:
+    return ''
+  return (' Against the surrogate nulls (z-score, one-sided p; see README "Null models"): '
+          + ', '.join(parts) + '.')
+
+
 def analyze_run(workdir: str) -> str:
   """Writes the figures and report.md of one run; returns the report path."""
   title = os.path.basename(os.path.normpath(workdir))
@@ -181,13 +198,16 @@ def analyze_run(workdir: str) -> str:
       last = {k: dyn[f'step_{k}'][np.isfinite(dyn[f'step_{k}'])] for k in
               ('integration', 'metastability', 'synchrony', 'dsi')}
       lines.append('Step mode, last window: ' + ', '.join(
-          f'{k} {v[-1]:.3f}' for k, v in last.items() if len(v)) + '.')
+          f'{k} {v[-1]:.3f}' for k, v in last.items() if len(v)) + '.' + _nulls(dyn, 'step_'))
     if 'probe_dsi' in dyn and int(dyn['probe_count']) > 0:
       plot_epoch_dynamics(dyn, metrics, os.path.join(plots, 'epoch_dynamics.png'), title)
       figures.append('epoch_dynamics.png')
       conv = int(dyn['probe_convergence'])
       lines.append('Epoch mode convergence signal: ' +
                    (f'epoch {conv + 1}.' if conv >= 0 else 'not fired.'))
+      nulls = _nulls(dyn, 'probe_')
+      if nulls:
+        lines.append('Epoch mode, last epoch (expanding history):' + nulls)
     if plot_alphas(dyn, os.path.join(plots, 'alphas.png'), title):
       figures.append('alphas.png')
   lines += [''] + [f'![{f}](plots/{f})' for f in figures]
