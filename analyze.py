@@ -63,7 +63,8 @@ def _step_lines(run, dcfg) -> List[str]:
     return ['Step mode, window metrics: ' + figures.not_defined_text(
         window, steps_done, 'training steps (dynamics.window)') + '.']
   lines = [f'Step mode, last window ({window} steps, n = {len(last["dsi"])} windows): ' +
-           ', '.join(f'{k} {v[-1]:.3f}' for k, v in last.items() if len(v)) + '.']
+           ', '.join(f'{k} {v[-1]:.3f}' for k, v in last.items() if len(v)) + '.'
+           + _nulls(dyn, 'step_')]
   conv = int(dyn.get('step_convergence', -1))
   vol = np.isfinite(dyn['step_dsi_volatility']).any()
   lines.append('Step mode convergence signal: ' + (
@@ -94,6 +95,23 @@ def _epoch_lines(run, dcfg, min_epochs: int, plateau: int) -> List[str]:
                                        'points of the final maximum).' if plateau >= 0
                                        else 'not reached.'))
   return lines
+
+
+def _nulls(dyn, prefix: str) -> str:
+  """' Against the surrogate nulls: integration z +3.1 (p 0.025), ...' at the last sample with
+  a z-score, or '' when the run has none (dynamics.surrogates = 0, or trained before them)."""
+  parts = []
+  for k in ('integration', 'synchrony', 'metastability', 'dsi'):
+    z, p = dyn.get(f'{prefix}{k}_z'), dyn.get(f'{prefix}{k}_p')
+    if z is None or p is None:
+      continue
+    ok = np.isfinite(z)
+    if ok.any():
+      parts.append(f'{k} z {z[ok][-1]:+.2f} (p {p[ok][-1]:.3f})')
+  if not parts:
+    return ''
+  return (' Against the surrogate nulls (z-score, one-sided p; see README "Null models"): '
+          + ', '.join(parts) + '.')
 
 
 def analyze_run(workdir: str) -> str:
@@ -130,6 +148,9 @@ def analyze_run(workdir: str) -> str:
                                  plateau)
       written.append('epoch_dynamics.png')
       lines += _epoch_lines(run, dcfg, min_epochs, plateau)
+      nulls = _nulls(dyn, 'probe_')
+      if nulls:
+        lines.append('Epoch mode, last epoch (expanding history):' + nulls)
     figures.run_alphas(run, os.path.join(plots, 'alphas.png'), min_epochs)
     written.append('alphas.png')
   lines = [line if line.startswith('#') or not line else f'- {line}' for line in lines]

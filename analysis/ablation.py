@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from dynamics import stability, tracker as tracker_lib
+from dynamics import nulls, stability, tracker as tracker_lib
 
 METRICS = tracker_lib.METRICS  # integration, metastability, synchrony, dsi
 HISTORIES = ('', 'sliding_')  # probe series prefixes: expanding history, sliding window
@@ -127,11 +127,20 @@ def changed_fields(old: ml_collections.ConfigDict, new: ml_collections.ConfigDic
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
-def _metrics(x, spec, scales):
-  return tracker_lib.compute_metrics(x, spec, scales)
+def _metrics(x, spec, scales, keys=None):
+  return tracker_lib.compute_metrics(x, spec, scales, keys)
 
 
-def probe_series(probe_signals: np.ndarray, dcfg) -> Dict[str, np.ndarray]:
+def surrogate_key(dynamics: Optional[Dict[str, np.ndarray]], seed: int = 0) -> np.ndarray:
+  """The run's uint32[2] surrogate base key: the one its tracker saved, else the one a run
+  with this seed would have used (so z and p can be added to runs trained without them)."""
+  if dynamics is not None and 'surrogate_key' in dynamics:
+    return np.asarray(dynamics['surrogate_key'], np.uint32)
+  return np.asarray(jax.random.key_data(jax.random.key(int(seed))), np.uint32)
+
+
+def probe_series(probe_signals: np.ndarray, dcfg,
+                 surrogate_key: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
   """The tracker's probe (epoch) mode over a whole saved history, offline.
 
   At epoch e (0-based) the expanding history is probe_signals[:, :e+1] and the sliding one its
@@ -142,6 +151,8 @@ def probe_series(probe_signals: np.ndarray, dcfg) -> Dict[str, np.ndarray]:
   Args:
     probe_signals: f32[S, E].
     dcfg: a dynamics config.
+    surrogate_key: the run's base key (`surrogate_key`); with dcfg.surrogates > 0 the z and p
+      of each metric come out too ('<metric>_z', '<metric>_p'), drawn exactly as the run did.
 
   Returns:
     {'integration', 'metastability', 'synchrony', 'dsi', 'dsi_volatility' and the same with a
@@ -152,12 +163,14 @@ def probe_series(probe_signals: np.ndarray, dcfg) -> Dict[str, np.ndarray]:
   spec = tracker_lib.MetricSpec.from_config(dcfg)
   x = jnp.asarray(probe_signals, jnp.float32)
   num_signals, num_epochs = x.shape
-  out = {p + m: np.full((num_epochs,), np.nan, np.float32) for p in HISTORIES for m in METRICS}
+  names = _metric_names(spec, surrogate_key)
+  out = {p + m: np.full((num_epochs,), np.nan, np.float32) for p in HISTORIES for m in names}
   out['alphas'] = np.full((num_signals,), np.nan, np.float32)
+  key = None if names == METRICS else surrogate_key
   for count in range(1, num_epochs + 1):
-    histories = tracker_lib.probe_histories(x[:, :count], dcfg, spec)
+    histories = tracker_lib.probe_histories(x[:, :count], dcfg, spec, key)
     for prefix, m in jax.device_get(histories).items():
-      for name in METRICS:
+      for name in names:
         out[prefix + name][count - 1] = m[name]
       if not prefix:
         out['alphas'] = np.asarray(m['alphas'])
@@ -169,7 +182,13 @@ def probe_series(probe_signals: np.ndarray, dcfg) -> Dict[str, np.ndarray]:
   return out
 
 
-def step_series(step_signals: np.ndarray, dcfg, chunk: int = 256) -> Dict[str, np.ndarray]:
+def _metric_names(spec, surrogate_key) -> Tuple[str, ...]:
+  with_nulls = surrogate_key is not None and int(spec.surrogates) > 0
+  return METRICS + (tracker_lib.NULL_KEYS if with_nulls else ())
+
+
+def step_series(step_signals: np.ndarray, dcfg, chunk: int = 256,
+                surrogate_key: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
   """The tracker's step mode over a whole saved run, offline.
 
   Every `every_steps` steps, once `window` samples exist, the metrics over the last `window`
@@ -180,6 +199,8 @@ def step_series(step_signals: np.ndarray, dcfg, chunk: int = 256) -> Dict[str, n
   Args:
     step_signals: f32[S, steps].
     dcfg: a dynamics config.
+    chunk: windows per compiled batch.
+    surrogate_key: as for `probe_series`.
 
   Returns:
     {'integration', 'metastability', 'synchrony', 'dsi', 'dsi_volatility': f32[steps] (NaN
@@ -191,7 +212,8 @@ def step_series(step_signals: np.ndarray, dcfg, chunk: int = 256) -> Dict[str, n
   scales = tracker_lib.resolve_scales(dcfg, window, strict=True)
   x = np.asarray(step_signals, np.float32)
   num_signals, num_steps = x.shape
-  out = {m: np.full((num_steps,), np.nan, np.float32) for m in METRICS + ('dsi_volatility',)}
+  names = _metric_names(spec, surrogate_key)
+  out = {m: np.full((num_steps,), np.nan, np.float32) for m in names + ('dsi_volatility',)}
   out['alphas'] = np.full((num_signals,), np.nan, np.float32)
   # Samples whose step is a multiple of `every` (1-based); the metrics exist from `window` on.
   candidates = np.arange(every - 1, num_steps, every)
@@ -206,8 +228,13 @@ def step_series(step_signals: np.ndarray, dcfg, chunk: int = 256) -> Dict[str, n
       pad = batch - len(steps)  # one compiled shape for every chunk
       if pad:
         windows = np.concatenate([windows, np.repeat(windows[-1:], pad, axis=0)])
-      m = jax.device_get(_metrics(jnp.asarray(windows), spec, scales))
-      for name in METRICS:
+      keys = None
+      if names != METRICS:  # the key of each window's step, as in the tracker's record_step
+        padded = np.concatenate([steps, np.repeat(steps[-1:], pad)])
+        keys = jax.vmap(lambda t: nulls.evaluation_key(surrogate_key, 0, t))(
+            jnp.asarray(padded, jnp.int32))
+      m = jax.device_get(_metrics(jnp.asarray(windows), spec, scales, keys))
+      for name in names:
         out[name][steps] = np.asarray(m[name])[:len(steps)]
       out['alphas'] = np.asarray(m['alphas'])[len(steps) - 1]
   vol = stability.rolling_volatility(jnp.asarray(out['dsi'][candidates]),
@@ -233,7 +260,7 @@ def logged_probe_series(dynamics: Dict[str, np.ndarray]) -> Dict[str, Any]:
 
 def logged_step_series(dynamics: Dict[str, np.ndarray]) -> Dict[str, Any]:
   """The step series as the run logged them, in `step_series`' layout."""
-  keys = METRICS + ('dsi_volatility', 'alphas')
+  keys = METRICS + tracker_lib.NULL_KEYS + ('dsi_volatility', 'alphas')
   out = {k: np.asarray(dynamics['step_' + k]) for k in keys if 'step_' + k in dynamics}
   if 'step_convergence' in dynamics:
     out['convergence'] = int(dynamics['step_convergence'])

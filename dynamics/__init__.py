@@ -24,6 +24,7 @@ from dynamics.stability import (
   rolling_volatility,
   stability_index,
 )
+from dynamics.nulls import surrogate_test, surrogates
 from dynamics.taps import (
   apply_with_taps,
   display_name,
@@ -59,6 +60,8 @@ __all__ = [
     'rolling_volatility',
     'signal_names',
     'stability_index',
+    'surrogate_test',
+    'surrogates',
     'synchrony',
     'taps_from_intermediates',
     'validate_scales',

@@ -25,7 +25,7 @@ def _shape(name: str, value: Any) -> tuple[int, ...]:
 
 
 def make_tracker(dcfg: Any, tap_shapes: Mapping[str, Union[Shape, Any]], num_steps: int,
-                 num_epochs: int = 1) -> tracker_lib.Tracker:
+                 num_epochs: int = 1, seed: int = 0) -> tracker_lib.Tracker:
   """Builds the pure tracker functions (``dynamics.Tracker``) for one run.
 
   Args:
@@ -37,6 +37,11 @@ def make_tracker(dcfg: Any, tap_shapes: Mapping[str, Union[Shape, Any]], num_ste
       only for ``reduction='proj:K'``.
     num_steps: the training steps of the run: the step buffers hold ``f32[S, num_steps]``.
     num_epochs: probe samples the run will record (``probe_update`` calls), at least 1.
+    seed: the run's seed; the surrogate (null-model) draws derive from it.
+
+  Fields left at ``auto`` (0: ``window``, ``volatility_window_steps``) are sized to
+  ``num_steps`` with the rules the project's loop uses (``dynamics.tracker.resolve_auto``:
+  256 and 50 on runs of at least 512 steps).
 
   Returns:
     ``Tracker(init, record_step, reduce, probe_update, summarize_step, summarize_probe, export,
@@ -47,4 +52,6 @@ def make_tracker(dcfg: Any, tap_shapes: Mapping[str, Union[Shape, Any]], num_ste
     raise ValueError('tap_shapes is empty: the tracker needs at least one tap (a model that '
                      "sows with self.sow('intermediates', name, x); see dynamics.taps).")
   shapes = {name: _shape(name, value) for name, value in tap_shapes.items()}
-  return tracker_lib.make_tracker(config_lib.as_config(dcfg), shapes, num_steps, num_epochs)
+  dcfg = config_lib.as_config(dcfg)  # a copy: resolving `auto` leaves the caller's alone
+  tracker_lib.resolve_auto(dcfg, num_steps)
+  return tracker_lib.make_tracker(dcfg, shapes, num_steps, num_epochs, seed=seed)

@@ -14,6 +14,11 @@ from typing import TYPE_CHECKING, Any, Union
 if TYPE_CHECKING:
   import ml_collections
 
+# Default surrogates per metric evaluation: p resolves down to 1/(1 + 39) = 0.025 and z to a
+# spread estimated from 39 draws, at well under 0.5% of any model's train-step FLOPs
+# (benchmarks/bench_surrogates.py).
+SURROGATES = 39
+
 
 class Config(dict):
   """A dict whose fields are also attributes (``c.window`` is ``c['window']``)."""
@@ -112,4 +117,12 @@ def default_config(plain: bool = False) -> Union['ml_collections.ConfigDict', Co
   c.convergence_warmup_epochs = 3
   c.convergence_warmup_steps = 0
   c.plateau_delta = 1.0
+
+  # Null models (DESIGN 3.6): every metric evaluation (step window, probe history) also draws
+  # `surrogates` surrogates per null method and writes each metric's z-score and p-value
+  # (dynamics/<metric>_z, _p; p = (1 + #{null >= value}) / (1 + surrogates)). 0 = off.
+  # `surrogate_methods`: which null for which metric (shuffle | phase | phase_joint | iaaft |
+  # shift); the DSI null combines the integration and metastability nulls.
+  c.surrogates = SURROGATES
+  c.surrogate_methods = 'integration=shuffle,synchrony=phase,metastability=phase'
   return c

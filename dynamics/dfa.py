@@ -35,6 +35,7 @@ __all__ = [
   'fluctuation',
   'dfa_exponent',
   'integration',
+  'excluded_signals',
 ]
 
 INTEGRATION_METHODS = ('per_layer_mean', 'mean_field')
@@ -229,8 +230,10 @@ def dfa_exponent(x: jax.typing.ArrayLike, scales: Sequence[int], order: int = 1)
   """DFA scaling exponent alpha: OLS slope of ln F(n) on ln n (see ``fluctuation``).
 
   White noise gives alpha ~ 0.5, a random walk ~ 1.5, fractional Gaussian noise ~ its Hurst
-  exponent. As in nolds 0.6.2, sizes with F(n) == 0 are left out of the fit; fewer than 2
-  remaining sizes, or a constant series, give NaN (never an error or inf).
+  exponent. As in nolds 0.6.2, sizes with F(n) == 0 are left out of the fit, and so are sizes
+  whose F(n) is at round-off level (<= 16 eps n max|x - mean|: the profile is exactly a
+  polynomial of degree <= order there); fewer than 2 remaining sizes, or a constant series,
+  give NaN (never an error or inf). A NaN or inf sample gives NaN.
 
   Args:
     x: f[..., N], time on the last axis.
@@ -250,10 +253,21 @@ def _dfa_exponent(x: jax.Array, scales: tuple[int, ...], order: int) -> jax.Arra
   return _slope(x, _fluctuation(x, scales, order), scales)
 
 
+# F(n) of an input whose profile is exactly a polynomial of degree <= order (a constant, or a
+# polynomial of degree < order, e.g. arange(256) at order 2) is round-off: measured at most
+# 0.4 * eps * n * max|x - mean| for float32 and float64; 16 times that is far below any real
+# signal's F (white noise: ~0.3 * std * sqrt(n)).
+_ROUNDOFF_FACTOR = 16
+
+
 def _slope(x: jax.Array, f: jax.Array, scales: tuple[int, ...]) -> jax.Array:
   log_n = jnp.asarray(np.log(np.asarray(tuple(scales), dtype=np.float64)), dtype=x.dtype)
-  # nolds filters F != 0 (so a NaN F stays in and propagates, which is what we want too).
-  keep = f != 0
+  # A size whose F is at round-off level carries no fluctuation: treated as F == 0, which
+  # nolds drops from the fit (a NaN F stays in and propagates, which is what we want too).
+  size = jnp.max(jnp.abs(x - jnp.mean(x, axis=-1, keepdims=True)), axis=-1, keepdims=True)
+  floor = (_ROUNDOFF_FACTOR * jnp.finfo(x.dtype).eps
+           * jnp.asarray(np.asarray(scales, np.float64), x.dtype) * size)
+  keep = ~(f <= floor)
   w = keep.astype(x.dtype)
   count = jnp.sum(w, axis=-1)
   safe_count = jnp.maximum(count, 1)
@@ -283,10 +297,13 @@ def integration(
 ) -> jax.Array:
   """Integration score of a set of tap signals.
 
-  ``per_layer_mean`` (default): mean over taps of ``dfa_exponent`` of each tap, leaving out taps
-  whose alpha is NaN (constant signals); NaN if every tap is.
+  ``per_layer_mean`` (default): mean over taps of ``dfa_exponent`` of each tap, leaving out
+  finite taps whose alpha is NaN (no fluctuation: constant, or exactly polynomial); NaN if every
+  tap is left out.
   ``mean_field``: ``dfa_exponent`` of the mean over taps of the z-scored tap signals (z-score
-  along time, ddof 0; a constant tap contributes 0).
+  along time, ddof 0; a constant tap contributes 0, i.e. is left out).
+  Both: a tap with a NaN or inf sample makes the score NaN (a diverged signal is not data to
+  average over). ``excluded_signals`` counts the taps left out.
 
   Args:
     x: f[..., L, N], L taps, time on the last axis.
@@ -317,6 +334,39 @@ def _integration(x: jax.Array, scales: tuple[int, ...], order: int, method: str)
     ok = ~jnp.isnan(alpha)
     count = jnp.sum(ok, axis=-1)
     total = jnp.sum(jnp.where(ok, alpha, 0), axis=-1)
-    return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
+    diverged = jnp.any(~jnp.isfinite(x), axis=(-2, -1))
+    return jnp.where((count > 0) & ~diverged, total / jnp.maximum(count, 1), jnp.nan)
   field = jnp.mean(_zscore_time(x), axis=-2)
   return _dfa_exponent(field, scales, order)
+
+
+def excluded_signals(x, scales: Sequence[int], order: int = 1,
+                     method: str = 'per_layer_mean') -> jax.Array:
+  """Number of finite taps that ``integration`` leaves out (no fluctuation to measure).
+
+  ``per_layer_mean``: taps whose alpha is NaN (constant or exactly polynomial); ``mean_field``:
+  constant taps. Taps with a NaN or inf sample are not counted: they make the score NaN.
+
+  Args:
+    x: f[..., L, N]; scales, order, method as for ``integration``.
+
+  Returns:
+    int32[...].
+  """
+  if method not in INTEGRATION_METHODS:
+    raise ValueError(
+      f'dynamics.integration_method must be one of {INTEGRATION_METHODS}, got {method!r}.'
+    )
+  x = as_real_float(x, 'DFA')
+  order = _validate_order(order)
+  return _excluded(x, validate_scales(scales, x.shape[-1], order), order, method)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _excluded(x: jax.Array, scales: tuple[int, ...], order: int, method: str) -> jax.Array:
+  finite = jnp.all(jnp.isfinite(x), axis=-1)
+  if method == 'per_layer_mean':
+    left_out = jnp.isnan(_dfa_exponent(x, scales, order))
+  else:
+    left_out = jnp.all(x == x[..., :1], axis=-1)
+  return jnp.sum(finite & left_out, axis=-1).astype(jnp.int32)

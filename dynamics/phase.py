@@ -6,7 +6,8 @@ Definition (DESIGN.md section 3.3), for tap series x[l, 0..N-1]:
    (first difference, N-1 samples), then z-score (ddof 0);
 2. analytic signal by the FFT Hilbert transform, identical to ``scipy.signal.hilbert`` along
    time; phase phi[l, t] = its angle;
-3. R(t) = | mean over l of exp(i phi[l, t]) |, in [0, 1];
+3. R(t) = | mean over l of exp(i phi[l, t]) |, in [0, 1], over the taps that are not constant
+   after step 1 (NaN when fewer than two are; NaN when any tap has a NaN or inf sample);
 4. synchrony = mean over t of R(t); metastability = std over t of R(t) (ddof 0), optionally after
    dropping ``edge`` samples at each end (Hilbert edge effects).
 
@@ -31,6 +32,7 @@ __all__ = [
   'kuramoto_order',
   'synchrony',
   'metastability',
+  'excluded_signals',
 ]
 
 PREPROCESS_METHODS = ('detrend', 'demean', 'diff')
@@ -126,8 +128,10 @@ def _preprocess_rows(x: jax.Array, method: str) -> jax.Array:
 def kuramoto_order(x: jax.typing.ArrayLike, preprocess: str = 'detrend') -> jax.Array:
   """Kuramoto order parameter R(t) = |mean over taps of exp(i phi[l, t])|.
 
-  phi = angle(hilbert(preprocess(x))). A row that is zero after preprocessing (a constant tap)
-  has phase 0 by the ``angle(0) == 0`` convention, as with numpy/scipy.
+  phi = angle(hilbert(preprocess(x))). A row that is zero after preprocessing (a constant tap,
+  or an exact line under 'detrend') has no phase and is left out of the mean over taps
+  (``excluded_signals`` counts them); fewer than two remaining taps, or a NaN/inf sample in any
+  tap, give NaN.
 
   Args:
     x: f[..., L, N], L taps, time on the last axis.
@@ -155,11 +159,42 @@ def _check_length(x: jax.Array, method: str) -> None:
 
 @functools.partial(jax.jit, static_argnums=1)
 def _kuramoto(x: jax.Array, method: str) -> jax.Array:
-  a = _hilbert(_preprocess_rows(x, method))
+  z = _preprocess_rows(x, method)
+  a = _hilbert(z)
   # exp(i * angle(a)) computed as a / |a|: no atan2/cos/sin; angle(0) == 0 gives phasor 1.
   mag = jnp.abs(a)
   unit = jnp.where(mag > 0, a / jnp.where(mag > 0, mag, 1), 1)
-  return jnp.abs(jnp.mean(unit, axis=-2))
+  # A constant row (all zeros after preprocessing) has no phase: it is left out of the mean,
+  # rather than pulling R towards 1 with its phasor 1. A NaN/inf sample makes R NaN: a diverged
+  # signal is not data (the same rule as dfa.integration).
+  usable = jnp.any(z != 0, axis=-1, keepdims=True)
+  count = jnp.sum(usable, axis=-2)
+  r = jnp.abs(jnp.sum(jnp.where(usable, unit, 0), axis=-2)) / jnp.maximum(count, 1)
+  diverged = jnp.any(~jnp.isfinite(x), axis=(-2, -1))[..., None]
+  return jnp.where((count >= 2) & ~diverged, r, jnp.nan)
+
+
+def excluded_signals(x, preprocess: str = 'detrend') -> jax.Array:
+  """Number of finite taps that the phase metrics leave out (constant after preprocessing).
+
+  Args:
+    x: f[..., L, N].
+    preprocess: 'detrend' | 'demean' | 'diff' (static).
+
+  Returns:
+    int32[...].
+  """
+  _check_method(preprocess)
+  x = as_real_float(x, 'excluded_signals')
+  _check_length(x, preprocess)
+  return _excluded(x, preprocess)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _excluded(x: jax.Array, method: str) -> jax.Array:
+  constant = jnp.all(_preprocess_rows(x, method) == 0, axis=-1)
+  finite = jnp.all(jnp.isfinite(x), axis=-1)
+  return jnp.sum(constant & finite, axis=-1).astype(jnp.int32)
 
 
 def _validate_trim(x, preprocess: str, edge: int) -> jax.Array:

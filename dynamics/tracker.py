@@ -23,10 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dynamics import dfa, phase, signals, stability
+from dynamics import dfa, nulls, phase, signals, stability
 
 State = Dict[str, jnp.ndarray]
 METRICS = ('integration', 'metastability', 'synchrony', 'dsi')
+# z-score and p-value of each metric against its surrogate null (DESIGN 3.6; dynamics/nulls.py).
+NULL_KEYS = tuple(f'{m}_{s}' for m in nulls.NULL_METRICS for s in ('z', 'p'))
 
 
 class MetricSpec(NamedTuple):
@@ -38,6 +40,8 @@ class MetricSpec(NamedTuple):
   dsi_form: str = 'product'
   dsi_w_integration: float = 1.0
   dsi_w_metastability: float = 1.0
+  surrogates: int = 0
+  surrogate_methods: str = nulls.DEFAULT_METHODS
 
   @classmethod
   def from_config(cls, dcfg: Any) -> 'MetricSpec':
@@ -70,12 +74,82 @@ def min_phase_samples(spec: MetricSpec) -> int:
   return 3 + 2 * spec.phase_edge + (1 if spec.phase_preprocess == 'diff' else 0)
 
 
+# `auto` (0) for dynamics.window and volatility_window_steps: sized to the run by the rules
+# below (shared by the project's loop, through training/validate.fit_to_run, and by library
+# users, through dynamics.make_tracker). Runs long enough get the standard values.
+AUTO = 0
+AUTO_DEFAULTS = {'window': 256, 'volatility_window_steps': 50}
+
+
+def min_dfa_length(dcfg: Any, limit: int = 1 << 20) -> Optional[int]:
+  """Shortest series on which the DFA scales of `dcfg` are defined (3 distinct scales), or
+  None if none up to `limit` is."""
+  n = 1
+  while n <= limit:  # doubling, then bisection: defined-ness is monotone in n
+    if resolve_scales(dcfg, n) is not None:
+      break
+    n *= 2
+  else:
+    return None
+  lo, hi = n // 2, n  # undefined at lo (or lo = 0), defined at hi
+  while hi - lo > 1:
+    mid = (lo + hi) // 2
+    if resolve_scales(dcfg, mid) is not None:
+      hi = mid
+    else:
+      lo = mid
+  return hi
+
+
+def min_step_window(dcfg: Any) -> Optional[int]:
+  """The shortest step window on which every metric is defined (None: no length is)."""
+  dfa_min = min_dfa_length(dcfg)
+  if dfa_min is None:
+    return None
+  return max(dfa_min, 3 + (1 if dcfg.phase_preprocess == 'diff' else 0))
+
+
+def auto_window(dcfg: Any, num_steps: int) -> int:
+  """dynamics.window = auto: 256 on runs of at least 512 steps, else half the run, never below
+  `min_step_window` (a run shorter than that computes no step metrics)."""
+  needed = min_step_window(dcfg) or 0
+  standard = AUTO_DEFAULTS['window']
+  if num_steps < needed:
+    return needed
+  return standard if num_steps >= 2 * standard else max(needed, num_steps // 2)
+
+
+def computed_windows(num_steps: int, window: int, every: int) -> int:
+  """Step-mode samples with metrics: steps k in [window, num_steps] (1-based), k % every == 0."""
+  return max(num_steps // every - (window - 1) // every, 0) if num_steps >= window else 0
+
+
+def auto_volatility_window(computed: int) -> int:
+  """volatility_window_steps = auto: 50 when at least 100 windows are computed, else half of
+  them (at least 2)."""
+  standard = AUTO_DEFAULTS['volatility_window_steps']
+  if computed < 4:
+    return 2
+  return standard if computed >= 2 * standard else computed // 2
+
+
+def resolve_auto(dcfg: Any, num_steps: int) -> None:
+  """Sets the `auto` step-mode fields of a (mutable, attribute-style) config in place."""
+  if dcfg.window == AUTO:
+    dcfg.window = auto_window(dcfg, num_steps)
+  if dcfg.volatility_window_steps == AUTO:
+    dcfg.volatility_window_steps = auto_volatility_window(
+        computed_windows(num_steps, int(dcfg.window), int(dcfg.every_steps)))
+
+
 def compute_metrics(x: jnp.ndarray, spec: MetricSpec,
-                    scales: Optional[Tuple[int, ...]]) -> Dict[str, jnp.ndarray]:
+                    scales: Optional[Tuple[int, ...]], key=None) -> Dict[str, jnp.ndarray]:
   """x: f[..., S, N] -> integration, metastability, synchrony, dsi f[...], alphas f[..., S].
 
   Entries that the history cannot define yet (too short for the scales or the Hilbert
   transform) are NaN. The same function serves step mode, probe mode and offline ablation.
+  With a key (a key array of shape x.shape[:-2], one per evaluation) and spec.surrogates > 0,
+  also NULL_KEYS: each metric's z and p against spec.surrogates surrogates (nulls.metric_nulls).
   """
   batch = x.shape[:-2]
   nan = jnp.full(batch, jnp.nan, x.dtype)
@@ -92,19 +166,35 @@ def compute_metrics(x: jnp.ndarray, spec: MetricSpec,
     sync = meta = nan
   dsi = stability.stability_index(integration, meta, spec.dsi_form, spec.dsi_w_integration,
                                   spec.dsi_w_metastability)
-  return dict(integration=integration, metastability=meta, synchrony=sync, dsi=dsi,
-              alphas=alphas)
+  out = dict(integration=integration, metastability=meta, synchrony=sync, dsi=dsi,
+             alphas=alphas)
+  if key is not None and spec.surrogates > 0:
+    methods = nulls.parse_methods(spec.surrogate_methods)
+
+    def one(k, signals_, values):
+      return nulls.metric_nulls(k, signals_, values, spec, scales, int(spec.surrogates), methods)
+
+    for _ in batch:  # one vmap per batch axis: each evaluation draws from its own key
+      one = jax.vmap(one)
+    out.update(one(key, x, {name: out[name] for name in nulls.NULL_METRICS}))
+  return out
 
 
-def probe_histories(history: jnp.ndarray, dcfg: Any, spec: MetricSpec
+def probe_histories(history: jnp.ndarray, dcfg: Any, spec: MetricSpec,
+                    surrogate_key: Optional[jnp.ndarray] = None
                     ) -> Dict[str, Dict[str, jnp.ndarray]]:
   """history: f32[S, n], the probe signals of epochs 0..n-1 -> compute_metrics of the
   expanding history ('') and of its last `sliding_epochs` samples ('sliding_'), as at epoch
-  n-1. Shared by the tracker and the offline ablation (analysis/ablation.py)."""
+  n-1. Shared by the tracker and the offline ablation (analysis/ablation.py).
+
+  surrogate_key: the run's uint32[2] base key (state['surrogate_key']); None = no nulls."""
   n = history.shape[-1]
   sliding = history[:, max(0, n - int(dcfg.sliding_epochs)):]
-  return {prefix: compute_metrics(h, spec, resolve_scales(dcfg, h.shape[-1]))
-          for prefix, h in (('', history), ('sliding_', sliding))}
+  out = {}
+  for mode, (prefix, h) in enumerate((('', history), ('sliding_', sliding)), start=1):
+    key = None if surrogate_key is None else nulls.evaluation_key(surrogate_key, mode, n - 1)
+    out[prefix] = compute_metrics(h, spec, resolve_scales(dcfg, h.shape[-1]), key)
+  return out
 
 
 def probe_volatility(dsi: jnp.ndarray, dcfg: Any) -> Tuple[jnp.ndarray, jnp.ndarray]:
@@ -133,9 +223,13 @@ class Tracker(NamedTuple):
 
 
 def make_tracker(dcfg: Any, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: int,
-                 num_epochs: int) -> Tracker:
-  """dcfg: config.dynamics; tap_shapes: {tap: shape} from jax.eval_shape of the model."""
+                 num_epochs: int, seed: int = 0) -> Tracker:
+  """dcfg: config.dynamics; tap_shapes: {tap: shape} from jax.eval_shape of the model; seed:
+  the run seed, from which the surrogate draws derive (state['surrogate_key'])."""
   spec = MetricSpec.from_config(dcfg)
+  with_nulls = int(spec.surrogates) > 0
+  nulls.parse_methods(spec.surrogate_methods)  # a config error now, not inside the step
+  metric_keys = METRICS + (NULL_KEYS if with_nulls else ())
   tap_names = sorted(tap_shapes)
   kind, k = signals.parse_reduction(dcfg.reduction)
   projections = (signals.make_projections([tap_shapes[t][-1] for t in tap_names], k,
@@ -158,6 +252,10 @@ def make_tracker(dcfg: Any, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: i
     nan_steps = jnp.full((capacity,), jnp.nan, f32)
     nan_epochs = jnp.full((num_epochs,), jnp.nan, f32)
     state = {}
+    if with_nulls:
+      # Raw key data, so the state stays a plain dict of uint/float arrays (checkpointable,
+      # and a replica axis can hold one key per seed).
+      state['surrogate_key'] = jax.random.key_data(jax.random.key(seed))
     if dcfg.step_mode:
       state.update(
           step_signals=jnp.zeros((num_signals, capacity), f32),
@@ -166,24 +264,24 @@ def make_tracker(dcfg: Any, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: i
           step_streak=jnp.zeros((), jnp.int32),
           step_streak_start=jnp.full((), -1, jnp.int32),
           step_convergence=jnp.full((), -1, jnp.int32),
-          **{f'step_{m}': nan_steps for m in METRICS + ('dsi_volatility',)})
+          **{f'step_{m}': nan_steps for m in metric_keys + ('dsi_volatility',)})
     if dcfg.probe_mode:
       state.update(
           probe_signals=jnp.zeros((num_signals, num_epochs), f32),
           probe_count=jnp.zeros((), jnp.int32),
           probe_alphas=jnp.full((num_signals,), jnp.nan, f32),
           **{f'probe_{h}{m}': nan_epochs
-             for h in ('', 'sliding_') for m in METRICS + ('dsi_volatility',)},
+             for h in ('', 'sliding_') for m in metric_keys + ('dsi_volatility',)},
           probe_convergence=jnp.full((), -1, jnp.int32),
           probe_sliding_convergence=jnp.full((), -1, jnp.int32))
     return state
 
-  def _window_metrics(window_signals):
-    return compute_metrics(window_signals, spec, step_scales)
+  def _window_metrics(window_signals, key):
+    return compute_metrics(window_signals, spec, step_scales, key if with_nulls else None)
 
-  def _skip(window_signals):
+  def _skip(window_signals, key):
     nan = jnp.full((), jnp.nan, jnp.float32)
-    return dict(integration=nan, metastability=nan, synchrony=nan, dsi=nan,
+    return dict(**{name: nan for name in metric_keys},
                 alphas=jnp.full((num_signals,), jnp.nan, jnp.float32))
 
   def record_step(state: State, taps: Dict[str, jnp.ndarray], step: jax.typing.ArrayLike
@@ -201,8 +299,10 @@ def make_tracker(dcfg: Any, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: i
     start = jnp.maximum(index - window + 1, 0)
     window_signals = jax.lax.dynamic_slice(state['step_signals'], (0, start),
                                            (num_signals, window))
-    m = jax.lax.cond(due, _window_metrics, _skip, window_signals)
-    for name in METRICS:
+    key = (nulls.evaluation_key(state['surrogate_key'], 0, step) if with_nulls
+           else jnp.zeros((), jnp.int32))
+    m = jax.lax.cond(due, _window_metrics, _skip, window_signals, key)
+    for name in metric_keys:
       state[f'step_{name}'] = state[f'step_{name}'].at[index].set(
           jnp.where(due, m[name], state[f'step_{name}'][index]))
     state['step_alphas'] = jnp.where(due, m['alphas'], state['step_alphas'])
@@ -224,7 +324,7 @@ def make_tracker(dcfg: Any, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: i
     fired = (state['step_convergence'] < 0) & (streak >= dcfg.convergence_patience)
     state.update(step_vol_max=vol_max, step_streak=streak, step_streak_start=streak_start,
                  step_convergence=jnp.where(fired, streak_start, state['step_convergence']))
-    out = {f'dynamics/{name}': m[name] for name in METRICS}
+    out = {f'dynamics/{name}': m[name] for name in metric_keys}
     out['dynamics/dsi_volatility'] = vol
     out['dynamics/convergence_step'] = state['step_convergence']
     return state, out
@@ -252,10 +352,11 @@ def make_tracker(dcfg: Any, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: i
     index = count - 1
     state['probe_signals'] = state['probe_signals'].at[:, index].set(sig)
     state['probe_count'] = jnp.asarray(count, jnp.int32)
-    histories = probe_histories(state['probe_signals'][:, :count], dcfg, spec)
+    histories = probe_histories(state['probe_signals'][:, :count], dcfg, spec,
+                                state.get('surrogate_key'))
     for history, m in histories.items():
       prefix = 'probe_' + history
-      for name in METRICS:
+      for name in metric_keys:
         state[prefix + name] = state[prefix + name].at[index].set(m[name])
       if not history:
         state['probe_alphas'] = m['alphas']
@@ -276,7 +377,7 @@ def make_tracker(dcfg: Any, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: i
     index = int(state['probe_count']) - 1
     scalars = {}
     for prefix, label in (('probe_', 'dynamics_epoch'), ('probe_sliding_', 'dynamics_epoch_sliding')):
-      for name in METRICS + ('dsi_volatility',):
+      for name in metric_keys + ('dsi_volatility',):
         value = float(state[prefix + name][index])
         if np.isfinite(value):
           scalars[f'{label}/{name}'] = value
@@ -290,7 +391,7 @@ def make_tracker(dcfg: Any, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: i
   def export(state: State) -> Dict[str, np.ndarray]:
     """Everything needed to recompute the metrics offline (written to dynamics.npz)."""
     out = {k: np.asarray(v) for k, v in state.items()}
-    series = ('signals',) + METRICS + ('dsi_volatility',)
+    series = ('signals',) + metric_keys + ('dsi_volatility',)
     if 'step_signals' in out:
       for key in series:
         out[f'step_{key}'] = out[f'step_{key}'][..., :num_steps]

@@ -31,7 +31,8 @@ BASE = dict(dfa_min_scale=3, dfa_max_divisor=2, sliding_epochs=10, volatility_wi
 CHANGED = dict(dfa_order=2, dfa_scales='4,5,6', phase_preprocess='diff', dsi_form='linear',
                dsi_w_metastability=2.0, volatility_window_epochs=2, convergence_rho=0.5,
                sliding_epochs=8, window=12, every_steps=2, volatility_window_steps=3,
-               convergence_warmup_steps=20)
+               convergence_warmup_steps=20, surrogates=7,
+               surrogate_methods='integration=phase,synchrony=shift')
 
 
 def _config(**dynamics):
@@ -82,11 +83,14 @@ def test_run_loading(trained):
 def test_recompute_with_logged_definition_equals_logged(trained, name):
   run = trained[name]
   dcfg = run.dynamics_config()
-  probe = ablation.probe_series(run.dynamics['probe_signals'], dcfg)
+  key = ablation.surrogate_key(run.dynamics)
+  probe = ablation.probe_series(run.dynamics['probe_signals'], dcfg, key)
   logged = ablation.logged_probe_series(run.dynamics)
   assert np.isfinite(logged['integration']).any() and np.isfinite(logged['dsi_volatility']).any()
+  # The nulls are on by default, and recomputed offline from the same keys.
+  assert np.isfinite(logged['integration_z']).any() and np.isfinite(logged['synchrony_p']).any()
   _assert_series_equal(probe, logged, rtol=1e-6, atol=1e-7)
-  step = ablation.step_series(run.dynamics['step_signals'], dcfg)
+  step = ablation.step_series(run.dynamics['step_signals'], dcfg, surrogate_key=key)
   logged_step = ablation.logged_step_series(run.dynamics)
   assert logged_step['convergence'] >= 0  # the step-mode signal fires in these runs
   _assert_series_equal(step, logged_step, rtol=1e-5, atol=1e-6)
@@ -103,9 +107,11 @@ def test_ablation_equals_a_run_trained_with_that_definition(trained, source, tar
   overrides = ablation.parse_overrides(_sets({k: new for k, (_, new) in fields.items()}),
                                        src.dynamics_config())
   dcfg = ablation.apply_overrides(src.dynamics_config(), overrides)
-  _assert_series_equal(ablation.probe_series(src.dynamics['probe_signals'], dcfg),
+  key = ablation.surrogate_key(src.dynamics)
+  _assert_series_equal(ablation.probe_series(src.dynamics['probe_signals'], dcfg, key),
                        ablation.logged_probe_series(tgt.dynamics), rtol=1e-6, atol=1e-7)
-  _assert_series_equal(ablation.step_series(src.dynamics['step_signals'], dcfg),
+  _assert_series_equal(ablation.step_series(src.dynamics['step_signals'], dcfg,
+                                            surrogate_key=key),
                        ablation.logged_step_series(tgt.dynamics), rtol=1e-5, atol=1e-6)
 
 
@@ -201,6 +207,12 @@ def test_study_findings_on_fabricated_runs(trained, tmp_path):
       np.testing.assert_allclose(sep.diffs[model][1], se, rtol=1e-3)
       assert (model in sep.beyond_2se) == (abs(diff) > 2 * se)
   assert set(sep.higher) == expected_higher
+  # Two seeds per dataset: the exact permutation test, whose smallest p is 2/6 (no verdict of
+  # "different" is possible), and a Welch interval.
+  t = sep.tests['resnet18']
+  assert t['test'] == 'permutation' and t['p'] == pytest.approx(2 / 6)
+  assert t['ci_low'] < t['diff'] < t['ci_high']
+  assert 'cannot reach p < 0.05' in sep.verdict()
   assert set(sep.lower) == {'resnet18', 'vgg16', 'mobilenetv2'} - expected_higher
 
   # Finding 2: lead = plateau - convergence, against the reference plateau.
@@ -231,6 +243,10 @@ def test_study_findings_on_fabricated_runs(trained, tmp_path):
           in text)
   assert f'(lead > 0) in {len(leads.early)} of {len(views)} runs' in text
   assert '± ' in text and '(n=2)' in text  # mean ± std over the two seeds
+  assert 'exact permutation p = 0.333 (n = 2 + 2)' in text
+  assert 'lead LR at 0.5 of peak' in text and 'false alarms (sliding)' in text
+  assert '- Held-out test: **CIFAR-10, expanding**' in text
+  assert '## Estimability' in text and '| 2000 |' in text
   for name in ('integration_logged.png', 'training_curves.png', 'trajectories_expanding_logged.png',
                'trajectories_sliding_logged.png', 'lead_cifar10_resnet18_s0_logged.png'):
     assert os.path.getsize(tmp_path / 'out' / 'figures' / name) > 0
@@ -293,3 +309,32 @@ def test_find_runs(trained, tmp_path):
       os.path.join(parent, 'default'), os.path.join(parent, 'changed')]
   with pytest.raises(FileNotFoundError, match='matches no run'):
     runs_lib.find_runs([str(tmp_path / 'nothing*')])
+
+
+def _style_views(dcfg, centres, seeds, rng, dataset='CIFAR-10'):
+  import types  # pylint: disable=g-import-not-at-top
+  views = []
+  for model, centre in centres.items():
+    for seed in range(seeds):
+      probe = {}
+      for prefix in ('', 'sliding_'):
+        probe[prefix + 'integration'] = centre + 0.05 * rng.standard_normal(12)
+        probe[prefix + 'metastability'] = 0.1 + 0.1 * centre + 0.01 * rng.standard_normal(12)
+      run = types.SimpleNamespace(model=model, dataset_label=dataset, name=f'{model}_s{seed}')
+      views.append(report.View(run, dcfg, probe))
+  return views
+
+
+def test_held_out_styles_and_fake_group_control(trained):
+  dcfg = trained['default'].dynamics_config()
+  rng = np.random.default_rng(0)
+  views = _style_views(dcfg, {'resnet18': 0.6, 'vgg16': 0.9, 'mobilenetv2': 1.2}, 4, rng)
+  held = report.held_out_styles(views, '', num=199)[0]
+  assert held.result['accuracy'] == 1.0 and held.result['distinct']
+  assert 'holds' in held.verdict() and 'passes for 3 of 3 models' in held.verdict()
+  # The defect of the in-sample rule: four seeds of one model, split into two fake "models",
+  # are "distinct" by it; the held-out test says not shown.
+  same = _style_views(dcfg, {'resnet18': 0.6}, 4, rng)
+  for i, view in enumerate(same):
+    view.run.model = 'fake_a' if i % 2 else 'fake_b'
+  assert 'not shown' in report.held_out_styles(same, '', num=199)[0].verdict()

@@ -282,6 +282,41 @@ def test_integration_per_layer_mean_skips_constant_tap(x64):
   assert np.all(np.isnan(all_const))
 
 
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_polynomial_input_is_nan(dtype):
+  # The profile of a polynomial of degree < order is a polynomial of degree <= order: every F is
+  # round-off, and the fit used to return a slope of it (1.50 for arange(256) at order 2).
+  n = 256
+  t = np.arange(n, dtype=np.float64)
+  scales = dfa.default_scales(n)
+  cases = [(t, 2), (3.0 - 0.01 * t, 2), (1e-3 * (t - 40.0) ** 2 + t, 3), (t, 3)]
+  with jax.enable_x64(dtype == np.float64):
+    for x, order in cases:
+      sc = tuple(s for s in scales if s >= order + 2)
+      assert np.isnan(dfa.dfa_exponent(x.astype(dtype), sc, order)), (order, x[:3])
+    # A polynomial of degree = order has a real fluctuation left (profile degree order + 1).
+    a = float(dfa.dfa_exponent(t.astype(dtype), scales, 1))
+    assert np.isfinite(a) and abs(a - 2.0) < 0.05
+
+
+def test_integration_nan_tap_and_excluded_count(x64):
+  rng = np.random.default_rng(13)
+  x = rng.standard_normal((5, 128))
+  x[1] = 2.5  # constant
+  x[3] = 0.5 * np.arange(128)  # a line: no fluctuation at order 2
+  scales = _scales(128)
+  got = dfa.integration(jnp.asarray(x), scales, order=2)
+  np.testing.assert_allclose(got, ref_alpha(x[[0, 2, 4]], scales, order=2).mean(), rtol=1e-6)
+  assert int(dfa.excluded_signals(x, scales, order=2)) == 2
+  assert int(dfa.excluded_signals(x, scales, order=2, method='mean_field')) == 1
+  # A NaN tap: both methods NaN (per_layer_mean used to drop it silently), and it is not
+  # counted as excluded (it is not left out: it makes the score NaN).
+  x[4, 7] = np.nan
+  for method in ('per_layer_mean', 'mean_field'):
+    assert np.isnan(dfa.integration(x, scales, method=method)), method
+  assert int(dfa.excluded_signals(x, scales)) == 1
+
+
 @pytest.mark.parametrize('dtype, rtol', [(np.float64, 1e-6), (np.float32, 1e-4)])
 def test_integration_mean_field(dtype, rtol):
   rng = np.random.default_rng(12)

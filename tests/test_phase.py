@@ -24,8 +24,10 @@ def ref_preprocess(x, method):
 
 
 def ref_order(x, method):
-  phi = np.angle(scipy.signal.hilbert(ref_preprocess(x, method), axis=-1))
-  return np.abs(np.exp(1j * phi).mean(axis=-2))
+  z = ref_preprocess(x, method)
+  phi = np.angle(scipy.signal.hilbert(z, axis=-1))
+  usable = np.any(z != 0, axis=-1, keepdims=True)  # constant rows carry no phase
+  return np.abs(np.sum(np.exp(1j * phi) * usable, axis=-2)) / usable.sum(axis=-2)
 
 
 def ref_sync_meta(x, method, edge):
@@ -155,9 +157,39 @@ def test_constant_tap_is_zeros_not_nan():
   x[2] = 2.0 + 0.5 * np.arange(64, dtype=np.float32)  # an exact line: constant after detrending
   z = np.asarray(phase.preprocess(x, 'detrend'))
   assert np.all(z[1:] == 0)
-  assert np.all(np.isfinite(phase.kuramoto_order(x)))
   assert np.all(np.asarray(phase.preprocess(x, 'demean'))[1] == 0)
   assert np.all(np.asarray(phase.preprocess(x, 'diff'))[1] == 0)
+  # One tap with a phase is left: R(t) is undefined (it used to be |(u + 1 + 1) / 3|).
+  assert np.all(np.isnan(phase.kuramoto_order(x)))
+  assert int(phase.excluded_signals(x)) == 2 and int(phase.excluded_signals(x, 'demean')) == 1
+
+
+def test_constant_taps_excluded_from_phase_metrics():
+  rng = np.random.default_rng(5)
+  x = rng.standard_normal((5, 64)).astype(np.float32)
+  x[[1, 3]] = 0.25
+  for f in (phase.synchrony, phase.metastability):
+    np.testing.assert_allclose(f(x), f(x[[0, 2, 4]]), rtol=1e-6)
+  np.testing.assert_allclose(phase.synchrony(x), ref_sync_meta(x[[0, 2, 4]], 'detrend', 0)[0],
+                             rtol=1e-4)
+  # All-constant taps gave synchrony 1 and metastability 0, "perfect synchrony".
+  const = np.full((4, 64), 3.0, np.float32)
+  assert np.isnan(phase.synchrony(const)) and np.isnan(phase.metastability(const))
+  assert int(phase.excluded_signals(x)) == 2
+
+
+def test_nan_tap_makes_phase_metrics_nan():
+  rng = np.random.default_rng(6)
+  x = rng.standard_normal((2, 4, 64)).astype(np.float32)
+  x[0, 2, 10] = np.nan  # it used to count as a zero-magnitude phasor 1: a finite metastability
+  for f in (phase.synchrony, phase.metastability):
+    out = np.asarray(f(x))
+    assert np.isnan(out[0]) and np.isfinite(out[1])
+  assert np.all(np.isnan(phase.kuramoto_order(x)[0]))
+  # The same rule as integration: a diverged tap is not averaged away.
+  from dynamics import dfa
+  for method in ('per_layer_mean', 'mean_field'):
+    assert np.isnan(dfa.integration(x[0], (4, 8, 16), method=method))
 
 
 # --------------------------------------------------------------------------- transforms

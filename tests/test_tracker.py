@@ -10,7 +10,8 @@ import pytest
 
 from configs import tiny
 from dynamics import config as dconfig
-from dynamics import dfa, phase, signals, stability, tracker as tracker_lib
+import dynamics
+from dynamics import dfa, nulls, phase, signals, stability, tracker as tracker_lib
 from training import loop
 
 TAP_SHAPES = {'00_stem': (4, 8, 8, 3), '01_block1': (4, 8, 8, 5), '02_block2': (4, 4, 4, 6),
@@ -117,6 +118,60 @@ def test_step_mode_equals_functions_on_the_last_window(every):
   assert int(state['step_convergence']) == expected
 
 
+def test_step_and_probe_nulls_equal_surrogate_test():
+  num = 9
+  dcfg = _dcfg(surrogates=num, surrogate_methods='synchrony=shift')
+  tracker = tracker_lib.make_tracker(dcfg, TAP_SHAPES, 40, num_epochs=30, seed=5)
+  state, outputs, _ = _run_steps(tracker, 40)
+  np.testing.assert_array_equal(state['surrogate_key'],
+                                jax.random.key_data(jax.random.key(5)))
+  scales = dfa.default_scales(dcfg.window)
+  stats = {
+      'integration': (lambda x: dfa.integration(x, scales), 'shuffle'),
+      'synchrony': (phase.synchrony, 'shift'),
+      'metastability': (phase.metastability, 'phase'),
+  }
+  for t in (31, 39):
+    x = jnp.asarray(np.asarray(state['step_signals'])[:, t - 31:t + 1])
+    key = nulls.evaluation_key(state['surrogate_key'], 0, t)
+    for name, (fn, method) in stats.items():
+      want = dynamics.surrogate_test(
+          fn, x, jax.random.fold_in(key, nulls.SURROGATE_METHODS.index(method)), num, method)
+      for s in ('z', 'p'):
+        np.testing.assert_allclose(state[f'step_{name}_{s}'][t], want[s], rtol=1e-4,
+                                   atol=1e-5, err_msg=(name, s, t))
+        np.testing.assert_allclose(outputs[t][f'dynamics/{name}_{s}'], want[s], rtol=1e-4,
+                                   atol=1e-5)
+    assert 1 / (1 + num) <= float(state['step_dsi_p'][t]) <= 1
+  assert np.isnan(state['step_integration_z'][30])  # not computed before the window fills
+  # A pure function of (seed, step) (checked above); another seed draws other nulls.
+  other, _, _ = _run_steps(tracker_lib.make_tracker(dcfg, TAP_SHAPES, 40, 30, seed=6), 40)
+  assert not np.array_equal(np.asarray(other['step_synchrony_z'])[31:],
+                            np.asarray(state['step_synchrony_z'])[31:])
+  # Probe mode: the expanding history's nulls at the last epoch.
+  rng = np.random.default_rng(1)
+  for _ in range(6):  # each epoch compiles once: kept short (integration needs 24 epochs)
+    state = tracker.probe_update(state, jnp.asarray(rng.standard_normal(5), jnp.float32))
+  history = state['probe_signals'][:, :6]
+  key = nulls.evaluation_key(state['surrogate_key'], 1, 5)
+  want = dynamics.surrogate_test(phase.metastability, history,
+                                 jax.random.fold_in(key, nulls.SURROGATE_METHODS.index('phase')),
+                                 num, 'phase')
+  np.testing.assert_allclose(state['probe_metastability_p'][5], want['p'], rtol=1e-6)
+  scalars, _ = tracker.summarize_probe(state)
+  assert 'dynamics_epoch/metastability_z' in scalars
+  assert 'dynamics_epoch_sliding/synchrony_p' in scalars
+
+
+def test_surrogate_config_errors():
+  with pytest.raises(ValueError, match='surrogate_methods'):
+    tracker_lib.make_tracker(_dcfg(surrogate_methods='synchrony=fourier'), TAP_SHAPES, 40, 1)
+  with pytest.raises(ValueError, match='surrogate_methods'):
+    tracker_lib.make_tracker(_dcfg(surrogate_methods='accuracy=shuffle'), TAP_SHAPES, 40, 1)
+  state = tracker_lib.make_tracker(_dcfg(surrogates=0), TAP_SHAPES, 40, 1).init()
+  assert 'surrogate_key' not in state and 'step_integration_z' not in state
+
+
 def test_online_convergence_matches_offline_on_a_decaying_volatility():
   """Drive the state machine with a DSI that swings then settles, so the signal fires."""
   dcfg = _dcfg(volatility_window_steps=3, convergence_patience=3, convergence_rho=0.3)
@@ -192,13 +247,15 @@ def test_quickstart_style_run_writes_dynamics(tmp_path):
   with open(tmp_path / 'metrics.jsonl') as f:
     records = [json.loads(line) for line in f]
   keys = set().union(*records)
-  for name in ('integration', 'metastability', 'synchrony', 'dsi', 'dsi_volatility'):
+  for name in ('integration', 'metastability', 'synchrony', 'dsi', 'dsi_volatility',
+               'integration_z', 'integration_p', 'synchrony_z', 'metastability_p', 'dsi_z'):
     assert f'dynamics/{name}' in keys, name
   assert 'dynamics/alpha' in keys and isinstance(
       next(r['dynamics/alpha'] for r in records if 'dynamics/alpha' in r), list)
   exported = np.load(tmp_path / 'dynamics.npz')
   assert exported['step_signals'].shape == (9, 24)
   assert exported['probe_signals'].shape == (9, 3)
+  assert exported['step_integration_p'].shape == (24,) and 'surrogate_key' in exported
   assert len(exported['tap_names']) == 9
   # The series in the checkpointed state is what was exported.
   np.testing.assert_array_equal(exported['step_signals'],

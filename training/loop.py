@@ -230,7 +230,8 @@ def build(config, num_classes: int, image_shape, mean, std, steps_per_epoch: int
         train=False)[1])
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     tracker = tracker_lib.make_tracker(
-        config.dynamics, {k: v.shape for k, v in tap_shapes.items()}, total_steps, num_epochs)
+        config.dynamics, {k: v.shape for k, v in tap_shapes.items()}, total_steps, num_epochs,
+        seed=config.seed)
   create = functools.partial(steps.create_train_state, model=model, tx=tx, tracker=tracker,
                              image_shape=image_shape)
   create = jax.jit(create, out_shardings=replicated)

@@ -12,7 +12,7 @@ import os
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import models
-from dynamics import signals, tracker as tracker_lib
+from dynamics import nulls, signals, tracker as tracker_lib
 from training import optim
 
 DATA_SOURCES = ('synthetic', 'tfds', 'image_folder')
@@ -208,6 +208,8 @@ DYNAMICS_FIELDS = (
     ('convergence_warmup_epochs', NONNEG_INT, _always),
     ('convergence_warmup_steps', NONNEG_INT, _always),
     ('plateau_delta', Number(0), _always),
+    ('surrogates', Number(0, integer=True, note='surrogates per metric evaluation; 0 = no null '
+                          'models'), _always),
 )
 
 
@@ -265,6 +267,7 @@ def validate_dynamics(dcfg, num_devices: int):
   check_fields(DYNAMICS_FIELDS, dcfg, prefix='dynamics.')
   signals.parse_reduction(dcfg.reduction)
   spec = tracker_lib.MetricSpec.from_config(dcfg)
+  nulls.parse_methods(dcfg.surrogate_methods)
   smallest = (min(tracker_lib.resolve_scales(dcfg, 2**31, strict=True)) if dcfg.dfa_scales
               else dcfg.dfa_min_scale)
   _require(smallest >= dcfg.dfa_order + 2,
@@ -302,8 +305,8 @@ def validate_dynamics(dcfg, num_devices: int):
 # depends on the dataset size, so they run once that is known (from the config before loading,
 # else right after loading) and always before anything is compiled.
 
-AUTO = 0  # dynamics.window / volatility_window_steps: size the field to the run
-AUTO_DEFAULTS = {'window': 256, 'volatility_window_steps': 50}
+AUTO = tracker_lib.AUTO  # dynamics.window / volatility_window_steps: size the field to the run
+AUTO_DEFAULTS = tracker_lib.AUTO_DEFAULTS
 CIFAR_TRAIN_SIZE = 50_000  # CIFAR-10 and CIFAR-100 alike
 
 
@@ -335,24 +338,7 @@ def run_length(config, train_size: int) -> Tuple[int, int]:
   return total, steps_per_epoch
 
 
-def min_dfa_length(dcfg, limit: int = 1 << 20) -> Optional[int]:
-  """Shortest series on which the DFA scales of `dcfg` are defined (3 distinct scales), or
-  None if none up to `limit` is."""
-  n = 1
-  while n <= limit:  # doubling, then bisection: defined-ness is monotone in n
-    if tracker_lib.resolve_scales(dcfg, n) is not None:
-      break
-    n *= 2
-  else:
-    return None
-  lo, hi = n // 2, n  # undefined at lo (or lo = 0), defined at hi
-  while hi - lo > 1:
-    mid = (lo + hi) // 2
-    if tracker_lib.resolve_scales(dcfg, mid) is not None:
-      hi = mid
-    else:
-      lo = mid
-  return hi
+min_dfa_length = tracker_lib.min_dfa_length
 
 
 def _scales_text(dcfg) -> str:
@@ -365,11 +351,6 @@ def _scales_text(dcfg) -> str:
 def _short_scales(dcfg) -> bool:
   """Whether the DFA grid already starts as short as the short-run configs' (3 .. N//2)."""
   return not dcfg.dfa_scales and dcfg.dfa_min_scale <= 3 and dcfg.dfa_max_divisor <= 2
-
-
-def _computed_windows(total: int, window: int, every: int) -> int:
-  """Step-mode samples with metrics: steps k in [window, total] (1-based) with k % every == 0."""
-  return max(total // every - (window - 1) // every, 0) if total >= window else 0
 
 
 def fit_to_run(config, total_steps: int, steps_per_epoch: int) -> RunFit:
@@ -406,7 +387,7 @@ def fit_to_run(config, total_steps: int, steps_per_epoch: int) -> RunFit:
              f'dynamics.phase_edge={dcfg.phase_edge} drops {2 * dcfg.phase_edge} of the '
              f'{window} samples of the step window (dynamics.window), leaving fewer than the 3 '
              f'the phase metrics need; allowed: 0 .. {max((window - 3 - diff) // 2, 0)}.')
-    computed = _computed_windows(total, window, int(dcfg.every_steps))
+    computed = tracker_lib.computed_windows(total, window, int(dcfg.every_steps))
     with config.unlocked():
       _fit_volatility(dcfg, computed, window, notes, warnings)
     vol = int(dcfg.volatility_window_steps)
@@ -433,8 +414,8 @@ def _fit_window(dcfg, total, needed, dfa_min, run, notes, warnings):
     raise ValueError(f'{_scales_text(dcfg)} are not defined on any series length; fix '
                      'dynamics.dfa_scales.')
   if dcfg.window == AUTO:
+    dcfg.window = tracker_lib.auto_window(dcfg, total)
     if total < needed:
-      dcfg.window = needed
       warnings.append(
           f'step-mode metrics need a window of at least {needed} steps ({_scales_text(dcfg)}) '
           f'but {run}: they will not be computed (the signals are still saved). Train at '
@@ -443,7 +424,6 @@ def _fit_window(dcfg, total, needed, dfa_min, run, notes, warnings):
               '--config.dynamics.dfa_min_scale=3 --config.dynamics.dfa_max_divisor=2.'))
     else:
       standard = AUTO_DEFAULTS['window']
-      dcfg.window = standard if total >= 2 * standard else max(needed, total // 2)
       notes.append(f'dynamics.window=auto -> {dcfg.window} steps'
                    + ('' if dcfg.window == standard else f' ({run}; the standard 256 needs '
                       f'{2 * standard})'))
@@ -461,15 +441,14 @@ def _fit_volatility(dcfg, computed, window, notes, warnings):
   standard = AUTO_DEFAULTS['volatility_window_steps']
   every = int(dcfg.every_steps)
   if dcfg.volatility_window_steps == AUTO:
+    dcfg.volatility_window_steps = tracker_lib.auto_volatility_window(computed)
     if computed < 4:
-      dcfg.volatility_window_steps = 2
       if computed:
         warnings.append(
             f'step-mode DSI volatility: only {computed} window(s) are computed (dynamics.window='
             f'{window}, every_steps={every}); the volatility needs 2 and the convergence signal '
             'more. Train longer or lower dynamics.window.')
       return
-    dcfg.volatility_window_steps = standard if computed >= 2 * standard else computed // 2
     if dcfg.volatility_window_steps != standard:
       notes.append(f'dynamics.volatility_window_steps=auto -> {dcfg.volatility_window_steps} '
                    f'(the run computes {computed} step windows; the standard {standard} needs '

@@ -1,0 +1,207 @@
+"""Statistics for the study report: two-sample tests, held-out classification, detectors' nulls.
+
+Every function is plain numpy/scipy over small arrays (one value per run), with its rule in the
+docstring, so the report can state it next to the result.
+"""
+
+import itertools
+import math
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import scipy.stats
+
+ALPHA = 0.05  # the level every verdict of the report uses
+EXACT_MAX_SPLITS = 20_000  # permutation tests enumerate every split up to this many
+
+
+def _finite(values) -> np.ndarray:
+  v = np.asarray(values, np.float64).ravel()
+  return v[np.isfinite(v)]
+
+
+def permutation_pvalue(a, b, num: int = 9999, seed: int = 0) -> tuple:
+  """Two-sided permutation test of mean(a) - mean(b).
+
+  Exact (every split of the pooled values into groups of len(a) and len(b)) when there are at
+  most EXACT_MAX_SPLITS splits, else `num` random splits with p = (1 + #) / (1 + num). The
+  observed split is one of the splits, so p >= 1 / splits: with 2 + 2 runs p >= 1/6, and no
+  test at this level can say "different" (the report says so).
+
+  Returns:
+    (p, splits, exact).
+  """
+  a, b = _finite(a), _finite(b)
+  pooled = np.concatenate([a, b])
+  na, n = len(a), len(a) + len(b)
+  observed = abs(a.mean() - b.mean())
+  total = math.comb(n, na)
+  # A small tolerance: splits equal to the observed one up to round-off count as at least as
+  # extreme (the observed split itself must).
+  tol = 1e-12 * max(1.0, float(np.abs(pooled).max()))
+  if total <= EXACT_MAX_SPLITS:
+    hits = 0
+    for idx in itertools.combinations(range(n), na):
+      mask = np.zeros(n, bool)
+      mask[list(idx)] = True
+      hits += abs(pooled[mask].mean() - pooled[~mask].mean()) >= observed - tol
+    return hits / total, total, True
+  rng = np.random.default_rng(seed)
+  hits = 0
+  for _ in range(num):
+    perm = rng.permutation(pooled)
+    hits += abs(perm[:na].mean() - perm[na:].mean()) >= observed - tol
+  return (1 + hits) / (1 + num), num, False
+
+
+def two_sample(a, b, small_n: int = 5) -> Dict[str, float]:
+  """Difference of means of two groups of runs, with its confidence interval and a test.
+
+  mean, sample std (ddof 1) and n of each group; diff = mean(a) - mean(b); a 95% Welch
+  interval (t quantile at the Welch-Satterthwaite df) when both groups have >= 2 values; the
+  test is Welch's t when both groups have >= `small_n` values, else the exact permutation test
+  of the difference (with fewer, Welch's normal approximation is not to be trusted).
+
+  Returns:
+    {'mean_a', 'std_a', 'n_a', 'mean_b', 'std_b', 'n_b', 'diff', 'ci_low', 'ci_high', 'p',
+    'test' ('welch' | 'permutation' | 'none'), 'min_p' (smallest p the test can give)}.
+  """
+  a, b = _finite(a), _finite(b)
+  out = {'n_a': len(a), 'n_b': len(b), 'mean_a': np.nan, 'mean_b': np.nan, 'std_a': np.nan,
+         'std_b': np.nan, 'diff': np.nan, 'ci_low': np.nan, 'ci_high': np.nan, 'p': np.nan,
+         'test': 'none', 'min_p': np.nan}
+  for name, v in (('a', a), ('b', b)):
+    if len(v):
+      out[f'mean_{name}'] = float(v.mean())
+    if len(v) > 1:
+      out[f'std_{name}'] = float(v.std(ddof=1))
+  if not (len(a) and len(b)):
+    return out
+  out['diff'] = out['mean_a'] - out['mean_b']
+  if len(a) > 1 and len(b) > 1:
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    if se > 0:
+      df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+      half = float(scipy.stats.t.ppf(0.975, df)) * se
+    else:
+      half = 0.0
+    out['ci_low'], out['ci_high'] = out['diff'] - half, out['diff'] + half
+  if len(a) >= small_n and len(b) >= small_n:
+    out['p'] = float(scipy.stats.ttest_ind(a, b, equal_var=False).pvalue)
+    out['test'], out['min_p'] = 'welch', 0.0
+  elif len(a) + len(b) >= 2:
+    p, splits, exact = permutation_pvalue(a, b)
+    out['p'], out['test'] = float(p), 'permutation'
+    # |diff| is symmetric: a split and its mirror image (when na == nb) are equally extreme.
+    out['min_p'] = (2 if len(a) == len(b) else 1) / splits if exact else 1 / (1 + splits)
+  return out
+
+
+# --------------------------------------------------------------------------- held-out classes
+
+
+def _standardise(train: np.ndarray, test: np.ndarray):
+  mean, sd = train.mean(0), train.std(0)
+  sd = np.where(sd > 0, sd, 1.0)
+  return (train - mean) / sd, (test - mean) / sd
+
+
+def loo_accuracy(features: np.ndarray, labels: Sequence[str], groups: Sequence) -> float:
+  """Leave-one-group-out nearest-centroid accuracy.
+
+  For each group (a seed, or a run), the features of the other groups are standardised (their
+  mean and std), each class's centroid is the mean of its training rows, and every held-out row
+  is assigned to the nearest centroid. A class with no training row cannot be predicted.
+
+  Args:
+    features: f[N, F], one row per run.
+    labels: N class labels (e.g. the model).
+    groups: N group ids; rows sharing one are held out together.
+  """
+  x = np.asarray(features, np.float64)
+  labels = np.asarray(labels)
+  groups = np.asarray(groups)
+  correct = 0
+  for g in np.unique(groups):
+    test = groups == g
+    train = ~test
+    classes = np.unique(labels[train])
+    xtr, xte = _standardise(x[train], x[test])
+    centroids = np.stack([xtr[labels[train] == c].mean(0) for c in classes])
+    nearest = classes[np.argmin(((xte[:, None] - centroids[None]) ** 2).sum(-1), axis=1)]
+    correct += int(np.sum(nearest == labels[test]))
+  return correct / len(labels)
+
+
+def classification_test(features, labels, groups=None, num: int = 999,
+                        seed: int = 0) -> Dict[str, float]:
+  """Held-out accuracy of classifying runs by label, against its permutation distribution.
+
+  The null permutes the labels across runs (keeping the class sizes) and recomputes the
+  leave-one-group-out accuracy; p = (1 + #{null >= observed}) / (1 + num). "Distinct" means
+  p < ALPHA. groups default to one group per run (leave-one-run-out).
+
+  Returns:
+    {'accuracy', 'chance' (the largest class share), 'null_mean', 'p', 'n', 'classes',
+    'distinct'}.
+  """
+  x = np.asarray(features, np.float64)
+  labels = np.asarray(labels)
+  groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
+  # A class needs 2 runs, so that one is left to train on when the other is held out.
+  keep = np.isin(labels, [c for c in np.unique(labels) if np.sum(labels == c) >= 2])
+  x, labels, groups = x[keep], labels[keep], groups[keep]
+  n = len(labels)
+  classes = np.unique(labels)
+  out = {'n': n, 'classes': len(classes), 'accuracy': np.nan, 'chance': np.nan,
+         'null_mean': np.nan, 'p': np.nan, 'distinct': False}
+  counts = np.asarray([np.sum(labels == c) for c in classes])
+  if len(classes) < 2 or len(np.unique(groups)) < 3:
+    return out
+  observed = loo_accuracy(x, labels, groups)
+  rng = np.random.default_rng(seed)
+  null = np.asarray([loo_accuracy(x, rng.permutation(labels), groups) for _ in range(num)])
+  p = (1 + np.sum(null >= observed - 1e-12)) / (1 + num)
+  out.update(accuracy=observed, chance=float(counts.max() / n), null_mean=float(null.mean()),
+             p=float(p), distinct=bool(p < ALPHA))
+  return out
+
+
+def fake_groups_control(features, labels, model: str, seed: int = 0, num: int = 999
+                        ) -> Optional[Dict[str, float]]:
+  """The control of the classification test: the runs of one model split into two fake
+  groups (alternately by seed order). The answer is known to be "not distinct"; None when the
+  model has fewer than 4 runs (two per fake group)."""
+  labels = np.asarray(labels)
+  rows = np.flatnonzero(labels == model)
+  if len(rows) < 4:
+    return None
+  fake = np.asarray(['A' if i % 2 == 0 else 'B' for i in range(len(rows))])
+  return classification_test(np.asarray(features)[rows], fake, num=num, seed=seed)
+
+
+# --------------------------------------------------------------------------- detectors
+
+
+def first_fraction_epoch(values, fraction: float) -> int:
+  """First 0-based epoch after the peak at which values <= fraction * peak, or -1 (the
+  learning-rate predictor: the schedule has decayed to `fraction` of its peak)."""
+  v = np.asarray(values, np.float64)
+  if not len(v) or not np.isfinite(v).any():
+    return -1
+  peak = int(np.nanargmax(v))
+  below = np.flatnonzero(v[peak:] <= fraction * v[peak])
+  return int(peak + below[0]) if len(below) else -1
+
+
+def slope_rule_epoch(loss, window: int = 3, rate: float = 0.02) -> int:
+  """First 0-based epoch e >= window at which the per-epoch training loss fell by less than
+  `rate` (relative) per epoch over the last `window` epochs:
+  (loss[e - window] - loss[e]) / (window * loss[e - window]) < rate; -1 if never."""
+  v = np.asarray(loss, np.float64)
+  for e in range(window, len(v)):
+    if np.isfinite(v[e]) and np.isfinite(v[e - window]) and v[e - window] > 0:
+      if (v[e - window] - v[e]) / (window * v[e - window]) < rate:
+        return e
+  return -1

@@ -1,0 +1,81 @@
+"""The report's statistics on data where the answer is known."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from analysis import stats
+
+
+def test_exact_permutation_known_answer():
+  # 6 splits of {1, 2, 3, 4} into 2 + 2; |diff| = 2 only for {1,2}|{3,4} and its mirror.
+  p, splits, exact = stats.permutation_pvalue([1.0, 2.0], [3.0, 4.0])
+  assert exact and splits == 6 and p == pytest.approx(2 / 6)
+  p, splits, _ = stats.permutation_pvalue([1.0, 2.0, 3.0], [10.0, 11.0, 12.0])
+  assert splits == math.comb(6, 3) and p == pytest.approx(2 / 20)
+  out = stats.two_sample([1.0, 2.0], [3.0, 4.0])
+  assert out['test'] == 'permutation' and out['min_p'] == pytest.approx(2 / 6)
+
+
+def test_welch_matches_scipy_and_ci_covers():
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(1.0, 1.0, 8), rng.normal(0.0, 2.0, 7)
+  out = stats.two_sample(a, b)
+  assert out['test'] == 'welch'
+  assert out['p'] == pytest.approx(scipy.stats.ttest_ind(a, b, equal_var=False).pvalue)
+  assert out['std_a'] == pytest.approx(a.std(ddof=1)) and out['n_b'] == 7
+  # Coverage of the 95% Welch interval over many draws with a known difference of 0.5.
+  trials = 2000
+  cover = 0
+  for _ in range(trials):
+    o = stats.two_sample(rng.normal(0.5, 1.0, 4), rng.normal(0.0, 3.0, 5))
+    cover += o['ci_low'] <= 0.5 <= o['ci_high']
+  assert abs(cover / trials - 0.95) < 3 * math.sqrt(0.05 * 0.95 / trials)
+
+
+def test_permutation_calibrated_under_null():
+  rng = np.random.default_rng(1)
+  trials = 400
+  p = np.asarray([stats.two_sample(rng.standard_normal(4), rng.standard_normal(4))['p']
+                  for _ in range(trials)])
+  # Exact test: P(p <= 0.1) <= 0.1 (discrete: with 70 splits, p takes multiples of 2/70).
+  assert np.mean(p <= 0.1) < 0.1 + 3 * math.sqrt(0.09 / trials)
+  assert np.mean(p <= 0.5) > 0.3  # not degenerate
+
+
+def test_classification_separates_and_control_says_no():
+  rng = np.random.default_rng(2)
+  labels = np.repeat(['resnet', 'vgg', 'mobilenet'], 4)
+  centres = {'resnet': 0.0, 'vgg': 3.0, 'mobilenet': 6.0}
+  x = np.stack([rng.normal(centres[c], 0.3, 4) for c in labels])
+  out = stats.classification_test(x, labels, num=199)
+  assert out['accuracy'] == 1.0 and out['distinct'] and out['p'] < 0.05
+  # Same distribution for every label: not distinct.
+  same = rng.normal(0, 1, x.shape)
+  assert not stats.classification_test(same, labels, num=199)['distinct']
+  # The control on the real separated data: four runs of one model split in two fake groups.
+  control = stats.fake_groups_control(x, labels, 'vgg', num=199)
+  assert control is not None and not control['distinct']
+  assert stats.fake_groups_control(x[:6], labels[:6], 'vgg') is None  # only 2 vgg runs
+
+
+def test_classification_calibrated_under_null():
+  # The false "distinct" rate on data with no label structure stays at the level.
+  rng = np.random.default_rng(3)
+  labels = np.repeat(['a', 'b'], 4)
+  trials = 60
+  hits = sum(stats.classification_test(rng.standard_normal((8, 4)), labels, num=99,
+                                       seed=t)['distinct'] for t in range(trials))
+  assert hits / trials < 0.05 + 3 * math.sqrt(0.05 * 0.95 / trials)
+
+
+def test_trivial_predictors():
+  lr = np.asarray([0.1, 0.2, 0.4, 0.4, 0.3, 0.2, 0.1])
+  assert stats.first_fraction_epoch(lr, 0.5) == 5  # peak 0.4 at epoch 2; 0.2 <= 0.2 at 5
+  assert stats.first_fraction_epoch(np.full(5, 0.1), 0.5) == -1  # constant schedule
+  loss = np.asarray([2.0, 1.5, 1.2, 1.0, 0.99, 0.985, 0.98])
+  # (1.2 - 0.985) / (3 * 1.2) = 0.06; (1.0 - 0.98) / 3 = 0.0067 < 0.02 at epoch 6.
+  assert stats.slope_rule_epoch(loss, 3, 0.02) == 6
+  assert stats.slope_rule_epoch(loss[:4], 3, 0.02) == -1
