@@ -74,3 +74,14 @@ def create_writers(workdir: str):
   jsonl = JsonlWriter(os.path.join(workdir, 'metrics.jsonl')) if is_main else None
   writers = [default] + ([jsonl] if jsonl else [])
   return metric_writers.MultiWriter(writers), jsonl
+
+
+def create_replica_writers(folder: str):
+  """One replica's writers (config.replicas > 1): TensorBoard events and metrics.jsonl in its
+  replica_<k>/ folder, on process 0, and no logging writer (the loop logs one line for all
+  replicas)."""
+  if jax.process_index() != 0:
+    return metric_writers.MultiWriter([]), None
+  os.makedirs(folder, exist_ok=True)
+  jsonl = JsonlWriter(os.path.join(folder, 'metrics.jsonl'))
+  return metric_writers.MultiWriter([metric_writers.SummaryWriter(folder), jsonl]), jsonl
