@@ -4,6 +4,10 @@ One run (what `make demo` writes):
 
   python analyze.py --workdir=runs/quickstart
 
+A run of several replicas (config.replicas = N) gets each replica's figures and report in
+its replica_<k>/ and, in <workdir>/report.md (also printed), the seeds side by side with
+mean, sample std and n, and figures of the seed mean with a +-1 std band.
+
 Reads <workdir>/metrics.jsonl and <workdir>/dynamics.npz and writes <workdir>/plots/*.png and
 <workdir>/report.md: loss and accuracy, the step-mode dynamics series (integration,
 metastability, DSI and its volatility), the epoch-mode series with the convergence signal and
@@ -24,6 +28,7 @@ logged and the recomputed metrics side by side.
 
 import json
 import os
+import warnings
 from typing import Dict, List
 
 from training import runtime
@@ -197,6 +202,84 @@ def analyze_run(workdir: str) -> str:
   return report
 
 
+def _seed_spread(values) -> str:
+  v = np.asarray([x for x in values if np.isfinite(x)], np.float64)
+  if not len(v):
+    return 'n/a'
+  return f'{v.mean():.3f} ± {v.std(ddof=1):.3f} (n={len(v)})' if len(v) > 1 else (
+      f'{v[0]:.3f} (n=1)')
+
+
+def _band(ax, curves, label, color):
+  """The seeds' curves (thin) and their mean with a +-1 sample-std band, over epochs."""
+  length = max((len(c) for c in curves), default=0)
+  if not length:
+    return
+  grid = np.full((len(curves), length), np.nan)
+  for i, c in enumerate(curves):
+    grid[i, :len(c)] = c
+    ax.plot(np.arange(1, len(c) + 1), c, color=color, lw=0.6, alpha=0.35)
+  epochs = np.arange(1, length + 1)
+  with warnings.catch_warnings():  # an epoch that no seed reached yet: NaN, not a warning
+    warnings.simplefilter('ignore', RuntimeWarning)
+    mean = np.nanmean(grid, axis=0)
+    std = np.nanstd(grid, axis=0, ddof=1) if len(curves) > 1 else np.zeros(length)
+  ax.plot(epochs, mean, color=color, lw=2, label=f'{label}: mean of {len(curves)} seeds')
+  ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2, label='± 1 std')
+
+
+def analyze_replicas(workdir: str, replica_dirs) -> str:
+  """A replicated run: each replica's own report, then the seeds together with their spread
+  in <workdir>/report.md and plots/seeds.png. Returns the report path."""
+  from analysis import runs as runs_lib  # pylint: disable=g-import-not-at-top
+  for folder in replica_dirs:
+    analyze_run(folder)
+  runs = [runs_lib.load_run(folder) for folder in replica_dirs]
+  title = os.path.basename(os.path.normpath(workdir))
+  columns = [('final test acc (%)', lambda r: r.test_accuracy[-1] if len(r.test_accuracy)
+              else np.nan),
+             ('best test acc (%)', lambda r: np.nanmax(r.test_accuracy) if len(r.test_accuracy)
+              else np.nan)]
+  for key, label in (('probe_integration', 'integration'), ('probe_metastability',
+                                                            'metastability'),
+                     ('probe_dsi', 'DSI')):
+    columns.append((f'final epoch {label}', lambda r, key=key: (
+        float(r.dynamics[key][-1]) if r.has_probe and len(r.dynamics[key]) else np.nan)))
+  header = ['replica', 'seed'] + [c for c, _ in columns]
+  rows = [[os.path.basename(r.workdir), str(r.seed)] + [f'{fn(r):.3f}' for _, fn in columns]
+          for r in runs]
+  rows.append(['mean ± std (n)', ''] + [_seed_spread([fn(r) for r in runs])
+                                        for _, fn in columns])
+  table = ['| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
+  table += ['| ' + ' | '.join(row) + ' |' for row in rows]
+  plots = os.path.join(workdir, 'plots')
+  os.makedirs(plots, exist_ok=True)
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+  _band(axes[0], [r.test_accuracy for r in runs], 'test accuracy', 'C0')
+  axes[0].set(xlabel='epoch', ylabel='test accuracy (%)', title=f'{title}: test accuracy')
+  _band(axes[1], [r.epoch_values('eval/loss') for r in runs], 'test loss', 'C1')
+  axes[1].set(xlabel='epoch', ylabel='cross-entropy loss (nats)', title=f'{title}: test loss')
+  _band(axes[2], [r.dynamics['probe_dsi'] for r in runs if r.has_probe], 'DSI', 'C2')
+  axes[2].set(xlabel='epoch', ylabel='DSI (probe, expanding history)',
+              title=f'{title}: dynamical stability index')
+  for ax in axes:
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(os.path.join(plots, 'seeds.png'), dpi=110)
+  plt.close(fig)
+  lines = [f'# Run {title}: {len(runs)} seeds in one program', '',
+           'Each replica is the run of its seed; per-replica reports: ' + ', '.join(
+               f'[{os.path.basename(f)}]({os.path.basename(f)}/report.md)'
+               for f in replica_dirs) + '.', '', 'Seeds: mean ± sample std (n):', ''] + table
+  lines += ['', '![seeds](plots/seeds.png)']
+  report = os.path.join(workdir, 'report.md')
+  with open(report, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  print('\n'.join(table))
+  return report
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -207,8 +290,11 @@ def main(argv):
     raise app.UsageError('Give --workdir=<run> (one run) or --runs=<runs> --out=<dir> (study).')
   if FLAGS.set:
     raise app.UsageError('--set works in study mode: --runs=<workdir> --out=<dir> --set ...')
+  from analysis import runs as runs_lib  # pylint: disable=g-import-not-at-top
   for workdir in FLAGS.workdir:
-    report = analyze_run(workdir)
+    replica_dirs = runs_lib.replica_dirs(workdir)
+    report = (analyze_replicas(workdir, replica_dirs) if replica_dirs
+              else analyze_run(workdir))
     print(f'Report: {os.path.abspath(report)}')
     print(f'Plots:  {os.path.abspath(os.path.join(workdir, "plots"))}/')
 
