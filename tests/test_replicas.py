@@ -28,7 +28,10 @@ SEED, N = 3, 2  # replicas train seeds 3 and 4: a bug using k instead of seed + 
 # 4 steps per epoch, 3 epochs; the step window (10) fills at step 10, so step mode computes
 # metrics at steps 10 to 12 and probe mode runs three times. Training amplifies round-off:
 # at learning rate 0.01 this tiny model's replica and reference part by 2e-5 after 4 steps and
-# by 1e-2 after 8; at 0.001 the whole run stays within float32 round-off.
+# by 1e-2 after 8; at 0.001 the losses stay within 5e-5 over the run, the gradient norms
+# within 2e-3, the tap signals within 1e-3 and the window metrics (DFA alphas over 10 steps)
+# within 1e-2 (measured, seed 4; the tolerances below are about twice that). A wrong seed,
+# batch or key is off by percents from the first step.
 OVERRIDES = {'num_train_steps': 12, 'log_every_steps': 1, 'checkpoint_every_steps': 4,
              'learning_rate': 0.001, 'data.train_size': 128, 'dynamics.window': 10}
 
@@ -73,14 +76,14 @@ def test_replica_k_equals_the_run_with_seed_plus_k(runs):
   for k, single in enumerate(singles):
     folder = replicas.replica_dir(packed, k)
     # Per-step training losses, accuracies and gradient norms.
-    for key, rtol in (('train/loss', 2e-5), ('train/grad_norm', 1e-4)):
+    for key, rtol in (('train/loss', 2e-4), ('train/grad_norm', 1e-2)):
       steps_a, a = _series(single, key)
       steps_b, b = _series(folder, key)
       assert steps_a == steps_b == list(range(1, 13)), key
       np.testing.assert_allclose(b, a, rtol=rtol, err_msg=f'replica {k}: {key}')
     # Test accuracy after every epoch: the same predictions.
     for key in ('eval/accuracy', 'eval/loss'):
-      np.testing.assert_allclose(_series(folder, key)[1], _series(single, key)[1], rtol=1e-5,
+      np.testing.assert_allclose(_series(folder, key)[1], _series(single, key)[1], rtol=5e-5,
                                  err_msg=f'replica {k}: {key}')
     # The dynamics series: the tap signals of every step and of every probe, and the metrics.
     with np.load(os.path.join(single, 'dynamics.npz')) as a, \
@@ -88,7 +91,9 @@ def test_replica_k_equals_the_run_with_seed_plus_k(runs):
       assert sorted(a.files) == sorted(b.files)
       for key in a.files:
         if a[key].dtype.kind in 'fc':
-          np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=1e-5,
+          # The tap signals to 1e-3; the window metrics (DFA over 10 samples) amplify it.
+          tol = 1e-3 if key.endswith('signals') else 2e-2
+          np.testing.assert_allclose(b[key], a[key], rtol=tol, atol=1e-4,
                                      err_msg=f'replica {k}: {key}')
           assert np.array_equal(np.isnan(a[key]), np.isnan(b[key])), key
         else:

@@ -267,8 +267,11 @@ def _jit_replicated(config, mesh, create, train_fn, eval_fn, probe_fn) -> Dict[s
                       out_shardings=per_replica)
   probe = None
   if probe_fn is not None:
-    probe = jax.jit(replicas_lib.shared_input_step(probe_fn, impl, groups),
-                    in_shardings=(state_sharding, batch_sharding), out_shardings=per_replica)
+    # Each replica's own probe batch (a run draws it from its seed): u8[N, P, H, W, 3].
+    probe = jax.jit(replicas_lib.per_replica_input_step(probe_fn, impl, groups),
+                    in_shardings=(state_sharding, NamedSharding(
+                        mesh, P(replicas_lib.REPLICA_AXIS, replicas_lib.DATA_AXIS))),
+                    out_shardings=per_replica)
   logging.info('%d replicas (seeds %d..%d) in one program: %s over a %s mesh.',
                config.replicas, config.seed, config.seed + config.replicas - 1, impl,
                dict(mesh.shape))
@@ -284,6 +287,18 @@ def _probe_batch(config, dataset, batch_sharding):
   pick = np.sort(pick[:config.dynamics.probe_size])
   local = np.array_split(split_images[pick], jax.process_count())[jax.process_index()]
   return _device_batch(batch_sharding, local, config.dynamics.probe_size)
+
+
+def _probe_images(config, dataset, mesh, batch_sharding):
+  """The probe batch; with N replicas u8[N, P, ...], replica k's drawn from seed + k."""
+  if config.replicas == 1:
+    return _probe_batch(config, dataset, batch_sharding)
+  split_images = (dataset.test_images if config.dynamics.probe_split == 'test'
+                  else dataset.train_images)
+  picks = [np.sort(np.random.default_rng(config.seed + k).permutation(len(split_images))[
+      :config.dynamics.probe_size]) for k in range(config.replicas)]
+  return _global_array(NamedSharding(mesh, P(replicas_lib.REPLICA_AXIS, replicas_lib.DATA_AXIS)),
+                       np.stack([split_images[pick] for pick in picks]))
 
 
 def _check_probe_size(config, dataset):
@@ -478,7 +493,7 @@ def train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
   train_step, eval_step = exp.train_step, exp.eval_step
   probe = exp.probe
   if probe is not None:
-    probe_images = _probe_batch(config, dataset, batch_sharding)
+    probe_images = _probe_images(config, dataset, mesh, batch_sharding)
   feed = _train_feed(config, dataset, mesh, batch_sharding)
 
   def evaluate(state) -> List[Dict[str, float]]:

@@ -198,6 +198,21 @@ def shared_input_step(fn: Callable, impl: str, groups: int) -> Callable:
   return stepped
 
 
+def per_replica_input_step(fn: Callable, impl: str, groups: int) -> Callable:
+  """fn(state, batch) on one replica -> g(stacked state, batches [N, ...]): each replica its
+  own batch (the probe batch, which a run draws from its seed)."""
+
+  def stepped(state, batches):
+    step = state.step
+
+    def one(rest, batch):
+      return fn(rest.replace(step=step), batch)
+
+    return map_replicas(one, impl, groups)(state.replace(step=None), batches)
+
+  return stepped
+
+
 def probe_update(tracker, dynamics: Dict[str, Any], signals) -> Dict[str, Any]:
   """tracker.probe_update on every replica at once: dynamics stacked [N, ...], signals
   f32[N, S]. The probe count is the same for all replicas (they end their epochs together),
