@@ -37,9 +37,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 REPLICA_AXIS, DATA_AXIS = 'replica', 'data'
 IMPLS = ('auto', 'vmap', 'map')
-# What 'auto' means per backend. CPU: benchmarks/bench_replicas.py (README, "Replicas"):
-# XLA:CPU runs the grouped convolutions of vmap slower than N separate ones, so the loop
-# inside the program wins there. Accelerators: vmap, which fills the chip with one wide op.
+# What 'auto' means per backend. CPU: the loop inside the program, which keeps the
+# convolutions of a single run (XLA:CPU lowers vmapped convolutions to grouped ones); an
+# assumption until benchmarks/bench_replicas.py has been run alone (README, "Replicas").
+# Accelerators: vmap, which fills the chip with one wide op.
 AUTO_IMPL = {'cpu': 'map'}
 DEFAULT_ACCELERATOR_IMPL = 'vmap'
 # The marker a replica's config.json carries, so that train.py refuses to train into it.
