@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -377,7 +378,10 @@ def _check_checkpoint_replicas(manager, config):
   if not steps_saved:
     return
   try:
-    saved = replicas_lib.num_replicas_in(manager.item_metadata(max(steps_saved)))
+    # A fresh manager's item_metadata() knows no handler yet; read the step's tree metadata.
+    path = os.path.join(str(manager.directory), str(max(steps_saved)), 'default')
+    with ocp.StandardCheckpointer() as reader:
+      saved = replicas_lib.num_replicas_in(reader.metadata(path).item_metadata)
   except Exception:  # pylint: disable=broad-except
     return  # unreadable metadata: restore_latest reports the damage
   if saved != config.replicas:
