@@ -4,6 +4,10 @@ One run (what `make demo` writes):
 
   python analyze.py --workdir=runs/quickstart
 
+A run of several replicas (config.replicas = N) gets each replica's figures and report in
+its replica_<k>/ and, in <workdir>/report.md (also printed), the seeds side by side with
+mean, sample std and n, and figures of the seed mean with a +-1 std band.
+
 Reads <workdir>/metrics.jsonl and <workdir>/dynamics.npz and writes <workdir>/plots/*.png and
 <workdir>/report.md: loss and accuracy, the step-mode dynamics series (integration,
 metastability, DSI and its volatility), the epoch-mode series with the convergence signal and
@@ -161,6 +165,53 @@ def analyze_run(workdir: str) -> str:
   return report
 
 
+def _seed_spread(values) -> str:
+  v = np.asarray([x for x in values if np.isfinite(x)], np.float64)
+  if not len(v):
+    return 'n/a'
+  return f'{v.mean():.3f} ± {v.std(ddof=1):.3f} (n={len(v)})' if len(v) > 1 else (
+      f'{v[0]:.3f} (n=1)')
+
+
+def analyze_replicas(workdir: str, replica_dirs) -> str:
+  """A replicated run: each replica's own report, then the seeds together with their spread
+  in <workdir>/report.md and plots/seeds.png. Returns the report path."""
+  from analysis import runs as runs_lib  # pylint: disable=g-import-not-at-top
+  for folder in replica_dirs:
+    analyze_run(folder)
+  runs = [runs_lib.load_run(folder) for folder in replica_dirs]
+  title = os.path.basename(os.path.normpath(workdir))
+  columns = [('final test acc (%)', lambda r: r.test_accuracy[-1] if len(r.test_accuracy)
+              else np.nan),
+             ('best test acc (%)', lambda r: np.nanmax(r.test_accuracy) if len(r.test_accuracy)
+              else np.nan)]
+  for key, label in (('probe_integration', 'integration'), ('probe_metastability',
+                                                            'metastability'),
+                     ('probe_dsi', 'DSI')):
+    columns.append((f'final epoch {label}', lambda r, key=key: (
+        float(r.dynamics[key][-1]) if r.has_probe and len(r.dynamics[key]) else np.nan)))
+  header = ['replica', 'seed'] + [c for c, _ in columns]
+  rows = [[os.path.basename(r.workdir), str(r.seed)] + [f'{fn(r):.3f}' for _, fn in columns]
+          for r in runs]
+  rows.append(['mean ± std (n)', ''] + [_seed_spread([fn(r) for r in runs])
+                                        for _, fn in columns])
+  table = ['| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
+  table += ['| ' + ' | '.join(row) + ' |' for row in rows]
+  plots = os.path.join(workdir, 'plots')
+  os.makedirs(plots, exist_ok=True)
+  figures.seeds(runs, os.path.join(plots, 'seeds.png'), title)
+  lines = [f'# Run {title}: {len(runs)} seeds in one program', '',
+           'Each replica is the run of its seed; per-replica reports: ' + ', '.join(
+               f'[{os.path.basename(f)}]({os.path.basename(f)}/report.md)'
+               for f in replica_dirs) + '.', '', 'Seeds: mean ± sample std (n):', ''] + table
+  lines += ['', '![seeds](plots/seeds.png)']
+  report = os.path.join(workdir, 'report.md')
+  with open(report, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  print('\n'.join(table))
+  return report
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -171,8 +222,11 @@ def main(argv):
     raise app.UsageError('Give --workdir=<run> (one run) or --runs=<runs> --out=<dir> (study).')
   if FLAGS.set:
     raise app.UsageError('--set works in study mode: --runs=<workdir> --out=<dir> --set ...')
+  from analysis import runs as runs_lib  # pylint: disable=g-import-not-at-top
   for workdir in FLAGS.workdir:
-    report = analyze_run(workdir)
+    replica_dirs = runs_lib.replica_dirs(workdir)
+    report = (analyze_replicas(workdir, replica_dirs) if replica_dirs
+              else analyze_run(workdir))
     print(f'Report: {os.path.abspath(report)}')
     print(f'Plots:  {os.path.abspath(os.path.join(workdir, "plots"))}/')
 

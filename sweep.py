@@ -18,6 +18,10 @@ happened to each run. Exit status: 0 all done; 1 some run failed; 143 a preempti
 command resumes it). A finished run is skipped even if the overrides changed since: use a new
 --root for a changed study (an unfinished run of a different config refuses to resume).
 
+`--replicas_per_run=R` packs consecutive seeds into one run of R replicas (config.replicas,
+seeds trained together in one compiled program): `--seeds=0,1,2,3 --replicas_per_run=4` is one
+run `<D>_<M>_s0-3` whose replica_<k>/ is seed k; the analysis reads each replica as a seed.
+
 Then: python analyze.py --runs=<root> --out=<report dir>
 """
 
@@ -28,7 +32,7 @@ import shlex
 import signal
 import subprocess
 import sys
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 from absl import app, flags
 
@@ -45,6 +49,8 @@ def define_flags():
   flags.DEFINE_list('datasets', ['cifar10', 'cifar100'], 'configs/study.py datasets.')
   flags.DEFINE_enum('scale', 'cpu', ['cpu', 'paper'], 'configs/study.py scale.')
   flags.DEFINE_list('seeds', ['0'], 'Seeds (integers).')
+  flags.DEFINE_integer('replicas_per_run', 1, 'Pack this many consecutive seeds into one run '
+                       '(config.replicas); 1: one run per seed.')
   flags.DEFINE_string('root', None, 'Parent directory of the run workdirs.')
   flags.DEFINE_string('data_dir', '', 'Directory holding <dataset>.tar.gz image-folder '
                       'archives (offline); empty: TFDS.')
@@ -63,10 +69,11 @@ class Job:
   name: str
   model: str
   dataset: str
-  seed: int
+  seed: int  # the first seed; the run trains seed .. seed + replicas - 1
   workdir: str
   command: List[str]
   host: int
+  replicas: int = 1
   status: str = ''  # set by plan() (finished / resume / new), then by run()
 
   @property
@@ -74,8 +81,27 @@ class Job:
     return os.path.exists(os.path.join(self.workdir, 'summary.json'))
 
 
-def run_name(dataset: str, model: str, seed: int) -> str:
-  return f'{dataset}_{model}_s{seed}'
+def run_name(dataset: str, model: str, seed: int, replicas: int = 1) -> str:
+  return (f'{dataset}_{model}_s{seed}' if replicas == 1
+          else f'{dataset}_{model}_s{seed}-{seed + replicas - 1}')
+
+
+def seed_groups(seeds: Sequence[int], replicas_per_run: int) -> List[Tuple[int, int]]:
+  """(first seed, replicas) of each run: the seeds in order, cut into runs of
+  replicas_per_run consecutive seeds (the last may be shorter)."""
+  if replicas_per_run < 1:
+    raise ValueError(f'--replicas_per_run={replicas_per_run} must be >= 1.')
+  seeds = sorted(int(s) for s in seeds)
+  groups = []
+  for i in range(0, len(seeds), replicas_per_run):
+    chunk = seeds[i:i + replicas_per_run]
+    if chunk != list(range(chunk[0], chunk[0] + len(chunk))):
+      raise ValueError(
+          f'--seeds: {chunk} would share a run, but a run of replicas trains consecutive seeds '
+          f'(seed, seed + 1, ...); give consecutive --seeds or lower --replicas_per_run='
+          f'{replicas_per_run}.')
+    groups.append((chunk[0], len(chunk)))
+  return groups
 
 
 def workdir_state(workdir: str) -> str:
@@ -102,8 +128,11 @@ def _override_flag(item: str) -> str:
 
 def plan(models: Sequence[str], datasets: Sequence[str], seeds: Sequence[int], scale: str,
          root: str, data_dir: str = '', overrides: Sequence[str] = (), host_index: int = 0,
-         num_hosts: int = 1, python: str = sys.executable) -> List[Job]:
+         num_hosts: int = 1, python: str = sys.executable,
+         replicas_per_run: int = 1) -> List[Job]:
   """Every run of the sweep, in order (seed, then dataset, then model), with its command.
+
+  With replicas_per_run > 1, consecutive seeds share a run (see seed_groups).
 
   Run i belongs to host i % num_hosts. Paths in the commands are absolute, except train.py
   and the config, which are relative to the repository root (the runs' working directory).
@@ -127,18 +156,23 @@ def plan(models: Sequence[str], datasets: Sequence[str], seeds: Sequence[int], s
         raise FileNotFoundError(f'--data_dir={data_dir}: no {dataset}.tar.gz there ({archive}).')
       data_flags[dataset] = ['--config.data.source=image_folder', f'--config.data.path={archive}']
   extra = [_override_flag(o) for o in overrides]
+  groups = (seed_groups(seeds, replicas_per_run) if replicas_per_run > 1
+            else [(int(s), 1) for s in seeds])
   jobs = []
-  for seed in seeds:
+  for seed, replicas in groups:
     for dataset in datasets:
       for model in models:
-        name = run_name(dataset, model, seed)
+        name = run_name(dataset, model, seed, replicas)
         workdir = os.path.join(root, name)
         command = [python, TRAIN,
                    f'--config={STUDY_CONFIG}:model={model},dataset={dataset},scale={scale},'
                    f'seed={seed}',
                    f'--workdir={workdir}'] + data_flags.get(dataset, []) + extra
+        if replicas > 1:
+          command.append(f'--config.replicas={replicas}')
         jobs.append(Job(name, model, dataset, int(seed), workdir, command,
-                        host=len(jobs) % num_hosts, status=workdir_state(workdir)))
+                        host=len(jobs) % num_hosts, status=workdir_state(workdir),
+                        replicas=replicas))
   return jobs
 
 
@@ -244,7 +278,8 @@ def main(argv):
     raise app.UsageError(f'--seeds={",".join(FLAGS.seeds)}: expected integers.') from None
   try:
     jobs = plan(FLAGS.models, FLAGS.datasets, seeds, FLAGS.scale, FLAGS.root, FLAGS.data_dir,
-                FLAGS.override, FLAGS.host_index, FLAGS.num_hosts, FLAGS.python)
+                FLAGS.override, FLAGS.host_index, FLAGS.num_hosts, FLAGS.python,
+                FLAGS.replicas_per_run)
   except (ValueError, FileNotFoundError) as e:
     raise app.UsageError(str(e)) from None
   sys.exit(sweep(jobs, os.path.abspath(FLAGS.root), FLAGS.host_index, FLAGS.dry_run))

@@ -9,6 +9,7 @@ writes one PNG (matplotlib, Agg).
 """
 
 import textwrap
+import warnings
 from typing import Dict, List, Optional, Sequence
 
 import matplotlib
@@ -423,4 +424,39 @@ def run_alphas(run, path: str, min_epochs: int):
   ax.set(ylabel='DFA exponent alpha (unitless)',
          title=_wrap(f'{run_title(run)}: per-tap integration ({source})', 80))
   _legend(ax)
+  _save(fig, path)
+
+
+def _band(ax, curves, label, color):
+  """The seeds' curves (thin) and their mean with a +-1 sample-std band, over epochs."""
+  length = max((len(c) for c in curves), default=0)
+  if not length:
+    return
+  grid = np.full((len(curves), length), np.nan)
+  for i, c in enumerate(curves):
+    grid[i, :len(c)] = c
+    ax.plot(np.arange(1, len(c) + 1), c, color=color, lw=0.6, alpha=0.35)
+  epochs = np.arange(1, length + 1)
+  with warnings.catch_warnings():  # an epoch that no seed reached yet: NaN, not a warning
+    warnings.simplefilter('ignore', RuntimeWarning)
+    mean = np.nanmean(grid, axis=0)
+    std = np.nanstd(grid, axis=0, ddof=1) if len(curves) > 1 else np.zeros(length)
+  ax.plot(epochs, mean, color=color, lw=2, label=f'{label}: mean of {len(curves)} seeds')
+  ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2, label='± 1 std')
+
+
+def seeds(runs, path: str, title: str):
+  """The seeds of one replicated run together: test accuracy, test loss and the epoch-mode DSI
+  over epochs, each seed thin and their mean with a +-1 sample-std band."""
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+  _band(axes[0], [r.test_accuracy for r in runs], 'test accuracy', 'C0')
+  axes[0].set(xlabel='epoch', ylabel='test accuracy (%)', title=f'{title}: test accuracy')
+  _band(axes[1], [r.epoch_values('eval/loss') for r in runs], 'test loss', 'C1')
+  axes[1].set(xlabel='epoch', ylabel='cross-entropy loss (nats)', title=f'{title}: test loss')
+  _band(axes[2], [r.dynamics['probe_dsi'] for r in runs if r.has_probe], 'DSI', 'C2')
+  axes[2].set(xlabel='epoch', ylabel='DSI (probe, expanding history)',
+              title=f'{title}: dynamical stability index')
+  for ax in axes:
+    ax.grid(alpha=0.3)
+    _legend(ax)
   _save(fig, path)

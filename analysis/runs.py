@@ -11,6 +11,11 @@ A workdir written by `training.loop.train_and_evaluate` holds
     summary.json    written last, only when the run finished
     checkpoints/
 
+A run of N > 1 replicas (config.replicas) holds instead `replica_<k>/` for k = 0..N-1, each
+with the files above but checkpoints/ (its config.json is that of the 1-replica run it equals,
+seed + k): every replica is a seed of its cell, and `find_runs` lists the replicas in place of
+the run.
+
 `find_runs` expands directories and globs into workdirs; `load_run` reads one.
 """
 
@@ -33,6 +38,23 @@ def is_run_dir(path: str) -> bool:
   return os.path.isfile(os.path.join(path, 'config.json'))
 
 
+def replica_dirs(path: str) -> List[str]:
+  """The replica_<k>/ folders of a run of config.replicas > 1, in k order; [] otherwise."""
+  try:
+    with open(os.path.join(path, 'config.json')) as f:
+      replicas = int(json.load(f).get('replicas', 1))
+  except (OSError, ValueError):
+    return []
+  if replicas <= 1:
+    return []
+  return [os.path.join(path, f'replica_{k}') for k in range(replicas)
+          if is_run_dir(os.path.join(path, f'replica_{k}'))]
+
+
+def _expand(path: str) -> List[str]:
+  return replica_dirs(path) or [path]
+
+
 def find_runs(patterns: Sequence[str]) -> List[str]:
   """Workdirs named by `patterns` (directories or globs), sorted, without duplicates.
 
@@ -45,10 +67,11 @@ def find_runs(patterns: Sequence[str]) -> List[str]:
     hits = []
     for path in matches:
       if is_run_dir(path):
-        hits.append(path)
+        hits.extend(_expand(path))
       elif os.path.isdir(path):
-        hits.extend(sorted(os.path.join(path, d) for d in os.listdir(path)
-                           if is_run_dir(os.path.join(path, d))))
+        for d in sorted(os.listdir(path)):
+          if is_run_dir(os.path.join(path, d)):
+            hits.extend(_expand(os.path.join(path, d)))
     if not hits:
       raise FileNotFoundError(
           f'--runs={pattern!r} matches no run directory (a directory holding config.json, '
@@ -110,7 +133,17 @@ class Run:
 
   @property
   def name(self) -> str:
-    return os.path.basename(os.path.normpath(self.workdir))
+    """The folder's name; a replica is named `<run>/replica_<k>`."""
+    path = os.path.normpath(self.workdir)
+    if self.replica is not None:
+      return os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path))
+    return os.path.basename(path)
+
+  @property
+  def replica(self) -> Optional[int]:
+    """k for replica k of a replicated run (its seed is the run's seed + k), else None."""
+    marker = self.config.get('replica_of')
+    return int(marker['replica']) if marker else None
 
   @property
   def model(self) -> str:

@@ -23,6 +23,15 @@ def base_config():
   """Every field a run reads, with the defaults of a CIFAR-10 ResNet-18 run."""
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # Seeds trained together in one compiled program: replica k is the run with seed + k
+  # (training/replicas.py). 1 is an ordinary run.
+  config.replicas = 1
+  # Devices the replicas are spread over (a ('replica', 'data') mesh; each replica is then
+  # data-parallel over device_count / replica_devices devices). 0: gcd(replicas, devices).
+  config.replica_devices = 0
+  # How the step runs the replicas: 'vmap' (batched ops), 'map' (lax.map, one replica after
+  # another inside the program) or 'auto' (measured default per backend, replicas.py).
+  config.replica_impl = 'auto'
 
   config.model = 'resnet18'
   # Size knobs overriding the registry defaults; 0 keeps the model's own value. `width`:

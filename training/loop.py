@@ -6,11 +6,12 @@ import logging as pylogging
 import math
 import os
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import tqdm
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -18,7 +19,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import data as data_lib
 import models
 from dynamics import tracker as tracker_lib
-from training import checkpoint, optim, steps, validate, workdir as workdir_lib
+from training import checkpoint, optim, replicas as replicas_lib, steps, validate
+from training import workdir as workdir_lib
 from training import writers as writers_lib
 
 
@@ -55,6 +57,12 @@ def _save_config(config, workdir: str):
     with open(path + '.tmp', 'w') as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
     os.replace(path + '.tmp', path)
+    # Each replica's folder reads like the 1-replica run it equals (seed + k).
+    for k in range(config.replicas if config.replicas > 1 else 0):
+      folder = replicas_lib.replica_dir(workdir, k)
+      os.makedirs(folder, exist_ok=True)
+      with open(os.path.join(folder, 'config.json'), 'w') as f:
+        json.dump(replicas_lib.replica_config(config, k), f, indent=2, sort_keys=True)
 
 
 def _flatten(tree: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
@@ -103,9 +111,12 @@ def _prepare_workdir(config, workdir: str, overwrite: bool):
     new = json.loads(config.to_json_best_effort(sort_keys=True))  # same types as the file's
     try:
       with open(path) as f:
-        differences = config_differences(json.load(f), new)
+        saved = json.load(f)
     except ValueError as e:  # not JSON: treat as a different run
-      differences = [f'config.json cannot be parsed ({e})']
+      saved, differences = None, [f'config.json cannot be parsed ({e})']
+    if saved is not None:
+      replicas_lib.check_not_replica(saved, workdir)
+      differences = config_differences(saved, new)
     if differences:
       if not overwrite:
         shown = '; '.join(differences[:12]) + ('; ...' if len(differences) > 12 else '')
@@ -166,10 +177,11 @@ def _diverged(what: str, step: int, workdir: str, last_saved: Optional[int]):
       'this one aside).')
 
 
-def _check_finite(values: Dict[str, float], step: int, workdir: str, last_saved):
+def _check_finite(values: Dict[str, float], step: int, workdir: str, last_saved,
+                  where: str = ''):
   for key in ('train/loss', 'train/grad_norm'):
     if key in values and not math.isfinite(values[key]):
-      raise _diverged(f'{key} = {values[key]}', step, workdir, last_saved)
+      raise _diverged(f'{key} = {values[key]}{where}', step, workdir, last_saved)
 
 
 @jax.jit
@@ -199,10 +211,15 @@ class Experiment(NamedTuple):
   schedule: Any
   tx: Any
   tracker: Optional[tracker_lib.Tracker]
-  init_state: Callable[[int], steps.TrainState]  # seed -> replicated state
-  train_step: Callable  # (state, u8[B,H,W,3], i32[B]) -> (state, metrics); donates state
-  eval_step: Callable  # (state, images, labels, mask) -> sums
-  probe: Optional[Callable]  # (state, images) -> f32[S]
+  init_state: Callable[[int], steps.TrainState]  # seed -> replicated 1-replica state
+  # 1 replica: (state, u8[B,H,W,3], i32[B]) -> (state, metrics). N > 1 (replicas.py):
+  # (stacked state, i32[N, B] indices, u8[n,H,W,3] train set, i32[n]) -> (state, {k: [N]}).
+  # Donates state.
+  train_step: Callable
+  eval_step: Callable  # (state, images, labels, mask) -> sums (each [N] with N > 1)
+  probe: Optional[Callable]  # (state, images) -> f32[S] (f32[N, S] with N > 1)
+  # N > 1: the stacked state's shardings (replicas.state_sharding); None with one replica.
+  state_sharding: Any = None
 
 
 def build(config, num_classes: int, image_shape, mean, std, steps_per_epoch: int,
@@ -234,24 +251,61 @@ def build(config, num_classes: int, image_shape, mean, std, steps_per_epoch: int
         seed=config.seed)
   create = functools.partial(steps.create_train_state, model=model, tx=tx, tracker=tracker,
                              image_shape=image_shape)
-  create = jax.jit(create, out_shardings=replicated)
   step_kwargs = dict(model=model, mean=mean, std=std, out_size=out_size)
-  train_step = jax.jit(
-      functools.partial(steps.train_step, tx=tx, tracker=tracker, config=config,
-                        num_classes=num_classes, **step_kwargs),
-      in_shardings=(replicated, batch_sharding, batch_sharding),
-      out_shardings=(replicated, replicated), donate_argnums=0)
-  eval_step = jax.jit(functools.partial(steps.eval_step, num_classes=num_classes,
-                                        **step_kwargs),
-                      in_shardings=(replicated,) + (batch_sharding,) * 3,
+  train_fn = functools.partial(steps.train_step, tx=tx, tracker=tracker, config=config,
+                               num_classes=num_classes, **step_kwargs)
+  eval_fn = functools.partial(steps.eval_step, num_classes=num_classes, **step_kwargs)
+  probe_fn = (functools.partial(steps.probe_signals, tracker=tracker, **step_kwargs)
+              if tracker is not None and config.dynamics.probe_mode else None)
+  create = jax.jit(create, out_shardings=replicated)
+  common = dict(model=model, schedule=schedule, tx=tx, tracker=tracker,
+                init_state=lambda seed: create(jax.random.PRNGKey(seed)))
+  if config.replicas > 1:
+    return Experiment(**common, **_jit_replicated(config, mesh, create, train_fn, eval_fn,
+                                                  probe_fn))
+  train_step = jax.jit(train_fn, in_shardings=(replicated, batch_sharding, batch_sharding),
+                       out_shardings=(replicated, replicated), donate_argnums=0)
+  eval_step = jax.jit(eval_fn, in_shardings=(replicated,) + (batch_sharding,) * 3,
                       out_shardings=replicated)
   probe = None
-  if tracker is not None and config.dynamics.probe_mode:
-    probe = jax.jit(functools.partial(steps.probe_signals, tracker=tracker, **step_kwargs),
-                    in_shardings=(replicated, batch_sharding), out_shardings=replicated)
-  return Experiment(model=model, schedule=schedule, tx=tx, tracker=tracker,
-                    init_state=lambda seed: create(jax.random.PRNGKey(seed)),
-                    train_step=train_step, eval_step=eval_step, probe=probe)
+  if probe_fn is not None:
+    probe = jax.jit(probe_fn, in_shardings=(replicated, batch_sharding),
+                    out_shardings=replicated)
+  return Experiment(**common, train_step=train_step, eval_step=eval_step, probe=probe)
+
+
+def _jit_replicated(config, mesh, create, train_fn, eval_fn, probe_fn) -> Dict[str, Any]:
+  """The N-replica steps (training/replicas.py), jitted with the ('replica', 'data') mesh's
+  shardings: state split over 'replica', batches over 'data', the train set replicated."""
+  impl = replicas_lib.resolve_impl(config)
+  groups = mesh.shape[replicas_lib.REPLICA_AXIS] if impl == 'map' else 1
+  abstract = jax.eval_shape(create, jax.random.PRNGKey(0))
+  state_sharding = replicas_lib.state_sharding(abstract, mesh)
+  replicated = NamedSharding(mesh, P())
+  per_replica = NamedSharding(mesh, P(replicas_lib.REPLICA_AXIS))
+  batch_sharding = NamedSharding(mesh, P(replicas_lib.DATA_AXIS))
+  train_step = jax.jit(
+      functools.partial(replicas_lib.train_step, single_step=train_fn, impl=impl,
+                        groups=groups),
+      in_shardings=(state_sharding,
+                    NamedSharding(mesh, P(replicas_lib.REPLICA_AXIS, replicas_lib.DATA_AXIS)),
+                    replicated, replicated),
+      out_shardings=(state_sharding, per_replica), donate_argnums=0)
+  eval_step = jax.jit(replicas_lib.shared_input_step(eval_fn, impl, groups),
+                      in_shardings=(state_sharding,) + (batch_sharding,) * 3,
+                      out_shardings=per_replica)
+  probe = None
+  if probe_fn is not None:
+    # Each replica's own probe batch (a run draws it from its seed): u8[N, P, H, W, 3].
+    probe = jax.jit(replicas_lib.per_replica_input_step(probe_fn, impl, groups),
+                    in_shardings=(state_sharding, NamedSharding(
+                        mesh, P(replicas_lib.REPLICA_AXIS, replicas_lib.DATA_AXIS))),
+                    out_shardings=per_replica)
+  logging.info('%d replicas (seeds %d..%d) in one program: %s over a %s mesh.',
+               config.replicas, config.seed, config.seed + config.replicas - 1, impl,
+               dict(mesh.shape))
+  return dict(train_step=train_step, eval_step=eval_step, probe=probe,
+              state_sharding=state_sharding)
 
 
 def _probe_batch(config, dataset, batch_sharding):
@@ -264,6 +318,18 @@ def _probe_batch(config, dataset, batch_sharding):
   return _device_batch(batch_sharding, local, config.dynamics.probe_size)
 
 
+def _probe_images(config, dataset, mesh, batch_sharding):
+  """The probe batch; with N replicas u8[N, P, ...], replica k's drawn from seed + k."""
+  if config.replicas == 1:
+    return _probe_batch(config, dataset, batch_sharding)
+  split_images = (dataset.test_images if config.dynamics.probe_split == 'test'
+                  else dataset.train_images)
+  picks = [np.sort(np.random.default_rng(config.seed + k).permutation(len(split_images))[
+      :config.dynamics.probe_size]) for k in range(config.replicas)]
+  return _global_array(NamedSharding(mesh, P(replicas_lib.REPLICA_AXIS, replicas_lib.DATA_AXIS)),
+                       np.stack([split_images[pick] for pick in picks]))
+
+
 def _check_probe_size(config, dataset):
   if not (config.dynamics.enabled and config.dynamics.probe_mode):
     return
@@ -273,6 +339,136 @@ def _check_probe_size(config, dataset):
     raise ValueError(
         f'dynamics.probe_size={config.dynamics.probe_size} is larger than the {split} split '
         f'({size} images); lower dynamics.probe_size or use the other dynamics.probe_split.')
+
+
+class _Sink(NamedTuple):
+  """Where one replica's records go: the workdir itself with one replica, replica_<k>/ else."""
+  workdir: str
+  writer: Any
+  jsonl: Optional[writers_lib.JsonlWriter]
+
+
+def _open_sinks(config, workdir: str, start_step: int) -> List[_Sink]:
+  n = config.replicas
+  sinks = []
+  for k in range(n):
+    folder = workdir if n == 1 else replicas_lib.replica_dir(workdir, k)
+    if n == 1:
+      writer, jsonl = writers_lib.create_writers(folder)
+    else:  # the loop logs one line for all replicas, not one per replica
+      writer, jsonl = writers_lib.create_replica_writers(folder)
+    if jsonl is not None:
+      # Records past the restored step come from steps that are about to be redone.
+      workdir_lib.repair_metrics(os.path.join(folder, 'metrics.jsonl'))
+      jsonl.truncate_after(start_step)
+    if start_step == 0:
+      hparams = {k: v for k, v in config.items() if not hasattr(v, 'items')}
+      if n > 1:
+        hparams.update(seed=config.seed + k, replica=k)
+      writer.write_hparams(hparams)
+    sinks.append(_Sink(folder, writer, jsonl))
+  return sinks
+
+
+def _split(tree, n: int) -> List[Any]:
+  """[tree] with one replica; [replica 0, ..., replica n-1] of a stacked tree otherwise."""
+  return [tree] if n == 1 else [replicas_lib.take(tree, k) for k in range(n)]
+
+
+def _initial_state(config, exp: Experiment, replicated):
+  """The state at step 0: seed's init (and pretrained weights); stacked over replicas."""
+
+  def one(seed):
+    state = exp.init_state(seed)
+    if 'surrogate_key' in state.dynamics:  # the tracker was built with config.seed
+      # Replica k draws its surrogates as the 1-replica run of seed + k would.
+      state = state.replace(dynamics=dict(
+          state.dynamics, surrogate_key=jax.device_put(
+              jax.random.key_data(jax.random.key(seed)),
+              state.dynamics['surrogate_key'].sharding)))
+    if config.init_checkpoint:
+      # Every replica gets the same pretrained weights; what the release does not hold (the
+      # new head) keeps replica k's own initialisation from seed + k.
+      init_params = models.load_pretrained(config.model, state.params, config.init_checkpoint)
+      state = jax.device_put(state.replace(params=init_params,
+                                           opt_state=exp.tx.init(init_params)), replicated)
+    return state
+
+  if config.replicas == 1:
+    return one(config.seed)
+  if config.init_checkpoint:
+    logging.info('init_checkpoint with %d replicas: all start from %s; the heads are '
+                 'initialised per replica (seeds %d..%d).', config.replicas,
+                 config.init_checkpoint, config.seed, config.seed + config.replicas - 1)
+  return jax.device_put(replicas_lib.stack([one(config.seed + k)
+                                            for k in range(config.replicas)]),
+                        exp.state_sharding)
+
+
+def _check_checkpoint_replicas(manager, config):
+  """A checkpoint of an N-replica run cannot be resumed with another N: say so, naming the
+  field, instead of letting the restore fail (and the checkpoint look damaged)."""
+  steps_saved = manager.all_steps()
+  if not steps_saved:
+    return
+  try:
+    # A fresh manager's item_metadata() knows no handler yet; read the step's tree metadata.
+    path = os.path.join(str(manager.directory), str(max(steps_saved)), 'default')
+    with ocp.StandardCheckpointer() as reader:
+      saved = replicas_lib.num_replicas_in(reader.metadata(path).item_metadata)
+  except Exception:  # pylint: disable=broad-except
+    return  # unreadable metadata: restore_latest reports the damage
+  if saved != config.replicas:
+    raise ValueError(
+        f'The checkpoints in {manager.directory} hold a {saved}-replica state but this run has '
+        f'replicas={config.replicas} (config field `replicas`). Resume it with '
+        f'--config.replicas={saved}, or start the {config.replicas}-replica run in a fresh '
+        '--workdir.')
+
+
+def _global_array(sharding, host_array: np.ndarray):
+  """A global array from the full host array, which every process holds (any topology)."""
+  return jax.make_array_from_callback(host_array.shape, sharding, lambda i: host_array[i])
+
+
+def _train_feed(config, dataset, mesh, batch_sharding) -> Callable[[int], tuple]:
+  """step -> the train step's data arguments.
+
+  One replica: this process's share of the global batch (u8[B, ...], i32[B]), gathered on the
+  host. N replicas: i32[N, B] rows (replica k draws the order of seed + k) and the device
+  resident train set, from which the step gathers the batches itself.
+  """
+  if config.replicas == 1:
+    # The epoch order depends on the run seed, so seeds differ in data order as well as init.
+    batches = data_lib.TrainBatches(dataset.train_images, dataset.train_labels, config.seed,
+                                    config.batch_size, jax.process_index(), jax.process_count())
+
+    def feed(step):
+      images, labels = batches.batch(step)
+      return (_device_batch(batch_sharding, images, config.batch_size),
+              _device_batch(batch_sharding, labels, config.batch_size))
+
+    return feed
+  batches = [data_lib.TrainBatches(dataset.train_images, dataset.train_labels, config.seed + k,
+                                   config.batch_size) for k in range(config.replicas)]
+  replicated = NamedSharding(mesh, P())
+  images = _global_array(replicated, np.asarray(dataset.train_images))
+  labels = _global_array(replicated, np.asarray(dataset.train_labels, np.int32))
+  index_sharding = NamedSharding(mesh, P(replicas_lib.REPLICA_AXIS, replicas_lib.DATA_AXIS))
+
+  def feed(step):
+    return (_global_array(index_sharding, replicas_lib.train_indices(batches, step)), images,
+            labels)
+
+  return feed
+
+
+def _spread(values: Sequence[float], digits: int = 4) -> str:
+  """'mean ± sample std' of the replicas' values (the value itself with one replica)."""
+  v = np.asarray(values, np.float64)
+  if len(v) == 1:
+    return f'{v[0]:.{digits}f}'
+  return f'{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}'
 
 
 def train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
@@ -295,10 +491,16 @@ def _train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
   `stop_after` ends the run early after that global step with a checkpoint, as a preemption
   would (tests use it to interrupt a run). A NaN/Inf loss, gradient norm or state raises
   FloatingPointError before anything diverged is saved.
-  Returns a summary dict (final test accuracy, steps, paths, final state).
+  With config.replicas = N > 1 the seeds seed .. seed + N - 1 train in one program
+  (training/replicas.py); replica k writes its records, dynamics.npz and summary.json to
+  `<workdir>/replica_<k>/` and `checkpoints/` holds the one stacked state.
+  Returns a summary dict (final test accuracy, steps, paths, final state; with N > 1 the
+  accuracies are lists over replicas and `replicas` holds each replica's summary).
   """
-  mesh = make_mesh()
-  validate.validate_config(config, jax.device_count(), jax.process_count())
+  replicas_lib.validate(config, jax.device_count())
+  n = config.replicas
+  mesh = make_mesh() if n == 1 else replicas_lib.make_mesh(config)
+  validate.validate_config(config, mesh.shape['data'], jax.process_count())
   # config.json keeps the config as given (auto fields as 0); the run uses them resolved.
   given = config
   train_size = validate.known_train_size(config)
@@ -333,40 +535,35 @@ def _train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
   exp = build(config, num_classes, image_shape, mean, std, steps_per_epoch, total_steps,
               mesh)
   tracker, schedule = exp.tracker, exp.schedule
-  state = _announce_first_call(exp.init_state, 'initial state')(config.seed)
-  if config.init_checkpoint:
-    init_params = models.load_pretrained(config.model, state.params, config.init_checkpoint)
-    state = jax.device_put(state.replace(params=init_params,
-                                         opt_state=exp.tx.init(init_params)), replicated)
+  state = _initial_state(config, exp._replace(
+      init_state=_announce_first_call(exp.init_state, 'initial state')), replicated)
 
-  manager = checkpoint.make_manager(workdir, config.keep_checkpoints, config)
+  manager = checkpoint.make_manager(workdir, config.keep_checkpoints, given)
+  try:
+    _check_checkpoint_replicas(manager, config)
+  except ValueError:
+    manager.close()
+    raise
+  # N > 1: restored replicated (one sharding for every leaf), then split over 'replica'.
   restored = checkpoint.restore_latest(manager, state, replicated)
   if restored is not None:
-    state = restored
+    state = restored if n == 1 else jax.device_put(restored, exp.state_sharding)
   start_step = int(jax.device_get(state.step))
   # Written only now that the run is sure to start: a run that failed on its config or data
   # leaves no config.json that would make the corrected retry look like a different run.
   _save_config(given, workdir)
-  writer, jsonl = writers_lib.create_writers(workdir)
-  if jsonl is not None:
-    # Records past the restored step come from steps that are about to be redone.
-    workdir_lib.repair_metrics(os.path.join(workdir, 'metrics.jsonl'))
-    jsonl.truncate_after(start_step)
-  if start_step == 0:
-    writer.write_hparams({k: v for k, v in config.items() if not hasattr(v, 'items')})
+  sinks = _open_sinks(config, workdir, start_step)
 
   train_step = _announce_first_call(exp.train_step, 'train step')
   # The evaluation step and the probe compile in a second or two: the epoch line's time says it.
   eval_step, probe = exp.eval_step, exp.probe
   if probe is not None:
-    probe_images = _probe_batch(config, dataset, batch_sharding)
+    probe_images = _probe_images(config, dataset, mesh, batch_sharding)
+  feed = _train_feed(config, dataset, mesh, batch_sharding)
 
-  # The epoch order depends on the run seed, so seeds differ in data order as well as init.
-  batches = data_lib.TrainBatches(dataset.train_images, dataset.train_labels, config.seed,
-                                  config.batch_size, jax.process_index(), jax.process_count())
-
-  def evaluate(state):
-    totals = {'loss': 0.0, 'correct': 0.0, 'count': 0.0}
+  def evaluate(state) -> List[Dict[str, float]]:
+    """Test loss and accuracy of each replica."""
+    totals = [{'loss': 0.0, 'correct': 0.0, 'count': 0.0} for _ in range(n)]
     # A bar on a terminal only (disable=None); the epoch line gives the time.
     for images, labels, mask in tqdm.tqdm(data_lib.eval_batches(
         dataset.test_images, dataset.test_labels, config.eval_batch_size,
@@ -376,10 +573,11 @@ def _train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
       sums = eval_step(state, _device_batch(batch_sharding, images, config.eval_batch_size),
                        _device_batch(batch_sharding, labels, config.eval_batch_size),
                        _device_batch(batch_sharding, mask, config.eval_batch_size))
-      for k, v in jax.device_get(sums).items():
-        totals[k] += float(v)
-    return {'eval/loss': totals['loss'] / totals['count'],
-            'eval/accuracy': 100.0 * totals['correct'] / totals['count']}
+      for total, part in zip(totals, _split(jax.device_get(sums), n)):
+        for k, v in part.items():
+          total[k] += float(v)
+    return [{'eval/loss': t['loss'] / t['count'],
+             'eval/accuracy': 100.0 * t['correct'] / t['count']} for t in totals]
 
   logging.info('Training %s on %s (%d classes): %d steps, %d per epoch, batch %d on %d '
                'device(s) in %d process(es); workdir %s', config.model, dataset.name,
@@ -389,57 +587,76 @@ def _train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
   def log_train(step, metrics, interval_steps, interval_start, epoch_end):
     """Every log_every_steps and at each epoch end: the values of the logged step itself (not
     an interval mean, so that a resumed run logs exactly what an uninterrupted one would) to
-    the writers, and one progress line to the console (at an epoch end, the epoch's line
-    carries it instead). Returns the line's throughput part."""
+    each replica's writers, and one progress line to the console (at an epoch end, the epoch's
+    line carries it instead). Returns the line's training and throughput parts."""
     done = step + 1
     fetched = jax.device_get(metrics)  # waits for the step: the interval's time ends here
-    interval_seconds = time.time() - interval_start
-    values = {k: float(fetched[k]) for k in ('train/loss', 'train/accuracy', 'train/grad_norm')}
-    _check_finite(values, done, workdir, last_saved)
-    if tracker is not None:
-      values.update(tracker.summarize_step(fetched))
-    values['train/learning_rate'] = float(schedule(step))
-    values['train/steps_per_sec'] = interval_steps / max(interval_seconds, 1e-9)
-    writer.write_scalars(done, values)
-    eta = (total_steps - done) / max(values['train/steps_per_sec'], 1e-9)
-    speed = (f'{values["train/steps_per_sec"]:.2f} steps/s  '
-             f'{values["train/steps_per_sec"] * config.batch_size:.0f} img/s  '
+    steps_per_sec = interval_steps / max(time.time() - interval_start, 1e-9)
+    logged = []
+    for k, (sink, replica) in enumerate(zip(sinks, _split(fetched, n))):
+      values = {key: float(replica[key])
+                for key in ('train/loss', 'train/accuracy', 'train/grad_norm')}
+      _check_finite(values, done, workdir, last_saved, f' (replica {k})' if n > 1 else '')
+      if tracker is not None:
+        values.update(tracker.summarize_step(replica))
+      values['train/learning_rate'] = float(schedule(step))
+      values['train/steps_per_sec'] = steps_per_sec
+      sink.writer.write_scalars(done, values)
+      logged.append(values)
+    eta = (total_steps - done) / max(steps_per_sec, 1e-9)
+    speed = (f'{steps_per_sec:.2f} steps/s  {steps_per_sec * config.batch_size * n:.0f} img/s  '
              f'ETA {_format_seconds(eta)}')
-    train = f'loss {values["train/loss"]:.4f}  acc {values["train/accuracy"]:.1f}%'
+    if n == 1:
+      train = f'loss {logged[0]["train/loss"]:.4f}  acc {logged[0]["train/accuracy"]:.1f}%'
+    else:
+      train = (f'loss {_spread([v["train/loss"] for v in logged])}  acc '
+               f'{_spread([v["train/accuracy"] for v in logged])}% (mean ± std of {n} replicas)')
     if not epoch_end:
       logging.info('step %d/%d  epoch %.2f/%d  %s  | %s', done, total_steps,
                    done / steps_per_epoch, num_epochs, train, speed)
     return f'train {train}', speed
 
   def end_epoch(state, done, progress):
-    """Evaluation, the dynamics probe and the per-tap alphas to the writers; one console line
-    with `progress` (log_train's). Returns (state with the probe sample appended, the
-    evaluation metrics)."""
+    """Evaluation, the dynamics probe and the per-tap alphas to each replica's writers; one
+    console line with `progress` (log_train's). Returns (state with the probe sample appended,
+    the evaluation metrics of each replica)."""
     epoch = math.ceil(done / steps_per_epoch)
     t_eval = time.time()
     eval_metrics = evaluate(state)
-    eval_metrics['epoch'] = epoch
-    writer.write_scalars(done, eval_metrics)
+    for sink, values in zip(sinks, eval_metrics):
+      values['epoch'] = epoch
+      sink.writer.write_scalars(done, values)
+    test = (f'loss {_spread([v["eval/loss"] for v in eval_metrics])}  acc '
+            f'{_spread([v["eval/accuracy"] for v in eval_metrics], 2)}%')
     line = (f'epoch {epoch}/{num_epochs} (step {done}/{total_steps}): {progress[0]}  | test '
-            f'loss {eval_metrics["eval/loss"]:.4f}  acc {eval_metrics["eval/accuracy"]:.2f}% '
-            f'({time.time() - t_eval:.1f} s)  | {progress[1]}')
+            f'{test} ({time.time() - t_eval:.1f} s)  | {progress[1]}')
     if probe is not None:
-      state = state.replace(dynamics=tracker.probe_update(
-          state.dynamics, probe(state, probe_images)))
-      scalars, hists = tracker.summarize_probe(state.dynamics)
-      writer.write_scalars(done, scalars)
-      if hists:
-        writer.write_histograms(done, hists)
-      shown = [(name, scalars.get(f'dynamics_epoch/{name}'))
-               for name in ('integration', 'metastability', 'dsi')]
-      line += '; epoch dynamics: ' + (', '.join(f'{n} {v:.3f}' for n, v in shown if v is not None)
-                                      or 'not defined yet')
-      if shown[0][1] is None and dfa_epochs:
+      signals = probe(state, probe_images)
+      if n == 1:
+        state = state.replace(dynamics=tracker.probe_update(state.dynamics, signals))
+      else:
+        dynamics = replicas_lib.probe_update(tracker, state.dynamics, signals)
+        state = jax.device_put(state.replace(dynamics=dynamics), exp.state_sharding)
+      epoch_scalars = []
+      for sink, dyn in zip(sinks, _split(jax.device_get(state.dynamics), n)):
+        scalars, hists = tracker.summarize_probe(dyn)
+        sink.writer.write_scalars(done, scalars)
+        if hists:
+          sink.writer.write_histograms(done, hists)
+        epoch_scalars.append(scalars)
+      shown = []
+      for name in ('integration', 'metastability', 'dsi'):
+        values = [s.get(f'dynamics_epoch/{name}') for s in epoch_scalars]
+        if all(v is not None for v in values):
+          shown.append(f'{name} {_spread(values, 3)}')
+      line += '; epoch dynamics: ' + (', '.join(shown) or 'not defined yet')
+      if not shown and dfa_epochs:
         line += f' (integration and DSI from epoch {dfa_epochs})'
     if tracker is not None and config.dynamics.step_mode and jax.process_index() == 0:
-      alphas = np.asarray(jax.device_get(state.dynamics['step_alphas']))
-      if np.isfinite(alphas).any():
-        writer.write_histograms(done, {'dynamics/alpha': alphas})
+      all_alphas = np.asarray(jax.device_get(state.dynamics['step_alphas']))
+      for sink, alphas in zip(sinks, _split(all_alphas, n)):
+        if np.isfinite(alphas).any():
+          sink.writer.write_histograms(done, {'dynamics/alpha': alphas})
     logging.info('%s', line)
     return state, eval_metrics
 
@@ -448,23 +665,24 @@ def _train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
   def save_checkpoint(state, done, metrics):
     """A checkpoint of step `done`, after its records are written; never of a diverged state
     (the last good checkpoint must stay the newest)."""
-    writer.flush()  # metrics.jsonl holds every record of a checkpointed step
-    _check_finite({'train/loss': float(metrics['train/loss'])}, done, workdir, last_saved)
+    for sink in sinks:
+      sink.writer.flush()  # metrics.jsonl holds every record of a checkpointed step
+    losses = np.asarray(jax.device_get(metrics['train/loss'])).reshape(-1)
+    for k, loss in enumerate(losses):
+      _check_finite({'train/loss': float(loss)}, done, workdir, last_saved,
+                    f' (replica {k})' if n > 1 else '')
     _check_state_finite(state, done, workdir, last_saved)
     checkpoint.save(manager, state)
 
   last_saved = start_step if restored is not None else None
   preempted = False
-  eval_metrics = {}
+  eval_metrics = []  # one dict per replica
   t_interval, steps_in_interval = time.time(), 0
   t_start = time.time()
   watcher = checkpoint.PreemptionWatcher(manager)
   try:
     for step in range(start_step, total_steps):
-      images, labels = batches.batch(step)
-      state, metrics = train_step(
-          state, _device_batch(batch_sharding, images, config.batch_size),
-          _device_batch(batch_sharding, labels, config.batch_size))
+      state, metrics = train_step(state, *feed(step))
       steps_in_interval += 1
       if step == start_step:  # the compilation is not training throughput
         t_interval += train_step.seconds
@@ -495,43 +713,64 @@ def _train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
       if epoch_end:  # evaluation time is not training throughput
         t_interval = time.time()
   finally:
-    writer.flush()  # the records of the last steps, also when the run stops with an error
+    for sink in sinks:  # the records of the last steps, also when the run stops with an error
+      sink.writer.flush()
     watcher.close()
     # Also when the run stops with an error: a save still in flight is the last good
     # checkpoint, and it is lost if the process exits before it is committed.
     manager.wait_until_finished()
     manager.close()
-  writer.flush()
 
+  return _finish(config, workdir, state, exp, sinks, eval_metrics, evaluate, start_step,
+                 total_steps, steps_per_epoch, preempted, t_start)
+
+
+def _eval_fields(eval_metrics: List[Dict[str, float]], n: int) -> Dict[str, Any]:
+  """eval_accuracy / eval_loss of a summary: numbers with one replica, lists over replicas."""
+  rows = eval_metrics or [{}] * n
+  fields = {'eval_accuracy': [m.get('eval/accuracy') for m in rows],
+            'eval_loss': [m.get('eval/loss') for m in rows]}
+  return fields if n > 1 else {k: v[0] for k, v in fields.items()}
+
+
+def _finish(config, workdir, state, exp, sinks, eval_metrics, evaluate, start_step,
+            total_steps, steps_per_epoch, preempted, t_start) -> Dict[str, Any]:
+  """dynamics.npz and summary.json of each replica (and of the whole run); the result."""
+  n, tracker = config.replicas, exp.tracker
+  where = '' if n == 1 else 'replica_*'
   outputs = {'workdir': os.path.abspath(workdir),
              'tensorboard': os.path.abspath(workdir),
-             'metrics': os.path.abspath(os.path.join(workdir, 'metrics.jsonl')),
+             'metrics': os.path.abspath(os.path.join(workdir, where, 'metrics.jsonl')),
              'checkpoints': os.path.abspath(os.path.join(workdir, 'checkpoints'))}
   final_step = int(jax.device_get(state.step))
   if preempted:  # exit fast: the scheduler's grace period is short
     return dict(final_step=final_step, total_steps=total_steps, finished=False,
-                preempted=True, eval_accuracy=eval_metrics.get('eval/accuracy'),
-                eval_loss=eval_metrics.get('eval/loss'), seconds=time.time() - t_start,
-                state=state, outputs=outputs)
+                preempted=True, **_eval_fields(eval_metrics, n),
+                seconds=time.time() - t_start, state=state, outputs=outputs)
   if tracker is not None and jax.process_index() == 0:
-    export = tracker.export(jax.device_get(state.dynamics))
-    export['config_json'] = np.asarray(config.dynamics.to_json_best_effort(sort_keys=True))
-    export['steps_per_epoch'] = np.asarray(steps_per_epoch)
-    outputs['dynamics'] = os.path.abspath(os.path.join(workdir, 'dynamics.npz'))
-    np.savez(outputs['dynamics'], **export)
+    outputs['dynamics'] = os.path.abspath(os.path.join(workdir, where, 'dynamics.npz'))
+    for sink, dyn in zip(sinks, _split(jax.device_get(state.dynamics), n)):
+      export = tracker.export(dyn)
+      export['config_json'] = np.asarray(config.dynamics.to_json_best_effort(sort_keys=True))
+      export['steps_per_epoch'] = np.asarray(steps_per_epoch)
+      np.savez(os.path.join(sink.workdir, 'dynamics.npz'), **export)
   summary_path = os.path.join(workdir, 'summary.json')
   if final_step >= total_steps and not eval_metrics and not os.path.exists(summary_path):
     # Killed after its final checkpoint but before summary.json: report the final state.
     eval_metrics = evaluate(state)
   summary = {'final_step': final_step, 'total_steps': total_steps,
-             'finished': final_step >= total_steps,
-             'eval_accuracy': eval_metrics.get('eval/accuracy'),
-             'eval_loss': eval_metrics.get('eval/loss'),
+             'finished': final_step >= total_steps, **_eval_fields(eval_metrics, n),
              'seconds': time.time() - t_start}
+  if n > 1:  # each replica's own summary.json, as its 1-replica run would write it
+    summary['replicas'] = [dict(summary, seed=config.seed + k, **_eval_fields([m], 1))
+                           for k, m in enumerate(eval_metrics or [{}] * n)]
   if start_step >= total_steps and os.path.exists(summary_path):
     with open(summary_path) as f:  # a finished run restarted: nothing new to report
       summary = json.load(f)
   elif jax.process_index() == 0 and summary['finished']:
+    for sink, replica_summary in zip(sinks if n > 1 else [], summary.get('replicas', [])):
+      with open(os.path.join(sink.workdir, 'summary.json'), 'w') as f:
+        json.dump(replica_summary, f, indent=2)
     # Written last: its presence marks a finished run (the sweep skips those).
     with open(summary_path, 'w') as f:
       json.dump(summary, f, indent=2)

@@ -195,3 +195,14 @@ def create_writers(workdir: str, verbose: Optional[bool] = None):
   writers = ([TensorBoardWriter(workdir), jsonl] if is_main else []) + (
       [LoggingEcho()] if verbose else [])
   return MultiWriter(writers), jsonl
+
+
+def create_replica_writers(folder: str):
+  """One replica's writers (config.replicas > 1): TensorBoard events and metrics.jsonl in its
+  replica_<k>/ folder, on process 0, and no logging echo (the loop logs one line for all
+  replicas)."""
+  if jax.process_index() != 0:
+    return MultiWriter([]), None
+  os.makedirs(folder, exist_ok=True)
+  jsonl = JsonlWriter(os.path.join(folder, 'metrics.jsonl'))
+  return MultiWriter([TensorBoardWriter(folder), jsonl]), jsonl
