@@ -20,8 +20,9 @@ demo: $(VENV)/.runtime
 	$(PY) train.py --config=configs/quickstart.py --workdir=$(WORKDIR)
 	$(PY) analyze.py --workdir=$(WORKDIR)
 
+# Two worker processes, each taking whole test files (module fixtures stay in one process).
 test: $(VENV)/.dev
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 $(VENV)/.bench: $(VENV)/.dev requirements-bench.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-bench.txt
@@ -38,7 +39,9 @@ bench: $(VENV)/.bench
 clean-demo:
 	rm -rf $(WORKDIR)
 
-# Lint and import order (pyproject.toml [tool.ruff]); the formatter check is `pyink --check .`.
+# Lint and import order, then the formatter's check (pyproject.toml [tool.ruff], [tool.pyink]);
+# `.venv/bin/pyink .` applies the formatting.
 .PHONY: lint
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pyink --check .

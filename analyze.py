@@ -44,16 +44,31 @@ pylogging.getLogger('jax._src.xla_bridge').setLevel(pylogging.WARNING)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string('workdir', None, 'Run directory (repeatable).')
-flags.DEFINE_multi_string('runs', None, 'Study mode: a run directory, a directory of runs, or '
-                          'a glob (repeatable); writes one report over all of them to --out.')
+flags.DEFINE_multi_string(
+    'runs',
+    None,
+    'Study mode: a run directory, a directory of runs, or '
+    'a glob (repeatable); writes one report over all of them to --out.',
+)
 flags.DEFINE_string('out', None, 'Study mode: output directory for report.md and figures/.')
-flags.DEFINE_multi_string('set', None, 'Study mode: dynamics.<field>=<value> (repeatable): '
-                          'recompute every metric offline with this definition and show it '
-                          'beside the logged one.')
-flags.DEFINE_bool('include_unfinished', False, 'Study mode: also analyse runs without '
-                  'summary.json (interrupted runs with a dynamics.npz).')
-flags.DEFINE_bool('ablate_step_mode', True, 'Study mode with --set: also recompute the '
-                  'step-mode metrics (every training step; the slower part).')
+flags.DEFINE_multi_string(
+    'set',
+    None,
+    'Study mode: dynamics.<field>=<value> (repeatable): '
+    'recompute every metric offline with this definition and show it '
+    'beside the logged one.',
+)
+flags.DEFINE_bool(
+    'include_unfinished',
+    False,
+    'Study mode: also analyse runs without ' 'summary.json (interrupted runs with a dynamics.npz).',
+)
+flags.DEFINE_bool(
+    'ablate_step_mode',
+    True,
+    'Study mode with --set: also recompute the '
+    'step-mode metrics (every training step; the slower part).',
+)
 
 
 def _step_lines(run, dcfg) -> List[str]:
@@ -61,21 +76,40 @@ def _step_lines(run, dcfg) -> List[str]:
   dyn = run.dynamics
   steps_done = int(dyn['step_dsi'].shape[0])
   window = int(dyn['step_window']) if 'step_window' in dyn else int(dcfg.window)
-  last = {k: dyn[f'step_{k}'][np.isfinite(dyn[f'step_{k}'])] for k in
-          ('integration', 'metastability', 'synchrony', 'dsi')}
+  last = {
+      k: dyn[f'step_{k}'][np.isfinite(dyn[f'step_{k}'])]
+      for k in ('integration', 'metastability', 'synchrony', 'dsi')
+  }
   if not any(len(v) for v in last.values()):
-    return ['Step mode, window metrics: ' + figures.not_defined_text(
-        window, steps_done, 'training steps (dynamics.window)') + '.']
-  lines = [f'Step mode, last window ({window} steps, n = {len(last["dsi"])} windows): ' +
-           ', '.join(f'{k} {v[-1]:.3f}' for k, v in last.items() if len(v)) + '.'
-           + _nulls(dyn, 'step_')]
+    return [
+        'Step mode, window metrics: '
+        + figures.not_defined_text(window, steps_done, 'training steps (dynamics.window)')
+        + '.'
+    ]
+  lines = [
+      f'Step mode, last window ({window} steps, n = {len(last["dsi"])} windows): '
+      + ', '.join(f'{k} {v[-1]:.3f}' for k, v in last.items() if len(v))
+      + '.'
+      + _nulls(dyn, 'step_')
+  ]
   conv = int(dyn.get('step_convergence', -1))
   vol = np.isfinite(dyn['step_dsi_volatility']).any()
-  lines.append('Step mode convergence signal: ' + (
-      f'step {conv + 1}.' if conv >= 0 else 'did not fire.' if vol else
-      'DSI volatility ' + figures.not_defined_text(
-          window + (int(dcfg.volatility_window_steps) - 1) * int(dcfg.every_steps), steps_done,
-          'training steps') + '.'))
+  lines.append(
+      'Step mode convergence signal: '
+      + (
+          f'step {conv + 1}.'
+          if conv >= 0
+          else 'did not fire.'
+          if vol
+          else 'DSI volatility '
+          + figures.not_defined_text(
+              window + (int(dcfg.volatility_window_steps) - 1) * int(dcfg.every_steps),
+              steps_done,
+              'training steps',
+          )
+          + '.'
+      )
+  )
   return lines
 
 
@@ -84,20 +118,41 @@ def _epoch_lines(run, dcfg, min_epochs: int, plateau: int) -> List[str]:
   count = int(dyn['probe_count'])
   final = {k: float(dyn[f'probe_{k}'][-1]) for k in ('integration', 'metastability', 'dsi')}
   shown = ', '.join(f'{k} {v:.3f}' for k, v in final.items() if np.isfinite(v))
-  lines = [f'Epoch mode (probe batch, expanding history of {count} epochs): '
-           + (shown or 'nothing defined') + '.']
+  lines = [
+      f'Epoch mode (probe batch, expanding history of {count} epochs): '
+      + (shown or 'nothing defined')
+      + '.'
+  ]
   if not np.isfinite(final['dsi']):
-    lines.append('Epoch mode integration and DSI: ' + figures.not_defined_text(
-        min_epochs, count, 'epochs') + '.')
+    lines.append(
+        'Epoch mode integration and DSI: '
+        + figures.not_defined_text(min_epochs, count, 'epochs')
+        + '.'
+    )
   conv = int(dyn['probe_convergence'])
   vol = np.isfinite(dyn['probe_dsi_volatility']).any()
-  lines.append('Epoch mode convergence signal: ' + (
-      f'epoch {conv + 1}.' if conv >= 0 else 'did not fire.' if vol else
-      'DSI volatility ' + figures.not_defined_text(
-          min_epochs + int(dcfg.volatility_window_epochs) - 1, count, 'epochs') + '.'))
-  lines.append('Accuracy plateau: ' + (f'epoch {plateau + 1} (within {dcfg.plateau_delta:g} '
-                                       'points of the final maximum).' if plateau >= 0
-                                       else 'not reached.'))
+  lines.append(
+      'Epoch mode convergence signal: '
+      + (
+          f'epoch {conv + 1}.'
+          if conv >= 0
+          else 'did not fire.'
+          if vol
+          else 'DSI volatility '
+          + figures.not_defined_text(
+              min_epochs + int(dcfg.volatility_window_epochs) - 1, count, 'epochs'
+          )
+          + '.'
+      )
+  )
+  lines.append(
+      'Accuracy plateau: '
+      + (
+          f'epoch {plateau + 1} (within {dcfg.plateau_delta:g} ' 'points of the final maximum).'
+          if plateau >= 0
+          else 'not reached.'
+      )
+  )
   return lines
 
 
@@ -114,8 +169,11 @@ def _nulls(dyn, prefix: str) -> str:
       parts.append(f'{k} z {z[ok][-1]:+.2f} (p {p[ok][-1]:.3f})')
   if not parts:
     return ''
-  return (' Against the surrogate nulls (z-score, one-sided p; see README "Null models"): '
-          + ', '.join(parts) + '.')
+  return (
+      ' Against the surrogate nulls (z-score, one-sided p; see README "Null models"): '
+      + ', '.join(parts)
+      + '.'
+  )
 
 
 def analyze_run(workdir: str) -> str:
@@ -123,6 +181,7 @@ def analyze_run(workdir: str) -> str:
   from analysis import runs as runs_lib  # pylint: disable=g-import-not-at-top
   from dynamics import stability  # pylint: disable=g-import-not-at-top
   from training import validate  # pylint: disable=g-import-not-at-top
+
   run = runs_lib.load_run(workdir)
   plots = os.path.join(workdir, 'plots')
   os.makedirs(plots, exist_ok=True)
@@ -131,8 +190,10 @@ def analyze_run(workdir: str) -> str:
   lines = [f'# Run {run.name}: {figures.run_title(run)}', '']
   acc = run.test_accuracy
   if len(acc):
-    lines.append(f'Final test accuracy: {acc[-1]:.2f}% (best {np.nanmax(acc):.2f}%, '
-                 f'{len(acc)} epoch(s)).')
+    lines.append(
+        f'Final test accuracy: {acc[-1]:.2f}% (best {np.nanmax(acc):.2f}%, '
+        f'{len(acc)} epoch(s)).'
+    )
   else:
     lines.append('Test accuracy: not evaluated yet (no epoch finished).')
   dyn = run.dynamics
@@ -141,15 +202,15 @@ def analyze_run(workdir: str) -> str:
   else:
     dcfg = run.dynamics_config()
     min_epochs = validate.min_dfa_length(dcfg) or 0
-    plateau = (int(stability.accuracy_plateau(acc, float(dcfg.plateau_delta))) if len(acc)
-               else -1)
+    plateau = int(stability.accuracy_plateau(acc, float(dcfg.plateau_delta))) if len(acc) else -1
     if 'step_dsi' in dyn:
       figures.run_step_dynamics(run, os.path.join(plots, 'step_dynamics.png'))
       written.append('step_dynamics.png')
       lines += _step_lines(run, dcfg)
     if 'probe_dsi' in dyn and int(dyn['probe_count']) > 0:
-      figures.run_epoch_dynamics(run, os.path.join(plots, 'epoch_dynamics.png'), min_epochs,
-                                 plateau)
+      figures.run_epoch_dynamics(
+          run, os.path.join(plots, 'epoch_dynamics.png'), min_epochs, plateau
+      )
       written.append('epoch_dynamics.png')
       lines += _epoch_lines(run, dcfg, min_epochs, plateau)
       nulls = _nulls(dyn, 'probe_')
@@ -169,41 +230,61 @@ def _seed_spread(values) -> str:
   v = np.asarray([x for x in values if np.isfinite(x)], np.float64)
   if not len(v):
     return 'n/a'
-  return f'{v.mean():.3f} ± {v.std(ddof=1):.3f} (n={len(v)})' if len(v) > 1 else (
-      f'{v[0]:.3f} (n=1)')
+  return (
+      f'{v.mean():.3f} ± {v.std(ddof=1):.3f} (n={len(v)})' if len(v) > 1 else (f'{v[0]:.3f} (n=1)')
+  )
 
 
 def analyze_replicas(workdir: str, replica_dirs) -> str:
   """A replicated run: each replica's own report, then the seeds together with their spread
   in <workdir>/report.md and plots/seeds.png. Returns the report path."""
   from analysis import runs as runs_lib  # pylint: disable=g-import-not-at-top
+
   for folder in replica_dirs:
     analyze_run(folder)
   runs = [runs_lib.load_run(folder) for folder in replica_dirs]
   title = os.path.basename(os.path.normpath(workdir))
-  columns = [('final test acc (%)', lambda r: r.test_accuracy[-1] if len(r.test_accuracy)
-              else np.nan),
-             ('best test acc (%)', lambda r: np.nanmax(r.test_accuracy) if len(r.test_accuracy)
-              else np.nan)]
-  for key, label in (('probe_integration', 'integration'), ('probe_metastability',
-                                                            'metastability'),
-                     ('probe_dsi', 'DSI')):
-    columns.append((f'final epoch {label}', lambda r, key=key: (
-        float(r.dynamics[key][-1]) if r.has_probe and len(r.dynamics[key]) else np.nan)))
+  columns = [
+      ('final test acc (%)', lambda r: r.test_accuracy[-1] if len(r.test_accuracy) else np.nan),
+      (
+          'best test acc (%)',
+          lambda r: np.nanmax(r.test_accuracy) if len(r.test_accuracy) else np.nan,
+      ),
+  ]
+  for key, label in (
+      ('probe_integration', 'integration'),
+      ('probe_metastability', 'metastability'),
+      ('probe_dsi', 'DSI'),
+  ):
+    columns.append(
+        (
+            f'final epoch {label}',
+            lambda r, key=key: (
+                float(r.dynamics[key][-1]) if r.has_probe and len(r.dynamics[key]) else np.nan
+            ),
+        )
+    )
   header = ['replica', 'seed'] + [c for c, _ in columns]
-  rows = [[os.path.basename(r.workdir), str(r.seed)] + [f'{fn(r):.3f}' for _, fn in columns]
-          for r in runs]
-  rows.append(['mean ± std (n)', ''] + [_seed_spread([fn(r) for r in runs])
-                                        for _, fn in columns])
+  rows = [
+      [os.path.basename(r.workdir), str(r.seed)] + [f'{fn(r):.3f}' for _, fn in columns]
+      for r in runs
+  ]
+  rows.append(['mean ± std (n)', ''] + [_seed_spread([fn(r) for r in runs]) for _, fn in columns])
   table = ['| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
   table += ['| ' + ' | '.join(row) + ' |' for row in rows]
   plots = os.path.join(workdir, 'plots')
   os.makedirs(plots, exist_ok=True)
   figures.seeds(runs, os.path.join(plots, 'seeds.png'), title)
-  lines = [f'# Run {title}: {len(runs)} seeds in one program', '',
-           'Each replica is the run of its seed; per-replica reports: ' + ', '.join(
-               f'[{os.path.basename(f)}]({os.path.basename(f)}/report.md)'
-               for f in replica_dirs) + '.', '', 'Seeds: mean ± sample std (n):', ''] + table
+  lines = [
+      f'# Run {title}: {len(runs)} seeds in one program',
+      '',
+      'Each replica is the run of its seed; per-replica reports: '
+      + ', '.join(f'[{os.path.basename(f)}]({os.path.basename(f)}/report.md)' for f in replica_dirs)
+      + '.',
+      '',
+      'Seeds: mean ± sample std (n):',
+      '',
+  ] + table
   lines += ['', '![seeds](plots/seeds.png)']
   report = os.path.join(workdir, 'report.md')
   with open(report, 'w') as f:
@@ -223,10 +304,10 @@ def main(argv):
   if FLAGS.set:
     raise app.UsageError('--set works in study mode: --runs=<workdir> --out=<dir> --set ...')
   from analysis import runs as runs_lib  # pylint: disable=g-import-not-at-top
+
   for workdir in FLAGS.workdir:
     replica_dirs = runs_lib.replica_dirs(workdir)
-    report = (analyze_replicas(workdir, replica_dirs) if replica_dirs
-              else analyze_run(workdir))
+    report = analyze_replicas(workdir, replica_dirs) if replica_dirs else analyze_run(workdir)
     print(f'Report: {os.path.abspath(report)}')
     print(f'Plots:  {os.path.abspath(os.path.join(workdir, "plots"))}/')
 
@@ -236,6 +317,7 @@ def study_main():
   import sys  # pylint: disable=g-import-not-at-top
 
   from analysis import ablation, report as report_lib, runs as runs_lib  # pylint: disable=g-import-not-at-top
+
   if not FLAGS.out:
     raise app.UsageError('--runs needs --out=<directory for report.md and figures/>.')
   try:
@@ -244,13 +326,20 @@ def study_main():
     if FLAGS.set:
       first = runs_lib.load_run(workdirs[0]).dynamics_config()
       overrides = ablation.parse_overrides(FLAGS.set, first)
-    print(f'Analysing {len(workdirs)} run(s)' + (
-        f', recomputing their metrics with {", ".join(FLAGS.set)}' if overrides else '') + ' ...',
-          flush=True)
+    print(
+        f'Analysing {len(workdirs)} run(s)'
+        + (f', recomputing their metrics with {", ".join(FLAGS.set)}' if overrides else '')
+        + ' ...',
+        flush=True,
+    )
     path = report_lib.build_report(
-        workdirs, FLAGS.out, overrides=overrides, include_unfinished=FLAGS.include_unfinished,
+        workdirs,
+        FLAGS.out,
+        overrides=overrides,
+        include_unfinished=FLAGS.include_unfinished,
         step=FLAGS.ablate_step_mode,
-        command=' '.join(shlex.quote(a) for a in ['python', 'analyze.py'] + sys.argv[1:]))
+        command=' '.join(shlex.quote(a) for a in ['python', 'analyze.py'] + sys.argv[1:]),
+    )
   except (ValueError, FileNotFoundError) as e:
     raise app.UsageError(str(e)) from None
   print(f'Report:  {os.path.abspath(path)}')

@@ -49,16 +49,24 @@ def define_flags():
   flags.DEFINE_list('datasets', ['cifar10', 'cifar100'], 'configs/study.py datasets.')
   flags.DEFINE_enum('scale', 'cpu', ['cpu', 'paper'], 'configs/study.py scale.')
   flags.DEFINE_list('seeds', ['0'], 'Seeds (integers).')
-  flags.DEFINE_integer('replicas_per_run', 1, 'Pack this many consecutive seeds into one run '
-                       '(config.replicas); 1: one run per seed.')
+  flags.DEFINE_integer(
+      'replicas_per_run',
+      1,
+      'Pack this many consecutive seeds into one run ' '(config.replicas); 1: one run per seed.',
+  )
   flags.DEFINE_string('root', None, 'Parent directory of the run workdirs.')
-  flags.DEFINE_string('data_dir', '', 'Directory holding <dataset>.tar.gz image-folder '
-                      'archives (offline); empty: TFDS.')
-  flags.DEFINE_integer('host_index', 0, 'This host takes the runs i with i % num_hosts == '
-                       'host_index.')
+  flags.DEFINE_string(
+      'data_dir',
+      '',
+      'Directory holding <dataset>.tar.gz image-folder ' 'archives (offline); empty: TFDS.',
+  )
+  flags.DEFINE_integer(
+      'host_index', 0, 'This host takes the runs i with i % num_hosts == ' 'host_index.'
+  )
   flags.DEFINE_integer('num_hosts', 1, 'Number of hosts sharing the sweep.')
-  flags.DEFINE_multi_string('override', [], 'field=value, passed to every run as '
-                            '--config.field=value (repeatable).')
+  flags.DEFINE_multi_string(
+      'override', [], 'field=value, passed to every run as ' '--config.field=value (repeatable).'
+  )
   flags.DEFINE_bool('dry_run', False, 'Print the plan and the commands; run nothing.')
   flags.DEFINE_string('python', sys.executable, 'Python interpreter for the runs.')
   flags.mark_flag_as_required('root')
@@ -82,8 +90,11 @@ class Job:
 
 
 def run_name(dataset: str, model: str, seed: int, replicas: int = 1) -> str:
-  return (f'{dataset}_{model}_s{seed}' if replicas == 1
-          else f'{dataset}_{model}_s{seed}-{seed + replicas - 1}')
+  return (
+      f'{dataset}_{model}_s{seed}'
+      if replicas == 1
+      else f'{dataset}_{model}_s{seed}-{seed + replicas - 1}'
+  )
 
 
 def seed_groups(seeds: Sequence[int], replicas_per_run: int) -> List[Tuple[int, int]]:
@@ -94,12 +105,13 @@ def seed_groups(seeds: Sequence[int], replicas_per_run: int) -> List[Tuple[int, 
   seeds = sorted(int(s) for s in seeds)
   groups = []
   for i in range(0, len(seeds), replicas_per_run):
-    chunk = seeds[i:i + replicas_per_run]
+    chunk = seeds[i : i + replicas_per_run]
     if chunk != list(range(chunk[0], chunk[0] + len(chunk))):
       raise ValueError(
           f'--seeds: {chunk} would share a run, but a run of replicas trains consecutive seeds '
           f'(seed, seed + 1, ...); give consecutive --seeds or lower --replicas_per_run='
-          f'{replicas_per_run}.')
+          f'{replicas_per_run}.'
+      )
     groups.append((chunk[0], len(chunk)))
   return groups
 
@@ -120,16 +132,25 @@ def _override_flag(item: str) -> str:
   if field.startswith('--'):
     field = field[2:]
   if field.startswith('config.'):
-    field = field[len('config.'):]
+    field = field[len('config.') :]
   if not sep or not field:
     raise ValueError(f'--override {item!r}: expected field=value, e.g. num_epochs=2.')
   return f'--config.{field}={value}'
 
 
-def plan(models: Sequence[str], datasets: Sequence[str], seeds: Sequence[int], scale: str,
-         root: str, data_dir: str = '', overrides: Sequence[str] = (), host_index: int = 0,
-         num_hosts: int = 1, python: str = sys.executable,
-         replicas_per_run: int = 1) -> List[Job]:
+def plan(
+    models: Sequence[str],
+    datasets: Sequence[str],
+    seeds: Sequence[int],
+    scale: str,
+    root: str,
+    data_dir: str = '',
+    overrides: Sequence[str] = (),
+    host_index: int = 0,
+    num_hosts: int = 1,
+    python: str = sys.executable,
+    replicas_per_run: int = 1,
+) -> List[Job]:
   """Every run of the sweep, in order (seed, then dataset, then model), with its command.
 
   With replicas_per_run > 1, consecutive seeds share a run (see seed_groups).
@@ -138,13 +159,15 @@ def plan(models: Sequence[str], datasets: Sequence[str], seeds: Sequence[int], s
   and the config, which are relative to the repository root (the runs' working directory).
   """
   from configs import study  # pylint: disable=g-import-not-at-top
+
   for model in models:
     if model not in study.MODELS:
       raise ValueError(f'--models: unknown model {model!r}; allowed: {", ".join(study.MODELS)}.')
   for dataset in datasets:
     if dataset not in study.DATASETS:
-      raise ValueError(f'--datasets: unknown dataset {dataset!r}; allowed: '
-                       f'{", ".join(study.DATASETS)}.')
+      raise ValueError(
+          f'--datasets: unknown dataset {dataset!r}; allowed: ' f'{", ".join(study.DATASETS)}.'
+      )
   if num_hosts < 1 or not 0 <= host_index < num_hosts:
     raise ValueError(f'--host_index={host_index} must be in [0, --num_hosts={num_hosts}).')
   root = os.path.abspath(root)
@@ -156,23 +179,41 @@ def plan(models: Sequence[str], datasets: Sequence[str], seeds: Sequence[int], s
         raise FileNotFoundError(f'--data_dir={data_dir}: no {dataset}.tar.gz there ({archive}).')
       data_flags[dataset] = ['--config.data.source=image_folder', f'--config.data.path={archive}']
   extra = [_override_flag(o) for o in overrides]
-  groups = (seed_groups(seeds, replicas_per_run) if replicas_per_run > 1
-            else [(int(s), 1) for s in seeds])
+  groups = (
+      seed_groups(seeds, replicas_per_run) if replicas_per_run > 1 else [(int(s), 1) for s in seeds]
+  )
   jobs = []
   for seed, replicas in groups:
     for dataset in datasets:
       for model in models:
         name = run_name(dataset, model, seed, replicas)
         workdir = os.path.join(root, name)
-        command = [python, TRAIN,
-                   f'--config={STUDY_CONFIG}:model={model},dataset={dataset},scale={scale},'
-                   f'seed={seed}',
-                   f'--workdir={workdir}'] + data_flags.get(dataset, []) + extra
+        command = (
+            [
+                python,
+                TRAIN,
+                f'--config={STUDY_CONFIG}:model={model},dataset={dataset},scale={scale},'
+                f'seed={seed}',
+                f'--workdir={workdir}',
+            ]
+            + data_flags.get(dataset, [])
+            + extra
+        )
         if replicas > 1:
           command.append(f'--config.replicas={replicas}')
-        jobs.append(Job(name, model, dataset, int(seed), workdir, command,
-                        host=len(jobs) % num_hosts, status=workdir_state(workdir),
-                        replicas=replicas))
+        jobs.append(
+            Job(
+                name,
+                model,
+                dataset,
+                int(seed),
+                workdir,
+                command,
+                host=len(jobs) % num_hosts,
+                status=workdir_state(workdir),
+                replicas=replicas,
+            )
+        )
   return jobs
 
 
@@ -196,15 +237,24 @@ def run(job: Job, root: str) -> str:
   line = shlex.join(job.command)
   stamp = datetime.datetime.now().isoformat(timespec='seconds')
   _log(root, f'{stamp} {job.name} ({job.status}): cd {shlex.quote(ROOT)} && {line}')
-  print(f'\n=== {job.name}: {"resuming" if job.status == "resume" else "starting"}\n{line}\n',
-        flush=True)
+  print(
+      f'\n=== {job.name}: {"resuming" if job.status == "resume" else "starting"}\n{line}\n',
+      flush=True,
+  )
   env = dict(os.environ, PYTHONUNBUFFERED='1')
   stopped = []
   with open(os.path.join(job.workdir, 'train.log'), 'a') as log:
     log.write(f'\n=== {stamp} {line}\n')
-    proc = subprocess.Popen(job.command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, bufsize=1,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        job.command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        start_new_session=True,
+    )
 
     def stop(signum, frame):
       del frame
@@ -248,8 +298,11 @@ def sweep(jobs: List[Job], root: str, host_index: int = 0, dry_run: bool = False
   """
   mine = [j for j in jobs if j.host == host_index]
   others = len(jobs) - len(mine)
-  print(f'Sweep: {len(jobs)} runs, {len(mine)} on this host (index {host_index})'
-        + (f', {others} on other hosts' if others else '') + f'; workdirs under {root}.')
+  print(
+      f'Sweep: {len(jobs)} runs, {len(mine)} on this host (index {host_index})'
+      + (f', {others} on other hosts' if others else '')
+      + f'; workdirs under {root}.'
+  )
   failed, stopped = 0, False
   for job in mine:
     if job.status == 'finished':
@@ -277,9 +330,19 @@ def main(argv):
   except ValueError:
     raise app.UsageError(f'--seeds={",".join(FLAGS.seeds)}: expected integers.') from None
   try:
-    jobs = plan(FLAGS.models, FLAGS.datasets, seeds, FLAGS.scale, FLAGS.root, FLAGS.data_dir,
-                FLAGS.override, FLAGS.host_index, FLAGS.num_hosts, FLAGS.python,
-                FLAGS.replicas_per_run)
+    jobs = plan(
+        FLAGS.models,
+        FLAGS.datasets,
+        seeds,
+        FLAGS.scale,
+        FLAGS.root,
+        FLAGS.data_dir,
+        FLAGS.override,
+        FLAGS.host_index,
+        FLAGS.num_hosts,
+        FLAGS.python,
+        FLAGS.replicas_per_run,
+    )
   except (ValueError, FileNotFoundError) as e:
     raise app.UsageError(str(e)) from None
   sys.exit(sweep(jobs, os.path.abspath(FLAGS.root), FLAGS.host_index, FLAGS.dry_run))

@@ -47,8 +47,14 @@ from training.loop import train_and_evaluate  # noqa: E402
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what an unhandled SIGTERM would report
 USER_ERROR_EXIT_CODE = 1
 # What a user can fix from the message alone: shown as one message, without the traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, checkpoint.CheckpointError,
-               workdir_lib.WorkdirLockedError, FloatingPointError)
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    NotADirectoryError,
+    checkpoint.CheckpointError,
+    workdir_lib.WorkdirLockedError,
+    FloatingPointError,
+)
 
 
 def _env_int(name):
@@ -64,26 +70,43 @@ def _env_int(name):
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and plots.')
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
-flags.DEFINE_bool('overwrite', False,
-                  'If the workdir holds a run with a different config, move it to '
-                  '<workdir>.old-<timestamp> and start afresh (without this flag such a run '
-                  'refuses to start). A workdir of the same config is resumed either way.')
-flags.DEFINE_bool('distributed', False,
-                  'Call jax.distributed.initialize() and let it detect the cluster (Cloud TPU '
-                  'pods, SLURM, Open MPI, Kubernetes). Implied by the three flags below.')
-flags.DEFINE_string('coordinator_address', os.environ.get('JAX_COORDINATOR_ADDRESS'),
-                    'host:port of process 0, the same for every process (default: '
-                    '$JAX_COORDINATOR_ADDRESS).')
-flags.DEFINE_integer('num_processes', _env_int('JAX_NUM_PROCESSES'),
-                     'How many processes take part (default: $JAX_NUM_PROCESSES).')
-flags.DEFINE_integer('process_id', _env_int('JAX_PROCESS_ID'),
-                     'This process, 0 .. num_processes - 1 (default: $JAX_PROCESS_ID).')
-flags.DEFINE_bool('verbose', False,
-                  'Also log every scalar and histogram written (as absl -v 1 does) and the '
-                  "libraries' informational messages (by default the console shows one "
-                  'progress line per log interval and one line per epoch); and on a user '
-                  'error, print the Python traceback too (it is always written to a log file, '
-                  'named in the message).')
+flags.DEFINE_bool(
+    'overwrite',
+    False,
+    'If the workdir holds a run with a different config, move it to '
+    '<workdir>.old-<timestamp> and start afresh (without this flag such a run '
+    'refuses to start). A workdir of the same config is resumed either way.',
+)
+flags.DEFINE_bool(
+    'distributed',
+    False,
+    'Call jax.distributed.initialize() and let it detect the cluster (Cloud TPU '
+    'pods, SLURM, Open MPI, Kubernetes). Implied by the three flags below.',
+)
+flags.DEFINE_string(
+    'coordinator_address',
+    os.environ.get('JAX_COORDINATOR_ADDRESS'),
+    'host:port of process 0, the same for every process (default: ' '$JAX_COORDINATOR_ADDRESS).',
+)
+flags.DEFINE_integer(
+    'num_processes',
+    _env_int('JAX_NUM_PROCESSES'),
+    'How many processes take part (default: $JAX_NUM_PROCESSES).',
+)
+flags.DEFINE_integer(
+    'process_id',
+    _env_int('JAX_PROCESS_ID'),
+    'This process, 0 .. num_processes - 1 (default: $JAX_PROCESS_ID).',
+)
+flags.DEFINE_bool(
+    'verbose',
+    False,
+    'Also log every scalar and histogram written (as absl -v 1 does) and the '
+    "libraries' informational messages (by default the console shows one "
+    'progress line per log interval and one line per epoch); and on a user '
+    'error, print the Python traceback too (it is always written to a log file, '
+    'named in the message).',
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -96,12 +119,19 @@ def initialize_distributed():
   # default of current JAX, set here so that an older or changed default cannot break it.
   # It only affects the CPU backend: GPUs use NCCL and TPUs their own interconnect.
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                             num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+  jax.distributed.initialize(
+      coordinator_address=FLAGS.coordinator_address,
+      num_processes=FLAGS.num_processes,
+      process_id=FLAGS.process_id,
+  )
   _connect_collectives()
-  logging.info('jax.distributed: process %d of %d, %d local device(s), %d in all.',
-               jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count())
+  logging.info(
+      'jax.distributed: process %d of %d, %d local device(s), %d in all.',
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_device_count(),
+      jax.device_count(),
+  )
 
 
 def _connect_collectives():
@@ -115,11 +145,14 @@ def _connect_collectives():
   multihost_utils.sync_global_devices('train.py: processes connected')  # Orbax's barriers
   mesh = jax.make_mesh((jax.device_count(),), ('data',))
   ones = jax.make_array_from_process_local_data(
-      NamedSharding(mesh, P('data')), np.ones(jax.local_device_count(), np.float32))
+      NamedSharding(mesh, P('data')), np.ones(jax.local_device_count(), np.float32)
+  )
   total = jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, P()))(ones)  # the step's sums
   if int(total) != jax.device_count():
-    raise RuntimeError(f'A sum over all {jax.device_count()} devices gave {int(total)}: the '
-                       'processes do not see the same devices.')
+    raise RuntimeError(
+        f'A sum over all {jax.device_count()} devices gave {int(total)}: the '
+        'processes do not see the same devices.'
+    )
 
 
 def _is_user_error(e: BaseException) -> bool:
@@ -153,8 +186,11 @@ def _load_config():
   path = given.split(':', 1)[0]
   if not os.path.isfile(path):
     configs = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
-    _fail(f'--config={given}: there is no file {os.path.abspath(path)} (the configs of this '
-          f'project are in {configs}).', None)
+    _fail(
+        f'--config={given}: there is no file {os.path.abspath(path)} (the configs of this '
+        f'project are in {configs}).',
+        None,
+    )
   try:
     return FLAGS.config
   except OSError as e:  # ml_collections reports a failed import as "Failed loading config file"
@@ -173,16 +209,19 @@ def main(argv):
   try:
     result = train_and_evaluate(config, FLAGS.workdir, overwrite=FLAGS.overwrite)
   except KeyboardInterrupt as e:  # a second Ctrl-C, or one before training started
-    _fail('Interrupted (Ctrl-C) without saving; the newest checkpoint in '
-          f'{os.path.join(FLAGS.workdir, "checkpoints")} (if any) is where the same command '
-          'resumes.', e, code=128 + signal.SIGINT)
+    _fail(
+        'Interrupted (Ctrl-C) without saving; the newest checkpoint in '
+        f'{os.path.join(FLAGS.workdir, "checkpoints")} (if any) is where the same command '
+        'resumes.',
+        e,
+        code=128 + signal.SIGINT,
+    )
   except Exception as e:  # pylint: disable=broad-except
     if not _is_user_error(e):
       raise
     _fail(str(e), e)
   if result['preempted']:
-    sys.exit(128 + checkpoint.last_signal() if checkpoint.last_signal() else
-             PREEMPTED_EXIT_CODE)
+    sys.exit(128 + checkpoint.last_signal() if checkpoint.last_signal() else PREEMPTED_EXIT_CODE)
   out = result['outputs']
   if result['eval_accuracy'] is not None:
     logging.info('Final test accuracy: %.2f%%', result['eval_accuracy'])

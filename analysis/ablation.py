@@ -42,8 +42,9 @@ FIXED_FIELDS = {
 }
 
 
-def parse_overrides(items: Sequence[str],
-                    base: Optional[ml_collections.ConfigDict] = None) -> Dict[str, Any]:
+def parse_overrides(
+    items: Sequence[str], base: Optional[ml_collections.ConfigDict] = None
+) -> Dict[str, Any]:
   """['dynamics.dsi_form=linear', 'dfa_order=2', ...] -> {field: typed value}.
 
   Values take the type of the field in `base` (the run's dynamics config; default: the current
@@ -51,6 +52,7 @@ def parse_overrides(items: Sequence[str],
   """
   if base is None:
     from analysis import runs  # pylint: disable=g-import-not-at-top
+
     base = runs.dynamics_config()
   out = {}
   for item in items:
@@ -61,16 +63,22 @@ def parse_overrides(items: Sequence[str],
     if '.' in key:
       prefix, _, field = key.partition('.')
       if prefix != 'dynamics' or '.' in field:
-        raise ValueError(f'--set {item!r}: only dynamics.<field> definitions can be changed '
-                         'offline (the run itself, model, data and optimiser, cannot).')
+        raise ValueError(
+            f'--set {item!r}: only dynamics.<field> definitions can be changed '
+            'offline (the run itself, model, data and optimiser, cannot).'
+        )
     else:
       field = key
     if field in FIXED_FIELDS:
-      raise ValueError(f'--set dynamics.{field} cannot be changed offline: '
-                       f'{FIXED_FIELDS[field]}. Train a new run with --config.dynamics.{field}=...')
+      raise ValueError(
+          f'--set dynamics.{field} cannot be changed offline: '
+          f'{FIXED_FIELDS[field]}. Train a new run with --config.dynamics.{field}=...'
+      )
     if field not in base:
-      raise ValueError(f'--set: unknown field dynamics.{field}; fields that can be changed '
-                       f'offline: {", ".join(sorted(k for k in base if k not in FIXED_FIELDS))}.')
+      raise ValueError(
+          f'--set: unknown field dynamics.{field}; fields that can be changed '
+          f'offline: {", ".join(sorted(k for k in base if k not in FIXED_FIELDS))}.'
+      )
     out[field] = _typed(field, raw.strip(), base[field])
   return out
 
@@ -88,19 +96,27 @@ def _typed(field: str, raw: str, like: Any) -> Any:
     if isinstance(like, float):
       return float(raw)
   except ValueError:
-    kind = ('true or false' if isinstance(like, bool) else
-            'an integer' if isinstance(like, int) else 'a number')
-    raise ValueError(f'--set dynamics.{field}={raw!r}: expected {kind} '
-                     f'(its current value is {like!r}).') from None
+    kind = (
+        'true or false'
+        if isinstance(like, bool)
+        else 'an integer'
+        if isinstance(like, int)
+        else 'a number'
+    )
+    raise ValueError(
+        f'--set dynamics.{field}={raw!r}: expected {kind} ' f'(its current value is {like!r}).'
+    ) from None
   if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in '\'"':
     raw = raw[1:-1]
   return raw
 
 
-def apply_overrides(dcfg: ml_collections.ConfigDict,
-                    overrides: Dict[str, Any]) -> ml_collections.ConfigDict:
+def apply_overrides(
+    dcfg: ml_collections.ConfigDict, overrides: Dict[str, Any]
+) -> ml_collections.ConfigDict:
   """A copy of `dcfg` with `overrides` set, checked as a training run would check it."""
   from training import validate  # pylint: disable=g-import-not-at-top
+
   new = ml_collections.ConfigDict(dcfg.to_dict())
   for field, value in overrides.items():
     if field in FIXED_FIELDS:
@@ -117,11 +133,14 @@ def apply_overrides(dcfg: ml_collections.ConfigDict,
     raise ValueError(
         f'dynamics.dfa_order={new.dfa_order} needs DFA scales >= {int(new.dfa_order) + 2}, but '
         f'the smallest is {smallest} (dynamics.dfa_scales={new.dfa_scales!r}, '
-        f'dfa_min_scale={new.dfa_min_scale}); raise dynamics.dfa_min_scale or set dfa_scales.')
+        f'dfa_min_scale={new.dfa_min_scale}); raise dynamics.dfa_min_scale or set dfa_scales.'
+    )
   return new
 
 
-def changed_fields(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> Dict[str, Any]:
+def changed_fields(
+    old: ml_collections.ConfigDict, new: ml_collections.ConfigDict
+) -> Dict[str, Any]:
   """{field: (old, new)} for every definition field that differs."""
   return {k: (old.get(k), new[k]) for k in new if old.get(k) != new[k]}
 
@@ -139,8 +158,9 @@ def surrogate_key(dynamics: Optional[Dict[str, np.ndarray]], seed: int = 0) -> n
   return np.asarray(jax.random.key_data(jax.random.key(int(seed))), np.uint32)
 
 
-def probe_series(probe_signals: np.ndarray, dcfg,
-                 surrogate_key: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+def probe_series(
+    probe_signals: np.ndarray, dcfg, surrogate_key: Optional[np.ndarray] = None
+) -> Dict[str, np.ndarray]:
   """The tracker's probe (epoch) mode over a whole saved history, offline.
 
   At epoch e (0-based) the expanding history is probe_signals[:, :e+1] and the sliding one its
@@ -187,8 +207,9 @@ def _metric_names(spec, surrogate_key) -> Tuple[str, ...]:
   return METRICS + (tracker_lib.NULL_KEYS if with_nulls else ())
 
 
-def step_series(step_signals: np.ndarray, dcfg, chunk: int = 256,
-                surrogate_key: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+def step_series(
+    step_signals: np.ndarray, dcfg, chunk: int = 256, surrogate_key: Optional[np.ndarray] = None
+) -> Dict[str, np.ndarray]:
   """The tracker's step mode over a whole saved run, offline.
 
   Every `every_steps` steps, once `window` samples exist, the metrics over the last `window`
@@ -220,9 +241,10 @@ def step_series(step_signals: np.ndarray, dcfg, chunk: int = 256,
   due = candidates[candidates + 1 >= window]
   if len(due):
     batch = min(chunk, len(due))
-    for start in tqdm.tqdm(range(0, len(due), batch), desc='step-mode windows', unit='chunk',
-                           disable=None, leave=False):
-      steps = due[start:start + batch]
+    for start in tqdm.tqdm(
+        range(0, len(due), batch), desc='step-mode windows', unit='chunk', disable=None, leave=False
+    ):
+      steps = due[start : start + batch]
       idx = steps[:, None] - window + 1 + np.arange(window)[None, :]
       windows = np.transpose(x[:, idx], (1, 0, 2))  # [B, S, window]
       pad = batch - len(steps)  # one compiled shape for every chunk
@@ -232,26 +254,38 @@ def step_series(step_signals: np.ndarray, dcfg, chunk: int = 256,
       if names != METRICS:  # the key of each window's step, as in the tracker's record_step
         padded = np.concatenate([steps, np.repeat(steps[-1:], pad)])
         keys = jax.vmap(lambda t: nulls.evaluation_key(surrogate_key, 0, t))(
-            jnp.asarray(padded, jnp.int32))
+            jnp.asarray(padded, jnp.int32)
+        )
       m = jax.device_get(_metrics(jnp.asarray(windows), spec, scales, keys))
       for name in names:
-        out[name][steps] = np.asarray(m[name])[:len(steps)]
+        out[name][steps] = np.asarray(m[name])[: len(steps)]
       out['alphas'] = np.asarray(m['alphas'])[len(steps) - 1]
-  vol = stability.rolling_volatility(jnp.asarray(out['dsi'][candidates]),
-                                     int(dcfg.volatility_window_steps))
+  vol = stability.rolling_volatility(
+      jnp.asarray(out['dsi'][candidates]), int(dcfg.volatility_window_steps)
+  )
   vol = np.asarray(vol, np.float32)
   out['dsi_volatility'][due] = vol[candidates + 1 >= window]
   warmup = int(np.sum(candidates < int(dcfg.convergence_warmup_steps)))
-  first = int(stability.convergence_signal(jnp.asarray(vol), dcfg.convergence_rho,
-                                           dcfg.convergence_patience, warmup)) if len(vol) else -1
+  first = (
+      int(
+          stability.convergence_signal(
+              jnp.asarray(vol), dcfg.convergence_rho, dcfg.convergence_patience, warmup
+          )
+      )
+      if len(vol)
+      else -1
+  )
   out['convergence'] = int(candidates[first]) if first >= 0 else -1
   return out
 
 
 def logged_probe_series(dynamics: Dict[str, np.ndarray]) -> Dict[str, Any]:
   """The probe series as the run logged them, in `probe_series`' layout."""
-  out = {key[len('probe_'):]: np.asarray(value) for key, value in dynamics.items()
-         if key.startswith('probe_') and key not in ('probe_signals', 'probe_count')}
+  out = {
+      key[len('probe_') :]: np.asarray(value)
+      for key, value in dynamics.items()
+      if key.startswith('probe_') and key not in ('probe_signals', 'probe_count')
+  }
   for key in ('convergence', 'sliding_convergence'):
     if key in out:
       out[key] = int(out[key])

@@ -47,6 +47,7 @@ def _wrap(title: str, width: int = 90) -> str:
 def _min_epochs(dcfg) -> int:
   """Probe samples (epochs) the DFA scales of `dcfg` need."""
   from training import validate  # pylint: disable=g-import-not-at-top
+
   return validate.min_dfa_length(dcfg) or 0
 
 
@@ -62,8 +63,7 @@ def training_curves(runs, path: str):
   fig, axes = plt.subplots(len(datasets), 3, figsize=(15, 3.8 * len(datasets)), squeeze=False)
   for row, dataset in zip(axes, datasets):
     for run in (r for r in runs if r.dataset_label == dataset):
-      kw = dict(color=colors[run.model], ls=styles[run.seed % len(styles)],
-                label=run.name)
+      kw = dict(color=colors[run.model], ls=styles[run.seed % len(styles)], label=run.name)
       train = run.scalars().get('train/loss')
       spe = run.steps_per_epoch
       if train is not None and len(train) and spe:
@@ -72,8 +72,11 @@ def training_curves(runs, path: str):
       row[1].plot(_epochs(len(test_loss)), test_loss, marker='.', **kw)
       acc = run.test_accuracy
       row[2].plot(_epochs(len(acc)), acc, marker='.', **kw)
-    row[0].set(xlabel='epoch', ylabel='cross-entropy loss (nats)',
-               title=f'{dataset}: training loss (logged steps)')
+    row[0].set(
+        xlabel='epoch',
+        ylabel='cross-entropy loss (nats)',
+        title=f'{dataset}: training loss (logged steps)',
+    )
     row[1].set(xlabel='epoch', ylabel='cross-entropy loss (nats)', title=f'{dataset}: test loss')
     row[2].set(xlabel='epoch', ylabel='test accuracy (%)', title=f'{dataset}: test accuracy')
     for ax in row:
@@ -104,8 +107,10 @@ def integration_bars(table: Dict[str, Dict[str, Dict[str, List[float]]]], path: 
       x = np.arange(len(models)) + (j - (len(datasets) - 1) / 2) * width
       ax.bar(x, means, width, yerr=stds, capsize=3, label=f'{dataset} (n = {max(ns)} seeds)')
     ax.set_xticks(np.arange(len(models)), models, rotation=20)
-    ax.set(ylabel='integration (mean DFA alpha, final epoch)',
-           title=_wrap(title, 60) + f'\n{HISTORY_TITLES[prefix]}')
+    ax.set(
+        ylabel='integration (mean DFA alpha, final epoch)',
+        title=_wrap(title, 60) + f'\n{HISTORY_TITLES[prefix]}',
+    )
     ax.axhline(0.5, color='k', lw=0.8, ls=':', label='white noise (0.5)')
     ax.grid(alpha=0.3, axis='y')
     ax.legend(fontsize=8)
@@ -123,29 +128,57 @@ def lead_figure(view, path: str, title: str):
   lines = []
   plateau = view.plateau
   if plateau >= 0:
-    lines.append(ax_acc.axvline(plateau + 1, color='k', ls='--',
-                                label=f'accuracy plateau (epoch {plateau + 1}, '
-                                      f'delta {view.dcfg.plateau_delta:g} points)'))
+    lines.append(
+        ax_acc.axvline(
+            plateau + 1,
+            color='k',
+            ls='--',
+            label=f'accuracy plateau (epoch {plateau + 1}, '
+            f'delta {view.dcfg.plateau_delta:g} points)',
+        )
+    )
   for prefix, color in (('', 'C0'), ('sliding_', 'C1')):
     vol = view.probe[prefix + 'dsi_volatility']
-    lines += ax_vol.plot(_epochs(len(vol)), vol, color=color, marker='o', ms=3,
-                         label=f'DSI volatility, {HISTORY_TITLES[prefix]}')
+    lines += ax_vol.plot(
+        _epochs(len(vol)),
+        vol,
+        color=color,
+        marker='o',
+        ms=3,
+        label=f'DSI volatility, {HISTORY_TITLES[prefix]}',
+    )
     conv = view.convergence(prefix)
     if conv >= 0:
       lead = view.lead(prefix)
-      lines.append(ax_vol.axvline(conv + 1, color=color, ls=':', lw=2,
-                                  label=f'convergence signal, {HISTORY_TITLES[prefix]} '
-                                        f'(epoch {conv + 1}, lead {lead:+d} epochs)'
-                                  if lead is not None else
-                                  f'convergence signal, {HISTORY_TITLES[prefix]} (epoch {conv + 1})'))
+      lines.append(
+          ax_vol.axvline(
+              conv + 1,
+              color=color,
+              ls=':',
+              lw=2,
+              label=f'convergence signal, {HISTORY_TITLES[prefix]} '
+              f'(epoch {conv + 1}, lead {lead:+d} epochs)'
+              if lead is not None
+              else f'convergence signal, {HISTORY_TITLES[prefix]} (epoch {conv + 1})',
+          )
+      )
     else:
-      lines += ax_vol.plot([], [], color=color, ls=':',
-                           label=f'convergence signal, {HISTORY_TITLES[prefix]}: did not fire')
+      lines += ax_vol.plot(
+          [],
+          [],
+          color=color,
+          ls=':',
+          label=f'convergence signal, {HISTORY_TITLES[prefix]}: did not fire',
+      )
   ax_vol.set_ylabel(f'DSI volatility (std over {view.dcfg.volatility_window_epochs} epochs)')
   if not any(np.isfinite(view.probe[p + 'dsi_volatility']).any() for p in ('', 'sliding_')):
-    _undefined(ax_vol, 'DSI volatility',
-               _min_epochs(view.dcfg) + int(view.dcfg.volatility_window_epochs) - 1,
-               len(view.probe['dsi']), 'epochs')
+    _undefined(
+        ax_vol,
+        'DSI volatility',
+        _min_epochs(view.dcfg) + int(view.dcfg.volatility_window_epochs) - 1,
+        len(view.probe['dsi']),
+        'epochs',
+    )
   ax_acc.grid(alpha=0.3)
   ax_acc.legend(handles=[ax_acc.lines[0]] + lines, fontsize=7, loc='best')
   _save(fig, path)
@@ -174,14 +207,18 @@ def trajectories(views, prefix: str, path: str, title: str):
       ax.annotate(f'e{first + 1}', (meta[first], integ[first]), fontsize=7, color=color)
       ax.annotate(f'e{last + 1}', (meta[last], integ[last]), fontsize=7, color=color)
     if not ax.lines:
-      has = max((len(v.probe[prefix + 'integration']) for v in views
-                 if v.run.dataset_label == dataset), default=0)
+      has = max(
+          (len(v.probe[prefix + 'integration']) for v in views if v.run.dataset_label == dataset),
+          default=0,
+      )
       _undefined(ax, 'integration', _min_epochs(views[0].dcfg), has, 'epochs')
     ax.plot([], [], 'o', color='gray', mfc='white', label='first epoch defined')
     ax.plot([], [], 's', color='gray', label='last epoch')
-    ax.set(xlabel='metastability (std over time of Kuramoto R, unitless)',
-           ylabel='integration (mean DFA alpha, unitless)',
-           title=_wrap(title, 60) + f'\n{dataset}, {HISTORY_TITLES[prefix]}')
+    ax.set(
+        xlabel='metastability (std over time of Kuramoto R, unitless)',
+        ylabel='integration (mean DFA alpha, unitless)',
+        title=_wrap(title, 60) + f'\n{dataset}, {HISTORY_TITLES[prefix]}',
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   _save(fig, path)
@@ -189,17 +226,26 @@ def trajectories(views, prefix: str, path: str, title: str):
 
 def ablation_probe(old: Dict, new: Dict, path: str, title: str, old_label: str, new_label: str):
   """Epoch-mode series under the logged and the new definition, side by side."""
-  panels = [('integration', 'integration (mean DFA alpha)'),
-            ('metastability', 'metastability (std of R)'),
-            ('dsi', 'dynamical stability index'),
-            ('dsi_volatility', 'DSI volatility (rolling std)')]
+  panels = [
+      ('integration', 'integration (mean DFA alpha)'),
+      ('metastability', 'metastability (std of R)'),
+      ('dsi', 'dynamical stability index'),
+      ('dsi_volatility', 'DSI volatility (rolling std)'),
+  ]
   fig, axes = plt.subplots(2, 2, figsize=(12, 7.5))
   for ax, (key, label) in zip(axes.flat, panels):
     for prefix, color in (('', 'C0'), ('sliding_', 'C1')):
       for series, style, which in ((old, '-', old_label), (new, '--', new_label)):
         y = series[prefix + key]
-        ax.plot(_epochs(len(y)), y, color=color, ls=style, marker='.', ms=3,
-                label=f'{which}, {HISTORY_TITLES[prefix]}')
+        ax.plot(
+            _epochs(len(y)),
+            y,
+            color=color,
+            ls=style,
+            marker='.',
+            ms=3,
+            label=f'{which}, {HISTORY_TITLES[prefix]}',
+        )
     ax.set(xlabel='epoch', ylabel=f'{label} (unitless)', title=label)
     ax.grid(alpha=0.3)
     _epoch_axis(ax, len(old['dsi']))
@@ -208,12 +254,21 @@ def ablation_probe(old: Dict, new: Dict, path: str, title: str, old_label: str, 
   _save(fig, path)
 
 
-def ablation_step(old: Dict, new: Dict, steps_per_epoch: Optional[int], path: str, title: str,
-                  old_label: str, new_label: str):
+def ablation_step(
+    old: Dict,
+    new: Dict,
+    steps_per_epoch: Optional[int],
+    path: str,
+    title: str,
+    old_label: str,
+    new_label: str,
+):
   """Step-mode DSI and its volatility under the logged and the new definition."""
   fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-  for ax, key, label in ((axes[0], 'dsi', 'step-mode DSI'),
-                         (axes[1], 'dsi_volatility', 'step-mode DSI volatility')):
+  for ax, key, label in (
+      (axes[0], 'dsi', 'step-mode DSI'),
+      (axes[1], 'dsi_volatility', 'step-mode DSI volatility'),
+  ):
     for series, style, which, color in ((old, '-', old_label, 'C0'), (new, '--', new_label, 'C3')):
       y = series[key]
       ok = np.isfinite(y)
@@ -221,8 +276,11 @@ def ablation_step(old: Dict, new: Dict, steps_per_epoch: Optional[int], path: st
       conv = series.get('convergence', -1)
       if conv >= 0:
         ax.axvline(conv + 1, color=color, ls=':', label=f'{which}: convergence (step {conv + 1})')
-    ax.set(xlabel='training step' + (f' ({steps_per_epoch} per epoch)' if steps_per_epoch else ''),
-           ylabel=f'{label} (unitless)', title=label)
+    ax.set(
+        xlabel='training step' + (f' ({steps_per_epoch} per epoch)' if steps_per_epoch else ''),
+        ylabel=f'{label} (unitless)',
+        title=label,
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
   fig.suptitle(_wrap(title, 110))
@@ -249,9 +307,17 @@ def _undefined(ax, what: str, needs: int, has: int, unit: str):
 
 
 def _note(ax, text: str):
-  ax.text(0.5, 0.5, '\n'.join(textwrap.wrap(text, 48)), transform=ax.transAxes, ha='center',
-          va='center', fontsize=9, color='0.3',
-          bbox=dict(boxstyle='round', fc='0.96', ec='0.7'))
+  ax.text(
+      0.5,
+      0.5,
+      '\n'.join(textwrap.wrap(text, 48)),
+      transform=ax.transAxes,
+      ha='center',
+      va='center',
+      fontsize=9,
+      color='0.3',
+      bbox=dict(boxstyle='round', fc='0.96', ec='0.7'),
+  )
 
 
 def _marker(n: int) -> Dict:
@@ -278,13 +344,19 @@ def run_training(run, path: str):
   """Loss (log scale when a spike would flatten it) and accuracy of one run, per step."""
   scalars = run.scalars()
   fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-  for ax, key, ylabel in ((ax_loss, 'loss', 'cross-entropy loss (nats)'),
-                          (ax_acc, 'accuracy', 'accuracy (%)')):
+  for ax, key, ylabel in (
+      (ax_loss, 'loss', 'cross-entropy loss (nats)'),
+      (ax_acc, 'accuracy', 'accuracy (%)'),
+  ):
     train, test = scalars.get(f'train/{key}'), scalars.get(f'eval/{key}')
     counts = []
     if train is not None and len(train):
-      ax.plot(train[:, 0], train[:, 1], label=f'train batch (n = {len(train)} logged steps)',
-              **_marker(len(train)))
+      ax.plot(
+          train[:, 0],
+          train[:, 1],
+          label=f'train batch (n = {len(train)} logged steps)',
+          **_marker(len(train)),
+      )
       counts.append(len(train))
     if test is not None and len(test):
       ax.plot(test[:, 0], test[:, 1], marker='o', label=f'test set (n = {len(test)} epochs)')
@@ -293,8 +365,11 @@ def run_training(run, path: str):
     elif key == 'loss':
       _log_if_spiky(ax, train[:, 1])
     spe = run.steps_per_epoch
-    ax.set(xlabel='training step' + (f' ({spe} per epoch)' if spe else ''), ylabel=ylabel,
-           title=_wrap(f'{run_title(run)}: {key}', 60))
+    ax.set(
+        xlabel='training step' + (f' ({spe} per epoch)' if spe else ''),
+        ylabel=ylabel,
+        title=_wrap(f'{run_title(run)}: {key}', 60),
+    )
     ax.grid(alpha=0.3)
     _legend(ax)
   _save(fig, path)
@@ -307,11 +382,16 @@ def run_step_dynamics(run, path: str):
   steps_done = int(dyn['step_dsi'].shape[0])
   window = int(dyn['step_window']) if 'step_window' in dyn else int(dcfg.window)
   every, vol_w = int(dcfg.every_steps), int(dcfg.volatility_window_steps)
-  panels = [('integration', 'integration (mean DFA alpha, unitless)', window),
-            ('metastability', 'metastability (std over time of Kuramoto R)', window),
-            ('dsi', 'dynamical stability index (unitless)', window),
-            ('dsi_volatility', f'DSI volatility (std of the last {vol_w} DSI values)',
-             window + (vol_w - 1) * every)]
+  panels = [
+      ('integration', 'integration (mean DFA alpha, unitless)', window),
+      ('metastability', 'metastability (std over time of Kuramoto R)', window),
+      ('dsi', 'dynamical stability index (unitless)', window),
+      (
+          'dsi_volatility',
+          f'DSI volatility (std of the last {vol_w} DSI values)',
+          window + (vol_w - 1) * every,
+      ),
+  ]
   fig, axes = plt.subplots(2, 2, figsize=(11, 7))
   for ax, (key, label, needs) in zip(axes.flat, panels):
     y = np.asarray(dyn[f'step_{key}'], np.float64)
@@ -334,8 +414,13 @@ def run_step_dynamics(run, path: str):
     ax_vol.plot([], [], color='C3', ls='--', label='convergence signal: did not fire')
   for ax in axes.flat:
     _legend(ax)
-  fig.suptitle(_wrap(f'{run_title(run)}: step-mode dynamics (training forward pass, sliding '
-                     f'window of {window} steps, every {every})', 110))
+  fig.suptitle(
+      _wrap(
+          f'{run_title(run)}: step-mode dynamics (training forward pass, sliding '
+          f'window of {window} steps, every {every})',
+          110,
+      )
+  )
   _save(fig, path)
 
 
@@ -352,51 +437,87 @@ def run_epoch_dynamics(run, path: str, min_epochs: int, plateau: int):
   for prefix, color in (('', 'C0'), ('sliding_', 'C1')):
     dsi = np.asarray(dyn[f'probe_{prefix}dsi'], np.float64)
     if np.isfinite(dsi).any():
-      ax_dsi.plot(epochs, dsi, color=color, marker='o', ms=3,
-                  label=f'{HISTORY_TITLES[prefix]} (n = {int(np.isfinite(dsi).sum())} epochs)')
+      ax_dsi.plot(
+          epochs,
+          dsi,
+          color=color,
+          marker='o',
+          ms=3,
+          label=f'{HISTORY_TITLES[prefix]} (n = {int(np.isfinite(dsi).sum())} epochs)',
+      )
   if not ax_dsi.lines:
     _undefined(ax_dsi, 'epoch-mode DSI', min_epochs, count, 'epochs (probe samples)')
-  ax_dsi.set(xlabel='epoch', ylabel='DSI (unitless)',
-             title=_wrap(f'{run_title(run)}: DSI per epoch (probe batch of '
-                         f'{dcfg.probe_size} {dcfg.probe_split} images)', 60))
+  ax_dsi.set(
+      xlabel='epoch',
+      ylabel='DSI (unitless)',
+      title=_wrap(
+          f'{run_title(run)}: DSI per epoch (probe batch of '
+          f'{dcfg.probe_size} {dcfg.probe_split} images)',
+          60,
+      ),
+  )
   acc = run.test_accuracy
   ax_acc = ax_vol.twinx()
   handles = []
   if len(acc):
-    handles += ax_acc.plot(_epochs(len(acc)), acc, color='k', alpha=0.6, marker='.',
-                           label='test accuracy')
+    handles += ax_acc.plot(
+        _epochs(len(acc)), acc, color='k', alpha=0.6, marker='.', label='test accuracy'
+    )
   ax_acc.set_ylabel('test accuracy (%)')
   if plateau >= 0:
-    handles.append(ax_acc.axvline(plateau + 1, color='k', ls='--',
-                                  label=f'accuracy plateau (epoch {plateau + 1})'))
+    handles.append(
+        ax_acc.axvline(
+            plateau + 1, color='k', ls='--', label=f'accuracy plateau (epoch {plateau + 1})'
+        )
+    )
   else:
     handles += ax_acc.plot([], [], color='k', ls='--', label='accuracy plateau: not reached')
   vol_w = int(dcfg.volatility_window_epochs)
   for prefix, color in (('', 'C0'), ('sliding_', 'C1')):
     vol = np.asarray(dyn[f'probe_{prefix}dsi_volatility'], np.float64)
     if np.isfinite(vol).any():
-      handles += ax_vol.plot(epochs, vol, color=color, marker='o', ms=3,
-                             label=f'DSI volatility, {HISTORY_TITLES[prefix]}')
+      handles += ax_vol.plot(
+          epochs,
+          vol,
+          color=color,
+          marker='o',
+          ms=3,
+          label=f'DSI volatility, {HISTORY_TITLES[prefix]}',
+      )
     conv = int(dyn[f'probe_{prefix}convergence'])
     if conv >= 0:
-      handles.append(ax_vol.axvline(conv + 1, color=color, ls=':', lw=2,
-                                    label=f'convergence signal, {HISTORY_TITLES[prefix]} '
-                                          f'(epoch {conv + 1})'))
+      handles.append(
+          ax_vol.axvline(
+              conv + 1,
+              color=color,
+              ls=':',
+              lw=2,
+              label=f'convergence signal, {HISTORY_TITLES[prefix]} ' f'(epoch {conv + 1})',
+          )
+      )
     else:
-      handles += ax_vol.plot([], [], color=color, ls=':',
-                             label=f'convergence signal, {HISTORY_TITLES[prefix]}: did not fire')
+      handles += ax_vol.plot(
+          [],
+          [],
+          color=color,
+          ls=':',
+          label=f'convergence signal, {HISTORY_TITLES[prefix]}: did not fire',
+      )
   if not any(np.isfinite(dyn[f'probe_{p}dsi_volatility']).any() for p in ('', 'sliding_')):
-    _undefined(ax_vol, 'DSI volatility', min_epochs + vol_w - 1, count,
-               'epochs (probe samples)')
-  ax_vol.set(xlabel='epoch', ylabel=f'DSI volatility (std over {vol_w} epochs)',
-             title='volatility vs test accuracy')
+    _undefined(ax_vol, 'DSI volatility', min_epochs + vol_w - 1, count, 'epochs (probe samples)')
+  ax_vol.set(
+      xlabel='epoch',
+      ylabel=f'DSI volatility (std over {vol_w} epochs)',
+      title='volatility vs test accuracy',
+  )
   for ax in (ax_dsi, ax_vol):
     _epoch_axis(ax, count)
     ax.grid(alpha=0.3)
   _legend(ax_dsi)
   # Below the axes: eight entries over two series would cover the data.
-  ax_vol.legend(handles=handles, fontsize=7, loc='upper center', bbox_to_anchor=(0.5, -0.15),
-                ncol=2)
+  ax_vol.legend(
+      handles=handles, fontsize=7, loc='upper center', bbox_to_anchor=(0.5, -0.15), ncol=2
+  )
   _save(fig, path)
 
 
@@ -411,18 +532,28 @@ def run_alphas(run, path: str, min_epochs: int):
     alphas, source = probe, f'probe, whole history of {int(dyn["probe_count"])} epochs'
   else:
     alphas = dyn.get('step_alphas')
-    source = (f'training steps, last window of {int(dyn["step_window"])}'
-              if 'step_window' in dyn else 'training steps')
+    source = (
+        f'training steps, last window of {int(dyn["step_window"])}'
+        if 'step_window' in dyn
+        else 'training steps'
+    )
   if alphas is not None and np.isfinite(alphas).any():
     ax.bar(range(len(alphas)), alphas, label=f'n = {len(alphas)} signals')
     ax.axhline(0.5, color='k', lw=0.8, ls=':', label='white noise (0.5)')
     ax.axhline(1.5, color='k', lw=0.8, ls='--', label='random walk (1.5)')
   else:
-    _undefined(ax, 'per-tap DFA exponent', min_epochs, int(dyn.get('probe_count', 0)),
-               'epochs (probe), and no step window was computed')
+    _undefined(
+        ax,
+        'per-tap DFA exponent',
+        min_epochs,
+        int(dyn.get('probe_count', 0)),
+        'epochs (probe), and no step window was computed',
+    )
   ax.set_xticks(range(len(names)), names, rotation=75, fontsize=7)
-  ax.set(ylabel='DFA exponent alpha (unitless)',
-         title=_wrap(f'{run_title(run)}: per-tap integration ({source})', 80))
+  ax.set(
+      ylabel='DFA exponent alpha (unitless)',
+      title=_wrap(f'{run_title(run)}: per-tap integration ({source})', 80),
+  )
   _legend(ax)
   _save(fig, path)
 
@@ -434,7 +565,7 @@ def _band(ax, curves, label, color):
     return
   grid = np.full((len(curves), length), np.nan)
   for i, c in enumerate(curves):
-    grid[i, :len(c)] = c
+    grid[i, : len(c)] = c
     ax.plot(np.arange(1, len(c) + 1), c, color=color, lw=0.6, alpha=0.35)
   epochs = np.arange(1, length + 1)
   with warnings.catch_warnings():  # an epoch that no seed reached yet: NaN, not a warning
@@ -454,8 +585,11 @@ def seeds(runs, path: str, title: str):
   _band(axes[1], [r.epoch_values('eval/loss') for r in runs], 'test loss', 'C1')
   axes[1].set(xlabel='epoch', ylabel='cross-entropy loss (nats)', title=f'{title}: test loss')
   _band(axes[2], [r.dynamics['probe_dsi'] for r in runs if r.has_probe], 'DSI', 'C2')
-  axes[2].set(xlabel='epoch', ylabel='DSI (probe, expanding history)',
-              title=f'{title}: dynamical stability index')
+  axes[2].set(
+      xlabel='epoch',
+      ylabel='DSI (probe, expanding history)',
+      title=f'{title}: dynamical stability index',
+  )
   for ax in axes:
     ax.grid(alpha=0.3)
     _legend(ax)

@@ -31,6 +31,7 @@ C10, C100 = 'CIFAR-10', 'CIFAR-100'
 @dataclasses.dataclass
 class View:
   """One run under one metric definition: its epoch-mode (and step-mode) series."""
+
   run: runs_lib.Run
   dcfg: ml_collections.ConfigDict
   probe: Dict[str, Any]
@@ -48,7 +49,8 @@ class View:
     return int(self.probe[prefix + 'convergence'])
 
   def lead(self, prefix: str) -> Optional[int]:
-    """plateau - convergence in epochs (positive: the signal came first); None if either is missing."""
+    """plateau - convergence in epochs (positive: the signal came first); None if either is
+    missing."""
     conv, plateau = self.convergence(prefix), self.plateau
     return plateau - conv if conv >= 0 and plateau >= 0 else None
 
@@ -101,8 +103,9 @@ def _cell(values: Sequence[float]) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
-  return (['| ' + ' | '.join(header) + ' |', '| ' + ' | '.join('---' for _ in header) + ' |']
-          + ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows])
+  return ['| ' + ' | '.join(header) + ' |', '| ' + ' | '.join('---' for _ in header) + ' |'] + [
+      '| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows
+  ]
 
 
 def _slug(text: str) -> str:
@@ -120,6 +123,7 @@ def _names(items: Sequence[str]) -> str:
 @dataclasses.dataclass
 class Separation:
   """Finding 1 for one history under one definition."""
+
   prefix: str
   values: Dict[str, Dict[str, List[float]]]  # model -> dataset label -> final values (seeds)
   diffs: Dict[str, Tuple[float, float]]  # model -> (mean C10 - mean C100, its standard error)
@@ -138,34 +142,48 @@ class Separation:
     name = HISTORY_NAMES[self.prefix]
     n = len(self.compared)
     if not n:
-      return (f'**{name}**: cannot be assessed: no model has a final integration value on both '
-              'CIFAR-10 and CIFAR-100.')
+      return (
+          f'**{name}**: cannot be assessed: no model has a final integration value on both '
+          'CIFAR-10 and CIFAR-100.'
+      )
     one_way = len(self.higher) == n or len(self.lower) == n
-    text = (f'**{name}**: integration CIFAR-10 > CIFAR-100 for {len(self.higher)} of {n} '
-            f'models{_names(self.higher)}; CIFAR-10 < CIFAR-100 for {len(self.lower)} of {n}'
-            f'{_names(self.lower)}')
+    text = (
+        f'**{name}**: integration CIFAR-10 > CIFAR-100 for {len(self.higher)} of {n} '
+        f'models{_names(self.higher)}; CIFAR-10 < CIFAR-100 for {len(self.lower)} of {n}'
+        f'{_names(self.lower)}'
+    )
     if self.equal:
       text += f'; equal for {len(self.equal)}{_names(self.equal)}'
-    text += (f'. A separation in one direction for every model: '
-             f'**{"holds" if one_way else "does not hold"}**')
+    text += (
+        f'. A separation in one direction for every model: '
+        f'**{"holds" if one_way else "does not hold"}**'
+    )
     if self.se_models:
-      text += (f'; the difference exceeds 2 standard errors of the seed spread for '
-               f'{len(self.beyond_2se)} of {len(self.se_models)} models with several seeds'
-               f'{_names(self.beyond_2se)}')
+      text += (
+          f'; the difference exceeds 2 standard errors of the seed spread for '
+          f'{len(self.beyond_2se)} of {len(self.se_models)} models with several seeds'
+          f'{_names(self.beyond_2se)}'
+      )
     else:
       text += ' (one seed per cell: the seed spread is unknown)'
     tested = {m: t for m, t in self.tests.items() if np.isfinite(t['p'])}
     if tested:
       significant = sorted(m for m, t in tested.items() if t['p'] < stats.ALPHA)
       powerless = sorted(m for m, t in tested.items() if t['min_p'] >= stats.ALPHA)
-      text += (f'; the difference is significant (p < {stats.ALPHA}) for {len(significant)} of '
-               f'{len(tested)} tested models{_names(significant)}')
+      text += (
+          f'; the difference is significant (p < {stats.ALPHA}) for {len(significant)} of '
+          f'{len(tested)} tested models{_names(significant)}'
+      )
       if powerless:
-        text += (f', and {len(powerless)} cannot reach p < {stats.ALPHA} with their seeds '
-                 f'(permutation test){_names(powerless)}')
+        text += (
+            f', and {len(powerless)} cannot reach p < {stats.ALPHA} with their seeds '
+            f'(permutation test){_names(powerless)}'
+        )
       every = len(significant) == n and one_way
-      text += (f'. Separation in one direction, significant for every model: '
-               f'**{"holds" if every else "not shown"}**')
+      text += (
+          f'. Separation in one direction, significant for every model: '
+          f'**{"holds" if every else "not shown"}**'
+      )
     return text + '.'
 
 
@@ -173,7 +191,8 @@ def integration_separation(views: Sequence[View], prefix: str) -> Separation:
   values: Dict[str, Dict[str, List[float]]] = {}
   for view in views:
     values.setdefault(view.run.model, {}).setdefault(view.run.dataset_label, []).append(
-        view.final('integration', prefix))
+        view.final('integration', prefix)
+    )
   diffs, higher, lower, equal, beyond, se_models, tests = {}, [], [], [], [], [], {}
   for model, cells in values.items():
     m10, s10, n10 = mean_std(cells.get(C10, []))
@@ -195,8 +214,7 @@ def integration_separation(views: Sequence[View], prefix: str) -> Separation:
 def _test_cell(t: Dict[str, Any]) -> str:
   if t['test'] == 'none' or not np.isfinite(t['p']):
     return 'n/a'
-  ci = (f'95% CI [{t["ci_low"]:+.3f}, {t["ci_high"]:+.3f}], ' if np.isfinite(t['ci_low'])
-        else '')
+  ci = f'95% CI [{t["ci_low"]:+.3f}, {t["ci_high"]:+.3f}], ' if np.isfinite(t['ci_low']) else ''
   name = "Welch's t" if t['test'] == 'welch' else 'exact permutation'
   return f'{ci}{name} p = {t["p"]:.3g} (n = {t["n_a"]} + {t["n_b"]})'
 
@@ -212,21 +230,32 @@ def _null_rows(views: Sequence[View]) -> List[List[str]]:
         cells.append('n/a')
       else:
         cells.append(f'z = {float(z[-1]):+.2f}, p = {float(p[-1]):.3f}')
-    rows.append([view.run.name, view.run.model, view.run.dataset_label, view.run.seed,
-                 _f(view.final('integration'))] + cells)
+    rows.append(
+        [
+            view.run.name,
+            view.run.model,
+            view.run.dataset_label,
+            view.run.seed,
+            _f(view.final('integration')),
+        ]
+        + cells
+    )
   return rows
 
 
 def _finding1(definitions: Sequence[Definition], fig_dir: str, rel: str) -> List[str]:
-  lines = ['## Finding 1: integration separates CIFAR-10 from CIFAR-100', '',
-           'Claim (the study): for every architecture, integration differs between CIFAR-10 and '
-           'the harder CIFAR-100. Computed: the final epoch-mode integration (mean DFA alpha over '
-           'the probe signals at the last epoch) on the expanding history and on the sliding '
-           'window, per model and dataset; mean ± sample std (n seeds) where several seeds exist; '
-           'the difference of the means CIFAR-10 − CIFAR-100 and its sign. With several seeds on '
-           'both datasets the standard error of the difference is sqrt(s10²/n10 + s100²/n100). '
-           '"n/a": the history was too short for 3 DFA scales (or the signals were constant).',
-           '']
+  lines = [
+      '## Finding 1: integration separates CIFAR-10 from CIFAR-100',
+      '',
+      'Claim (the study): for every architecture, integration differs between CIFAR-10 and '
+      'the harder CIFAR-100. Computed: the final epoch-mode integration (mean DFA alpha over '
+      'the probe signals at the last epoch) on the expanding history and on the sliding '
+      'window, per model and dataset; mean ± sample std (n seeds) where several seeds exist; '
+      'the difference of the means CIFAR-10 − CIFAR-100 and its sign. With several seeds on '
+      'both datasets the standard error of the difference is sqrt(s10²/n10 + s100²/n100). '
+      '"n/a": the history was too short for 3 DFA scales (or the signals were constant).',
+      '',
+  ]
   for definition in definitions:
     seps = {p: integration_separation(definition.views, p) for p in HISTORIES}
     datasets = sorted({d for s in seps.values() for cells in s.values.values() for d in cells})
@@ -239,32 +268,60 @@ def _finding1(definitions: Sequence[Definition], fig_dir: str, rel: str) -> List
         sign = 'n/a' if not np.isfinite(diff) else '+' if diff > 0 else '−' if diff < 0 else '0'
         diff_text = _f(diff) + (f' ± {se:.3f} (SE)' if np.isfinite(se) else '')
         test = sep.tests.get(model)
-        rows.append([model, HISTORY_NAMES[prefix]]
-                    + [_cell(sep.values[model].get(d, [])) for d in datasets]
-                    + [diff_text, sign, _test_cell(test) if test else 'n/a'])
+        rows.append(
+            [model, HISTORY_NAMES[prefix]]
+            + [_cell(sep.values[model].get(d, [])) for d in datasets]
+            + [diff_text, sign, _test_cell(test) if test else 'n/a']
+        )
     name = f'integration_{definition.key}.png'
-    figures.integration_bars({p: seps[p].values for p in HISTORIES},
-                             os.path.join(fig_dir, name),
-                             f'Final integration per model and dataset ({definition.title})')
+    figures.integration_bars(
+        {p: seps[p].values for p in HISTORIES},
+        os.path.join(fig_dir, name),
+        f'Final integration per model and dataset ({definition.title})',
+    )
     lines += [f'### {definition.title}', ''] + _table(header, rows) + ['']
     lines += [f'- {seps[p].verdict()}' for p in HISTORIES]
     lines += ['', f'![integration per model and dataset]({rel}/{name})', '']
     null_rows = _null_rows(definition.views)
     if any(c != 'n/a' for row in null_rows for c in row[5:]):
-      zs = [float(v.probe['integration_z'][-1]) for v in definition.views
-            if 'integration_z' in v.probe and len(v.probe['integration_z'])
-            and np.isfinite(v.probe['integration_z'][-1])]
-      above = sum(float(v.probe['integration_p'][-1]) < stats.ALPHA for v in definition.views
-                  if 'integration_p' in v.probe and len(v.probe['integration_p'])
-                  and np.isfinite(v.probe['integration_p'][-1]))
-      lines += ['Each run\'s final integration against its shuffle null (the same history with '
-                'every signal\'s samples permuted: no temporal structure, alpha about 0.5); z = '
-                '(value − null mean) / null std, one-sided p = (1 + #{null ≥ value}) / '
-                '(1 + surrogates):', '']
-      lines += _table(['run', 'model', 'dataset', 'seed', 'integration (expanding)',
-                       'vs null (expanding)', 'vs null (sliding)'], null_rows) + ['']
-      lines += [f'- Integration exceeds its shuffle null (p < {stats.ALPHA}, expanding history) '
-                f'in {above} of {len(zs)} runs; median z {np.median(zs):+.2f}.', '']
+      zs = [
+          float(v.probe['integration_z'][-1])
+          for v in definition.views
+          if 'integration_z' in v.probe
+          and len(v.probe['integration_z'])
+          and np.isfinite(v.probe['integration_z'][-1])
+      ]
+      above = sum(
+          float(v.probe['integration_p'][-1]) < stats.ALPHA
+          for v in definition.views
+          if 'integration_p' in v.probe
+          and len(v.probe['integration_p'])
+          and np.isfinite(v.probe['integration_p'][-1])
+      )
+      lines += [
+          "Each run's final integration against its shuffle null (the same history with "
+          "every signal's samples permuted: no temporal structure, alpha about 0.5); z = "
+          '(value − null mean) / null std, one-sided p = (1 + #{null ≥ value}) / '
+          '(1 + surrogates):',
+          '',
+      ]
+      lines += _table(
+          [
+              'run',
+              'model',
+              'dataset',
+              'seed',
+              'integration (expanding)',
+              'vs null (expanding)',
+              'vs null (sliding)',
+          ],
+          null_rows,
+      ) + ['']
+      lines += [
+          f'- Integration exceeds its shuffle null (p < {stats.ALPHA}, expanding history) '
+          f'in {above} of {len(zs)} runs; median z {np.median(zs):+.2f}.',
+          '',
+      ]
   return lines
 
 
@@ -275,6 +332,7 @@ def _finding1(definitions: Sequence[Definition], fig_dir: str, rel: str) -> List
 @dataclasses.dataclass
 class LeadCount:
   """Finding 2 for one history under one definition: runs by sign of the lead time."""
+
   prefix: str
   early: List[str]
   same: List[str]
@@ -285,24 +343,30 @@ class LeadCount:
 
   @property
   def total(self) -> int:
-    return len(self.early) + len(self.same) + len(self.late) + len(self.never) + len(
-        self.no_plateau)
+    return (
+        len(self.early) + len(self.same) + len(self.late) + len(self.never) + len(self.no_plateau)
+    )
 
   def verdict(self) -> str:
     name = HISTORY_NAMES[self.prefix]
     n = self.total
-    text = (f'**{name}**: the convergence signal fired before the accuracy plateau (lead > 0) '
-            f'in {len(self.early)} of {n} runs{_names(self.early)}; at the plateau epoch in '
-            f'{len(self.same)}; after it in {len(self.late)}{_names(self.late)}; it never fired '
-            f'in {len(self.never)}{_names(self.never)}')
+    text = (
+        f'**{name}**: the convergence signal fired before the accuracy plateau (lead > 0) '
+        f'in {len(self.early)} of {n} runs{_names(self.early)}; at the plateau epoch in '
+        f'{len(self.same)}; after it in {len(self.late)}{_names(self.late)}; it never fired '
+        f'in {len(self.never)}{_names(self.never)}'
+    )
     if self.no_plateau:
       text += f'; no plateau in {len(self.no_plateau)}{_names(self.no_plateau)}'
     mean, std, k = mean_std(self.leads)
     if k:
       text += f'. Lead time {mean:+.2f} epochs' + (f' ± {std:.2f} (n={k})' if k > 1 else '')
     holds = n > 0 and len(self.early) == n
-    return text + f'. Volatility settles before accuracy plateaus in every run: ' + (
-        f'**{"holds" if holds else "does not hold"}**.')
+    return (
+        text
+        + '. Volatility settles before accuracy plateaus in every run: '
+        + (f'**{"holds" if holds else "does not hold"}**.')
+    )
 
 
 def lead_counts(views: Sequence[View], prefix: str) -> LeadCount:
@@ -321,47 +385,74 @@ def lead_counts(views: Sequence[View], prefix: str) -> LeadCount:
 
 
 def _finding2(definitions: Sequence[Definition], fig_dir: str, rel: str) -> List[str]:
-  lines = ['## Finding 2: the DSI volatility settles before accuracy plateaus', '',
-           'Claim (the study): the volatility of the stability index drops before test accuracy '
-           'plateaus. Computed per run: the convergence-signal epoch (stability.'
-           'convergence_signal of the epoch-mode DSI volatility, rho = dynamics.convergence_rho, '
-           'patience = dynamics.convergence_patience, warm-up = '
-           'dynamics.convergence_warmup_epochs), on the expanding history and on the sliding '
-           'window; the accuracy-plateau epoch (stability.accuracy_plateau of the test accuracy '
-           'per epoch, delta = dynamics.plateau_delta points); lead time = plateau − '
-           'convergence (positive: the signal came first). Epochs are 1-based. The expanding '
-           'history calms by its own growth, so its lead is expected to be positive whatever '
-           'the network does; the sliding window is the fairer test. "never" for the plateau means the '
-           'last epoch is more than delta below the best one (accuracy still moving).', '']
+  lines = [
+      '## Finding 2: the DSI volatility settles before accuracy plateaus',
+      '',
+      'Claim (the study): the volatility of the stability index drops before test accuracy '
+      'plateaus. Computed per run: the convergence-signal epoch (stability.'
+      'convergence_signal of the epoch-mode DSI volatility, rho = dynamics.convergence_rho, '
+      'patience = dynamics.convergence_patience, warm-up = '
+      'dynamics.convergence_warmup_epochs), on the expanding history and on the sliding '
+      'window; the accuracy-plateau epoch (stability.accuracy_plateau of the test accuracy '
+      'per epoch, delta = dynamics.plateau_delta points); lead time = plateau − '
+      'convergence (positive: the signal came first). Epochs are 1-based. The expanding '
+      'history calms by its own growth, so its lead is expected to be positive whatever '
+      'the network does; the sliding window is the fairer test. "never" for the plateau means the '
+      'last epoch is more than delta below the best one (accuracy still moving).',
+      '',
+  ]
   for definition in definitions:
     rows, groups = [], {}
     for view in definition.views:
       acc = view.run.test_accuracy
-      rows.append([view.run.name, view.run.model, view.run.dataset_label, view.run.seed,
-                   _f(acc[-1] if len(acc) else float('nan'), 2), _epoch(view.plateau)]
-                  + [x for p in HISTORIES for x in (_epoch(view.convergence(p)),
-                                                     _lead(view.lead(p)))])
+      rows.append(
+          [
+              view.run.name,
+              view.run.model,
+              view.run.dataset_label,
+              view.run.seed,
+              _f(acc[-1] if len(acc) else float('nan'), 2),
+              _epoch(view.plateau),
+          ]
+          + [x for p in HISTORIES for x in (_epoch(view.convergence(p)), _lead(view.lead(p)))]
+      )
       for prefix in HISTORIES:
         lead = view.lead(prefix)
         groups.setdefault((view.run.model, view.run.dataset_label, prefix), []).append(
-            np.nan if lead is None else lead)
+            np.nan if lead is None else lead
+        )
     lines += [f'### {definition.title}', '']
-    lines += _table(['run', 'model', 'dataset', 'seed', 'final test acc (%)', 'plateau epoch',
-                     'convergence (expanding)', 'lead (expanding)', 'convergence (sliding)',
-                     'lead (sliding)'], rows) + ['']
+    lines += _table(
+        [
+            'run',
+            'model',
+            'dataset',
+            'seed',
+            'final test acc (%)',
+            'plateau epoch',
+            'convergence (expanding)',
+            'lead (expanding)',
+            'convergence (sliding)',
+            'lead (sliding)',
+        ],
+        rows,
+    ) + ['']
     if any(len(v) > 1 for v in groups.values()):
       keys = sorted({(m, d) for m, d, _ in groups})
       lines += ['Lead time (epochs) over seeds, mean ± std (n runs where both epochs exist):', '']
-      lines += _table(['model', 'dataset', 'lead (expanding)', 'lead (sliding)'],
-                      [[m, d] + [_lead_cell(groups[(m, d, p)]) for p in HISTORIES]
-                       for m, d in keys]) + ['']
+      lines += _table(
+          ['model', 'dataset', 'lead (expanding)', 'lead (sliding)'],
+          [[m, d] + [_lead_cell(groups[(m, d, p)]) for p in HISTORIES] for m, d in keys],
+      ) + ['']
     lines += [f'- {lead_counts(definition.views, p).verdict()}' for p in HISTORIES] + ['']
     lines += _predictors(definition.views)
     for view in definition.views:
       name = f'lead_{_slug(view.run.name)}_{definition.key}.png'
-      figures.lead_figure(view, os.path.join(fig_dir, name),
-                          f'{view.run.name}: test accuracy and DSI volatility '
-                          f'({definition.title})')
+      figures.lead_figure(
+          view,
+          os.path.join(fig_dir, name),
+          f'{view.run.name}: test accuracy and DSI volatility ' f'({definition.title})',
+      )
       lines.append(f'![{view.run.name}: accuracy and DSI volatility]({rel}/{name})')
     lines.append('')
   return lines
@@ -395,27 +486,31 @@ def epoch_curves(run: runs_lib.Run) -> Dict[str, np.ndarray]:
 def trivial_leads(view: 'View') -> Dict[str, Optional[int]]:
   """Lead time (plateau - firing epoch) of the two trivial predictors."""
   curves = epoch_curves(view.run)
-  fired = {'lr': stats.first_fraction_epoch(curves['lr'], LR_FRACTION),
-           'loss': stats.slope_rule_epoch(curves['loss'], LOSS_WINDOW, LOSS_RATE)}
+  fired = {
+      'lr': stats.first_fraction_epoch(curves['lr'], LR_FRACTION),
+      'loss': stats.slope_rule_epoch(curves['loss'], LOSS_WINDOW, LOSS_RATE),
+  }
   plateau = view.plateau
   return {k: (plateau - e if e >= 0 and plateau >= 0 else None) for k, e in fired.items()}
 
 
-def false_alarm_rate(view: 'View', prefix: str, num: int = NULL_DSI_SURROGATES,
-                     seed: int = 0) -> float:
+def false_alarm_rate(
+    view: 'View', prefix: str, num: int = NULL_DSI_SURROGATES, seed: int = 0
+) -> float:
   """How often the convergence signal fires before the plateau on null DSI series: the run's
   own finite DSI values in shuffled order (no settling trend left), through the same volatility
   and detector (tracker.probe_volatility). NaN without a plateau or a DSI series."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   import dynamics  # pylint: disable=g-import-not-at-top
+
   dsi = np.asarray(view.probe[prefix + 'dsi'], np.float32)
   ok = np.isfinite(dsi)
   plateau = view.plateau
   if plateau < 0 or ok.sum() < int(view.dcfg.volatility_window_epochs) + 1:
     return float('nan')
-  null = np.asarray(dynamics.surrogates(jax.random.key(seed), jnp.asarray(dsi[ok]), num,
-                                        'shuffle'))
+  null = np.asarray(dynamics.surrogates(jax.random.key(seed), jnp.asarray(dsi[ok]), num, 'shuffle'))
   series = np.tile(dsi, (num, 1))
   series[:, ok] = null
   _, conv = tracker_lib.probe_volatility(jnp.asarray(series), view.dcfg)
@@ -431,41 +526,81 @@ def _lead_cell(values):
 
 
 def _predictors(views: Sequence[View]) -> List[str]:
-  lines = ['Against trivial predictors and a null. Trivial predictors of the plateau: the '
-           f'learning-rate schedule having decayed to {LR_FRACTION:g} of its peak; the training '
-           f'loss falling by less than {100 * LOSS_RATE:g}% per epoch over {LOSS_WINDOW} epochs. '
-           'False alarms: the share of null DSI series (each run\'s own DSI values in shuffled '
-           f'order, {NULL_DSI_SURROGATES} per run, so nothing settles) on which the same detector '
-           'fires before the plateau; a detector that fires early on its null as often as on the '
-           'run says nothing about the run.', '']
-  rows, leads, alarms = [], {k: [] for k in ('dsi', 'dsi_sliding', 'lr', 'loss')}, {p: [] for p in
-                                                                                   HISTORIES}
+  lines = [
+      'Against trivial predictors and a null. Trivial predictors of the plateau: the '
+      f'learning-rate schedule having decayed to {LR_FRACTION:g} of its peak; the training '
+      f'loss falling by less than {100 * LOSS_RATE:g}% per epoch over {LOSS_WINDOW} epochs. '
+      "False alarms: the share of null DSI series (each run's own DSI values in shuffled "
+      f'order, {NULL_DSI_SURROGATES} per run, so nothing settles) on which the same detector '
+      'fires before the plateau; a detector that fires early on its null as often as on the '
+      'run says nothing about the run.',
+      '',
+  ]
+  rows, leads, alarms = (
+      [],
+      {k: [] for k in ('dsi', 'dsi_sliding', 'lr', 'loss')},
+      {p: [] for p in HISTORIES},
+  )
   for view in views:
     trivial = trivial_leads(view)
     fa = {p: false_alarm_rate(view, p) for p in HISTORIES}
     for p in HISTORIES:
       alarms[p].append(fa[p])
-    for key, value in (('dsi', view.lead('')), ('dsi_sliding', view.lead('sliding_')),
-                       ('lr', trivial['lr']), ('loss', trivial['loss'])):
+    for key, value in (
+        ('dsi', view.lead('')),
+        ('dsi_sliding', view.lead('sliding_')),
+        ('lr', trivial['lr']),
+        ('loss', trivial['loss']),
+    ):
       leads[key].append(np.nan if value is None else value)
-    rows.append([view.run.name, _lead(view.lead('')), _f(fa[''], 2), _lead(view.lead('sliding_')),
-                 _f(fa['sliding_'], 2), _lead(trivial['lr']), _lead(trivial['loss'])])
-  lines += _table(['run', 'lead DSI (expanding)', 'false alarms (expanding)',
-                   'lead DSI (sliding)', 'false alarms (sliding)',
-                   f'lead LR at {LR_FRACTION:g} of peak', 'lead loss-slope rule'], rows) + ['']
+    rows.append(
+        [
+            view.run.name,
+            _lead(view.lead('')),
+            _f(fa[''], 2),
+            _lead(view.lead('sliding_')),
+            _f(fa['sliding_'], 2),
+            _lead(trivial['lr']),
+            _lead(trivial['loss']),
+        ]
+    )
+  lines += _table(
+      [
+          'run',
+          'lead DSI (expanding)',
+          'false alarms (expanding)',
+          'lead DSI (sliding)',
+          'false alarms (sliding)',
+          f'lead LR at {LR_FRACTION:g} of peak',
+          'lead loss-slope rule',
+      ],
+      rows,
+  ) + ['']
   summary = {k: mean_std(v) for k, v in leads.items()}
   text = '- Mean lead time (epochs): ' + ', '.join(
-      f'{label} {_f(summary[k][0], 2)} (n={summary[k][2]})' for k, label in
-      (('dsi', 'DSI expanding'), ('dsi_sliding', 'DSI sliding'), ('lr', 'learning rate'),
-       ('loss', 'loss slope')))
+      f'{label} {_f(summary[k][0], 2)} (n={summary[k][2]})'
+      for k, label in (
+          ('dsi', 'DSI expanding'),
+          ('dsi_sliding', 'DSI sliding'),
+          ('lr', 'learning rate'),
+          ('loss', 'loss slope'),
+      )
+  )
   best_trivial = max((summary[k][0] for k in ('lr', 'loss') if summary[k][2]), default=np.nan)
   for k, label in (('dsi', 'expanding'), ('dsi_sliding', 'sliding')):
     fa_mean = mean_std(alarms['' if k == 'dsi' else 'sliding_'])[0]
-    adds = (np.isfinite(summary[k][0]) and np.isfinite(best_trivial)
-            and summary[k][0] > best_trivial and np.isfinite(fa_mean) and fa_mean < stats.ALPHA)
-    text += (f'. The {label} DSI signal fires early on {_f(fa_mean, 2)} of its null series; '
-             f'it adds to the trivial predictors (a longer mean lead than the better of them '
-             f'and false alarms below {stats.ALPHA}): **{"yes" if adds else "not shown"}**')
+    adds = (
+        np.isfinite(summary[k][0])
+        and np.isfinite(best_trivial)
+        and summary[k][0] > best_trivial
+        and np.isfinite(fa_mean)
+        and fa_mean < stats.ALPHA
+    )
+    text += (
+        f'. The {label} DSI signal fires early on {_f(fa_mean, 2)} of its null series; '
+        f'it adds to the trivial predictors (a longer mean lead than the better of them '
+        f'and false alarms below {stats.ALPHA}): **{"yes" if adds else "not shown"}**'
+    )
   return lines + [text + '.', '']
 
 
@@ -476,6 +611,7 @@ def _predictors(views: Sequence[View]) -> List[str]:
 @dataclasses.dataclass
 class Styles:
   """Finding 3 for one dataset and history: how well the model explains trajectory points."""
+
   dataset: str
   prefix: str
   models: List[str]
@@ -489,11 +625,13 @@ class Styles:
     if len(self.models) < 2:
       return f'**{where}**: cannot be assessed: fewer than 2 models with defined trajectories.'
     holds = self.accuracy > self.baseline
-    return (f'**{where}**: {100 * self.accuracy:.0f}% of {self.points} trajectory points '
-            f'(epochs x runs) lie nearer their own model\'s centroid than any other model\'s '
-            f'(majority baseline {100 * self.baseline:.0f}%, {len(self.models)} models). '
-            f'Distinct trajectories per architecture: **{"holds" if holds else "does not hold"}** '
-            'by this rule.')
+    return (
+        f'**{where}**: {100 * self.accuracy:.0f}% of {self.points} trajectory points '
+        f"(epochs x runs) lie nearer their own model's centroid than any other model's "
+        f'(majority baseline {100 * self.baseline:.0f}%, {len(self.models)} models). '
+        f'Distinct trajectories per architecture: **{"holds" if holds else "does not hold"}** '
+        'by this rule.'
+    )
 
 
 def style_separation(views: Sequence[View], prefix: str) -> List[Styles]:
@@ -519,8 +657,17 @@ def style_separation(views: Sequence[View], prefix: str) -> List[Styles]:
     cz = np.stack([centroids[m] / scale for m in models])
     nearest = np.asarray(models)[np.argmin(((z[:, None, :] - cz[None]) ** 2).sum(-1), axis=1)]
     shares = [np.mean(labels == m) for m in models]
-    out.append(Styles(dataset, prefix, models, len(pts), float(np.mean(nearest == labels)),
-                      float(max(shares)), {m: tuple(map(float, c)) for m, c in centroids.items()}))
+    out.append(
+        Styles(
+            dataset,
+            prefix,
+            models,
+            len(pts),
+            float(np.mean(nearest == labels)),
+            float(max(shares)),
+            {m: tuple(map(float, c)) for m, c in centroids.items()},
+        )
+    )
   return out
 
 
@@ -538,6 +685,7 @@ def trajectory_features(view: View, prefix: str) -> np.ndarray:
 @dataclasses.dataclass
 class HeldOut:
   """Finding 3 as a held-out test, for one dataset and history."""
+
   dataset: str
   prefix: str
   result: Dict[str, Any]  # stats.classification_test
@@ -547,18 +695,24 @@ class HeldOut:
     where = f'{self.dataset}, {HISTORY_NAMES[self.prefix]}'
     r = self.result
     if not np.isfinite(r['accuracy']):
-      return (f'**{where}**: cannot be assessed: needs 2 or more models with 2 or more runs '
-              f'each ({r["n"]} runs, {r["classes"]} models).')
-    text = (f'**{where}**: leave-one-run-out accuracy {100 * r["accuracy"]:.0f}% over {r["n"]} '
-            f'runs of {r["classes"]} models (largest class {100 * r["chance"]:.0f}%, permutation '
-            f'null mean {100 * r["null_mean"]:.0f}%), p = {r["p"]:.3f}. Distinct trajectories '
-            f'per architecture: **{"holds" if r["distinct"] else "not shown"}**')
+      return (
+          f'**{where}**: cannot be assessed: needs 2 or more models with 2 or more runs '
+          f'each ({r["n"]} runs, {r["classes"]} models).'
+      )
+    text = (
+        f'**{where}**: leave-one-run-out accuracy {100 * r["accuracy"]:.0f}% over {r["n"]} '
+        f'runs of {r["classes"]} models (largest class {100 * r["chance"]:.0f}%, permutation '
+        f'null mean {100 * r["null_mean"]:.0f}%), p = {r["p"]:.3f}. Distinct trajectories '
+        f'per architecture: **{"holds" if r["distinct"] else "not shown"}**'
+    )
     done = {m: c for m, c in self.controls.items() if c is not None}
     if done:
       failed = sorted(m for m, c in done.items() if c['distinct'])
-      text += (f'. Control (the seeds of one model split into two fake groups, where the answer '
-               f'is "not distinct"): {"passes" if not failed else "FAILS"} for '
-               f'{len(done) - len(failed)} of {len(done)} models{_names(failed)}')
+      text += (
+          f'. Control (the seeds of one model split into two fake groups, where the answer '
+          f'is "not distinct"): {"passes" if not failed else "FAILS"} for '
+          f'{len(done) - len(failed)} of {len(done)} models{_names(failed)}'
+      )
     else:
       text += '. Control: no model has the 4 runs a fake split needs'
     return text + '.'
@@ -573,29 +727,35 @@ def held_out_styles(views: Sequence[View], prefix: str, num: int = 999) -> List[
     labels = np.asarray([v.run.model for v in chosen])[ok]
     feats = feats[ok]
     result = stats.classification_test(feats, labels, num=num)
-    controls = {m: stats.fake_groups_control(feats, labels, m, num=num)
-                for m in sorted(set(labels.tolist()))}
+    controls = {
+        m: stats.fake_groups_control(feats, labels, m, num=num)
+        for m in sorted(set(labels.tolist()))
+    }
     out.append(HeldOut(dataset, prefix, result, controls))
   return out
 
 
 def _finding3(definitions: Sequence[Definition], fig_dir: str, rel: str) -> List[str]:
-  lines = ['## Finding 3: training styles in the integration-metastability plane', '',
-           'Claim (the study): plotted against each other over training, integration and '
-           'metastability trace a distinct trajectory per architecture. Shown: the epoch-mode '
-           'trajectory of every run (one panel per dataset, one colour per model, circle = first '
-           'epoch with both values defined, square = last epoch). Computed: with both axes '
-           'scaled by their standard deviation over the panel\'s points, the share of trajectory '
-           'points (epochs x runs) that lie nearer their own model\'s centroid than any other '
-           'model\'s, against the share of the most common model (what assigning every point '
-           'to one model would score): descriptive only, since it says "distinct" even for two '
-           'seeds of one model. The test: each run is summarised by four trajectory features '
-           '(mean and final integration and metastability) and classified by architecture with '
-           'leave-one-run-out nearest-centroid cross-validation (features standardised on the '
-           'training runs); the accuracy is compared with its permutation distribution (the '
-           f'model labels shuffled across runs, 999 times); "distinct" needs p < {stats.ALPHA}. '
-           'The same test on the runs of one model split into two fake groups must not say '
-           '"distinct".', '']
+  lines = [
+      '## Finding 3: training styles in the integration-metastability plane',
+      '',
+      'Claim (the study): plotted against each other over training, integration and '
+      'metastability trace a distinct trajectory per architecture. Shown: the epoch-mode '
+      'trajectory of every run (one panel per dataset, one colour per model, circle = first '
+      'epoch with both values defined, square = last epoch). Computed: with both axes '
+      "scaled by their standard deviation over the panel's points, the share of trajectory "
+      "points (epochs x runs) that lie nearer their own model's centroid than any other "
+      "model's, against the share of the most common model (what assigning every point "
+      'to one model would score): descriptive only, since it says "distinct" even for two '
+      'seeds of one model. The test: each run is summarised by four trajectory features '
+      '(mean and final integration and metastability) and classified by architecture with '
+      'leave-one-run-out nearest-centroid cross-validation (features standardised on the '
+      'training runs); the accuracy is compared with its permutation distribution (the '
+      f'model labels shuffled across runs, 999 times); "distinct" needs p < {stats.ALPHA}. '
+      'The same test on the runs of one model split into two fake groups must not say '
+      '"distinct".',
+      '',
+  ]
   for definition in definitions:
     lines += [f'### {definition.title}', '']
     rows, verdicts = [], []
@@ -605,14 +765,24 @@ def _finding3(definitions: Sequence[Definition], fig_dir: str, rel: str) -> List
         for model, (meta, integ) in styles.centroids.items():
           rows.append([styles.dataset, HISTORY_NAMES[prefix], model, _f(integ), _f(meta)])
       name = f'trajectories_{HISTORY_NAMES[prefix]}_{definition.key}.png'
-      figures.trajectories(definition.views, prefix, os.path.join(fig_dir, name),
-                           f'Integration vs metastability over training ({definition.title})')
+      figures.trajectories(
+          definition.views,
+          prefix,
+          os.path.join(fig_dir, name),
+          f'Integration vs metastability over training ({definition.title})',
+      )
       lines.append(f'![integration vs metastability, {HISTORY_NAMES[prefix]}]({rel}/{name})')
-    lines += [''] + _table(['dataset', 'history', 'model', 'mean integration',
-                            'mean metastability'], rows) + ['']
+    lines += (
+        ['']
+        + _table(['dataset', 'history', 'model', 'mean integration', 'mean metastability'], rows)
+        + ['']
+    )
     lines += [f'- In-sample centroid rule (descriptive): {v}' for v in verdicts]
-    lines += [f'- Held-out test: {h.verdict()}' for p in HISTORIES
-              for h in held_out_styles(definition.views, p)] + ['']
+    lines += [
+        f'- Held-out test: {h.verdict()}'
+        for p in HISTORIES
+        for h in held_out_styles(definition.views, p)
+    ] + ['']
   return lines
 
 
@@ -622,8 +792,13 @@ def _finding3(definitions: Sequence[Definition], fig_dir: str, rel: str) -> List
 ESTIMABILITY_LENGTHS = (16, 30, 256, 2000)  # epoch histories (16-30) and step windows
 
 
-def estimability(dcfg, lengths: Sequence[int] = ESTIMABILITY_LENGTHS, reps: int = 200,
-                 taps: int = 9, seed: int = 0) -> List[Dict[str, Any]]:
+def estimability(
+    dcfg,
+    lengths: Sequence[int] = ESTIMABILITY_LENGTHS,
+    reps: int = 200,
+    taps: int = 9,
+    seed: int = 0,
+) -> List[Dict[str, Any]]:
   """Bias and spread of DFA alpha and metastability on known-answer signals, per length.
 
   DFA alpha of white noise (answer 0.5) and of a random walk (1.5), on the scales the run
@@ -632,8 +807,10 @@ def estimability(dcfg, lengths: Sequence[int] = ESTIMABILITY_LENGTHS, reps: int 
   and of `taps` independent white-noise signals (no coupling: the null level).
   """
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   import dynamics  # pylint: disable=g-import-not-at-top
   from dynamics import dfa  # pylint: disable=g-import-not-at-top
+
   rng = np.random.default_rng(seed)
   spec = tracker_lib.MetricSpec.from_config(dcfg)
   rows = []
@@ -649,14 +826,25 @@ def estimability(dcfg, lengths: Sequence[int] = ESTIMABILITY_LENGTHS, reps: int 
       row[name] = (float(np.nanmean(a) - answer), float(np.nanstd(a, ddof=1)))
     t = np.arange(n)
     period = max(n / 4, 4.0)
-    locked = (np.sin(2 * np.pi * t / period + rng.uniform(0, 0.3, (reps, taps, 1)))
-              + 0.1 * rng.standard_normal((reps, taps, n))).astype(np.float32)
+    locked = (
+        np.sin(2 * np.pi * t / period + rng.uniform(0, 0.3, (reps, taps, 1)))
+        + 0.1 * rng.standard_normal((reps, taps, n))
+    ).astype(np.float32)
     noise = rng.standard_normal((reps, taps, n)).astype(np.float32)
     for name, x, answer in (('locked', locked, 0.0), ('independent', noise, None)):
-      m = np.asarray(dynamics.metastability(jnp.asarray(x), spec.phase_preprocess,
-                                            spec.phase_edge if 2 * spec.phase_edge < n - 2 else 0))
-      row[name] = (float(np.mean(m) - (answer or 0.0)), float(np.std(m, ddof=1)),
-                   float(np.percentile(m, 5)), float(np.percentile(m, 95)))
+      m = np.asarray(
+          dynamics.metastability(
+              jnp.asarray(x),
+              spec.phase_preprocess,
+              spec.phase_edge if 2 * spec.phase_edge < n - 2 else 0,
+          )
+      )
+      row[name] = (
+          float(np.mean(m) - (answer or 0.0)),
+          float(np.std(m, ddof=1)),
+          float(np.percentile(m, 5)),
+          float(np.percentile(m, 95)),
+      )
     rows.append(row)
   return rows
 
@@ -665,30 +853,49 @@ def _estimability(views: Sequence[View]) -> List[str]:
   dcfg = views[0].dcfg
   taps = len(views[0].run.dynamics['probe_signals']) if views[0].run.dynamics else 9
   rows = estimability(dcfg, taps=taps)
-  lines = ['## Estimability: what a difference of 0.1 means', '',
-           'Generated from known-answer signals (200 of each per length; the runs\' DFA order '
-           'and phase preprocessing): bias (mean − answer) ± spread (sample std) of one '
-           'estimate. DFA alpha of white noise (answer 0.5) and a random walk (1.5) on the scales '
-           'the definition gives at that length; metastability of '
-           f'{taps} phase-locked noisy sinusoids (answer 0) and of {taps} independent '
-           'white-noise signals (no coupling at all: the level a metastability must exceed to '
-           'mean anything; 5-95% range). Epoch histories have 16 to 30 samples, step windows '
-           'hundreds to thousands.', '']
+  lines = [
+      '## Estimability: what a difference of 0.1 means',
+      '',
+      "Generated from known-answer signals (200 of each per length; the runs' DFA order "
+      'and phase preprocessing): bias (mean − answer) ± spread (sample std) of one '
+      'estimate. DFA alpha of white noise (answer 0.5) and a random walk (1.5) on the scales '
+      'the definition gives at that length; metastability of '
+      f'{taps} phase-locked noisy sinusoids (answer 0) and of {taps} independent '
+      'white-noise signals (no coupling at all: the level a metastability must exceed to '
+      'mean anything; 5-95% range). Epoch histories have 16 to 30 samples, step windows '
+      'hundreds to thousands.',
+      '',
+  ]
   table = []
   for r in rows:
-    table.append([r['n'], r['scales']]
-                 + [f'{r[k][0]:+.3f} ± {r[k][1]:.3f}' for k in ('white', 'walk', 'locked')]
-                 + [f'{r["independent"][0]:.3f} ({r["independent"][2]:.3f} to '
-                    f'{r["independent"][3]:.3f})'])
-  lines += _table(['samples', 'DFA scales', 'alpha, white noise', 'alpha, random walk',
-                   'metastability, locked', 'metastability, independent noise'], table) + ['']
+    table.append(
+        [r['n'], r['scales']]
+        + [f'{r[k][0]:+.3f} ± {r[k][1]:.3f}' for k in ('white', 'walk', 'locked')]
+        + [
+            f'{r["independent"][0]:.3f} ({r["independent"][2]:.3f} to '
+            f'{r["independent"][3]:.3f})'
+        ]
+    )
+  lines += _table(
+      [
+          'samples',
+          'DFA scales',
+          'alpha, white noise',
+          'alpha, random walk',
+          'metastability, locked',
+          'metastability, independent noise',
+      ],
+      table,
+  ) + ['']
   for r in rows:
     sd = r['white'][1]
-    lines.append(f'- At {r["n"]} samples one white-noise alpha has a spread of {sd:.2f}, so a '
-                 f'difference of 0.1 between two single estimates is '
-                 f'{0.1 / (sd * np.sqrt(2)):.2f} standard deviations of their difference; '
-                 f'independent noise gives metastability {r["independent"][0]:.3f} '
-                 f'(5-95% {r["independent"][2]:.3f} to {r["independent"][3]:.3f}).')
+    lines.append(
+        f'- At {r["n"]} samples one white-noise alpha has a spread of {sd:.2f}, so a '
+        f'difference of 0.1 between two single estimates is '
+        f'{0.1 / (sd * np.sqrt(2)):.2f} standard deviations of their difference; '
+        f'independent noise gives metastability {r["independent"][0]:.3f} '
+        f'(5-95% {r["independent"][2]:.3f} to {r["independent"][3]:.3f}).'
+    )
   return lines + ['']
 
 
@@ -696,56 +903,112 @@ def _estimability(views: Sequence[View]) -> List[str]:
 # Ablation
 
 
-def _ablation(logged: Definition, ablated: Definition, checks: Dict[str, Dict[str, float]],
-              fig_dir: str, rel: str) -> List[str]:
+def _ablation(
+    logged: Definition,
+    ablated: Definition,
+    checks: Dict[str, Dict[str, float]],
+    fig_dir: str,
+    rel: str,
+) -> List[str]:
   with_step = any(v.step is not None for v in ablated.views)
-  lines = [f'## Ablation: {ablated.title}', '',
-           'Every epoch-mode metric' + (' and every step-mode one' if with_step else '')
-           + ' recomputed offline from the saved '
-           'per-signal series (dynamics.npz) with the new definition, by the same functions the '
-           'tracker runs during training (analysis/ablation.py); a training run with that '
-           'setting would have logged the same series (tests/test_analysis.py checks it). '
-           'Findings 1 to 3 above show both definitions.', '']
+  lines = [
+      f'## Ablation: {ablated.title}',
+      '',
+      'Every epoch-mode metric'
+      + (' and every step-mode one' if with_step else '')
+      + ' recomputed offline from the saved '
+      'per-signal series (dynamics.npz) with the new definition, by the same functions the '
+      'tracker runs during training (analysis/ablation.py); a training run with that '
+      'setting would have logged the same series (tests/test_analysis.py checks it). '
+      'Findings 1 to 3 above show both definitions.',
+      '',
+  ]
   if checks:
-    lines += ['Check: recomputing with each run\'s logged definition reproduces its logged '
-              'series; largest absolute difference over all epoch-mode series '
-              f'{max(c["probe"] for c in checks.values()):.3g}'
-              + (f', over all step-mode series {max(c["step"] for c in checks.values() if "step" in c):.3g}'
-                 if any('step' in c for c in checks.values()) else '') + '.', '']
+    lines += [
+        "Check: recomputing with each run's logged definition reproduces its logged "
+        'series; largest absolute difference over all epoch-mode series '
+        f'{max(c["probe"] for c in checks.values()):.3g}'
+        + (
+            ', over all step-mode series '
+            f'{max(c["step"] for c in checks.values() if "step" in c):.3g}'
+            if any('step' in c for c in checks.values())
+            else ''
+        )
+        + '.',
+        '',
+    ]
   for old, new in zip(logged.views, ablated.views):
     name = old.run.name
     rows = []
-    for key, label in (('integration', 'final integration'),
-                       ('metastability', 'final metastability'),
-                       ('synchrony', 'final synchrony'), ('dsi', 'final DSI')):
+    for key, label in (
+        ('integration', 'final integration'),
+        ('metastability', 'final metastability'),
+        ('synchrony', 'final synchrony'),
+        ('dsi', 'final DSI'),
+    ):
       for prefix in HISTORIES:
-        rows.append([f'{label} ({HISTORY_NAMES[prefix]})', _f(old.final(key, prefix)),
-                     _f(new.final(key, prefix))])
+        rows.append(
+            [
+                f'{label} ({HISTORY_NAMES[prefix]})',
+                _f(old.final(key, prefix)),
+                _f(new.final(key, prefix)),
+            ]
+        )
     for prefix in HISTORIES:
-      rows.append([f'convergence epoch ({HISTORY_NAMES[prefix]})',
-                   _epoch(old.convergence(prefix)), _epoch(new.convergence(prefix))])
+      rows.append(
+          [
+              f'convergence epoch ({HISTORY_NAMES[prefix]})',
+              _epoch(old.convergence(prefix)),
+              _epoch(new.convergence(prefix)),
+          ]
+      )
     rows.append(['accuracy plateau epoch', _epoch(old.plateau), _epoch(new.plateau)])
     for prefix in HISTORIES:
-      rows.append([f'lead time, epochs ({HISTORY_NAMES[prefix]})', _lead(old.lead(prefix)),
-                   _lead(new.lead(prefix))])
+      rows.append(
+          [
+              f'lead time, epochs ({HISTORY_NAMES[prefix]})',
+              _lead(old.lead(prefix)),
+              _lead(new.lead(prefix)),
+          ]
+      )
     if old.step is not None and new.step is not None:
       for key in ('integration', 'metastability', 'dsi'):
-        rows.append([f'step mode: last {key}', _f(_last_finite(old.step[key])),
-                     _f(_last_finite(new.step[key]))])
-      rows.append(['step mode: convergence step', _epoch(old.step['convergence']),
-                   _epoch(new.step['convergence'])])
+        rows.append(
+            [
+                f'step mode: last {key}',
+                _f(_last_finite(old.step[key])),
+                _f(_last_finite(new.step[key])),
+            ]
+        )
+      rows.append(
+          [
+              'step mode: convergence step',
+              _epoch(old.step['convergence']),
+              _epoch(new.step['convergence']),
+          ]
+      )
     lines += [f'### {name}', ''] + _table(['quantity', logged.title, ablated.title], rows) + ['']
     fig = f'ablation_{_slug(name)}.png'
-    figures.ablation_probe(old.probe, new.probe, os.path.join(fig_dir, fig),
-                           f'{name}: epoch-mode metrics, logged vs {ablated.title}',
-                           'logged', 'ablated')
+    figures.ablation_probe(
+        old.probe,
+        new.probe,
+        os.path.join(fig_dir, fig),
+        f'{name}: epoch-mode metrics, logged vs {ablated.title}',
+        'logged',
+        'ablated',
+    )
     lines.append(f'![{name}: epoch-mode metrics, logged vs ablated]({rel}/{fig})')
     if old.step is not None and new.step is not None:
       fig = f'ablation_step_{_slug(name)}.png'
-      figures.ablation_step(old.step, new.step, old.run.steps_per_epoch,
-                            os.path.join(fig_dir, fig),
-                            f'{name}: step-mode DSI, logged vs {ablated.title}', 'logged',
-                            'ablated')
+      figures.ablation_step(
+          old.step,
+          new.step,
+          old.run.steps_per_epoch,
+          os.path.join(fig_dir, fig),
+          f'{name}: step-mode DSI, logged vs {ablated.title}',
+          'logged',
+          'ablated',
+      )
       lines.append(f'![{name}: step-mode DSI, logged vs ablated]({rel}/{fig})')
     lines.append('')
   return lines
@@ -778,8 +1041,12 @@ def definition_title(overrides: Dict[str, Any]) -> str:
   return 'ablated: ' + ', '.join(f'{k}={v}' for k, v in overrides.items())
 
 
-def build_definitions(runs: Sequence[runs_lib.Run], overrides: Optional[Dict[str, Any]] = None,
-                      step: bool = True, verify: bool = True):
+def build_definitions(
+    runs: Sequence[runs_lib.Run],
+    overrides: Optional[Dict[str, Any]] = None,
+    step: bool = True,
+    verify: bool = True,
+):
   """[logged definition] (+ [ablated] when overrides are given), and the replication checks."""
   logged, ablated, checks = [], [], {}
   # A bar on a terminal (the ablation recomputes every run's metrics: seconds to minutes).
@@ -792,17 +1059,26 @@ def build_definitions(runs: Sequence[runs_lib.Run], overrides: Optional[Dict[str
       new_cfg = ablation.apply_overrides(dcfg, overrides)
       new_step = None
       if step_logged is not None:
-        new_step = ablation.step_series(run.dynamics['step_signals'], new_cfg,
-                                        surrogate_key=key)
-      ablated.append(View(run, new_cfg, ablation.probe_series(run.dynamics['probe_signals'],
-                                                              new_cfg, key), new_step))
+        new_step = ablation.step_series(run.dynamics['step_signals'], new_cfg, surrogate_key=key)
+      ablated.append(
+          View(
+              run,
+              new_cfg,
+              ablation.probe_series(run.dynamics['probe_signals'], new_cfg, key),
+              new_step,
+          )
+      )
       if verify:
-        checks[run.name] = {'probe': _max_diff(
-            ablation.probe_series(run.dynamics['probe_signals'], dcfg, key), logged[-1].probe)}
+        checks[run.name] = {
+            'probe': _max_diff(
+                ablation.probe_series(run.dynamics['probe_signals'], dcfg, key), logged[-1].probe
+            )
+        }
         if step_logged is not None:
           checks[run.name]['step'] = _max_diff(
               ablation.step_series(run.dynamics['step_signals'], dcfg, surrogate_key=key),
-              step_logged)
+              step_logged,
+          )
   definitions = [Definition('logged', 'logged definition', logged)]
   if overrides:
     definitions.append(Definition('ablated', definition_title(overrides), ablated))
@@ -816,14 +1092,24 @@ def _definition_notes(runs: Sequence[runs_lib.Run]) -> List[str]:
   differing = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
   if not differing:
     return []
-  return ['**Note:** the runs were trained with different dynamics definitions in: '
-          + ', '.join(f'`{k}` ({", ".join(sorted({repr(c.get(k)) for c in configs}))})'
-                      for k in differing) + '. Cross-run comparisons mix those definitions.', '']
+  return [
+      '**Note:** the runs were trained with different dynamics definitions in: '
+      + ', '.join(
+          f'`{k}` ({", ".join(sorted({repr(c.get(k)) for c in configs}))})' for k in differing
+      )
+      + '. Cross-run comparisons mix those definitions.',
+      '',
+  ]
 
 
-def build_report(workdirs: Sequence[str], out_dir: str,
-                 overrides: Optional[Dict[str, Any]] = None, include_unfinished: bool = False,
-                 step: bool = True, command: Optional[str] = None) -> str:
+def build_report(
+    workdirs: Sequence[str],
+    out_dir: str,
+    overrides: Optional[Dict[str, Any]] = None,
+    include_unfinished: bool = False,
+    step: bool = True,
+    command: Optional[str] = None,
+) -> str:
   """Writes <out_dir>/report.md and <out_dir>/figures/*.png; returns the report path.
 
   Args:
@@ -855,18 +1141,45 @@ def build_report(workdirs: Sequence[str], out_dir: str,
   lines = ['# Study report', '']
   if command:
     lines += ['Generated by', '', f'    {command}', '']
-  lines += [f'{len(analysed)} run(s) analysed, {len(skipped)} skipped. Every number below is '
-            'computed from the runs\' files; every rule is stated with its finding.', '']
+  lines += [
+      f'{len(analysed)} run(s) analysed, {len(skipped)} skipped. Every number below is '
+      "computed from the runs' files; every rule is stated with its finding.",
+      '',
+  ]
   rows = []
   for run in analysed:
     acc = run.test_accuracy
-    rows.append([run.name, run.model, run.dataset_label, run.source, run.seed,
-                 f'{len(acc)}/{run.num_epochs}', 'yes' if run.finished else 'no',
-                 _f(acc[-1] if len(acc) else np.nan, 2),
-                 _f(np.nanmax(acc) if len(acc) else np.nan, 2)])
-  lines += ['## Runs', ''] + _table(['run', 'model', 'dataset', 'data source', 'seed', 'epochs',
-                                     'finished', 'final test acc (%)', 'best test acc (%)'],
-                                    rows) + ['']
+    rows.append(
+        [
+            run.name,
+            run.model,
+            run.dataset_label,
+            run.source,
+            run.seed,
+            f'{len(acc)}/{run.num_epochs}',
+            'yes' if run.finished else 'no',
+            _f(acc[-1] if len(acc) else np.nan, 2),
+            _f(np.nanmax(acc) if len(acc) else np.nan, 2),
+        ]
+    )
+  lines += (
+      ['## Runs', '']
+      + _table(
+          [
+              'run',
+              'model',
+              'dataset',
+              'data source',
+              'seed',
+              'epochs',
+              'finished',
+              'final test acc (%)',
+              'best test acc (%)',
+          ],
+          rows,
+      )
+      + ['']
+  )
   if skipped:
     lines += ['Skipped:', ''] + [f'- `{r.workdir}`: {why}' for r, why in skipped] + ['']
   if not analysed:
@@ -880,9 +1193,14 @@ def build_report(workdirs: Sequence[str], out_dir: str,
   lines += _finding2(definitions, fig_dir, rel)
   lines += _finding3(definitions, fig_dir, rel)
   lines += _estimability(definitions[0].views)
-  lines += ['## Loss and accuracy', '',
-            'Training loss at the logged steps, test loss and test accuracy after every epoch.',
-            '', f'![loss and accuracy]({rel}/training_curves.png)', '']
+  lines += [
+      '## Loss and accuracy',
+      '',
+      'Training loss at the logged steps, test loss and test accuracy after every epoch.',
+      '',
+      f'![loss and accuracy]({rel}/training_curves.png)',
+      '',
+  ]
   if overrides:
     lines += _ablation(definitions[0], definitions[1], checks, fig_dir, rel)
   return _write(out_dir, lines)

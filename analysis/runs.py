@@ -47,8 +47,11 @@ def replica_dirs(path: str) -> List[str]:
     return []
   if replicas <= 1:
     return []
-  return [os.path.join(path, f'replica_{k}') for k in range(replicas)
-          if is_run_dir(os.path.join(path, f'replica_{k}'))]
+  return [
+      os.path.join(path, f'replica_{k}')
+      for k in range(replicas)
+      if is_run_dir(os.path.join(path, f'replica_{k}'))
+  ]
 
 
 def _expand(path: str) -> List[str]:
@@ -75,7 +78,8 @@ def find_runs(patterns: Sequence[str]) -> List[str]:
     if not hits:
       raise FileNotFoundError(
           f'--runs={pattern!r} matches no run directory (a directory holding config.json, '
-          'or a directory of such directories).')
+          'or a directory of such directories).'
+      )
     found.extend(hits)
   out, seen = [], set()
   for path in found:
@@ -125,6 +129,7 @@ def dynamics_config(config_json: Optional[str] = None) -> ml_collections.ConfigD
 @dataclasses.dataclass
 class Run:
   """One workdir, loaded. Epoch arrays are indexed by epoch - 1."""
+
   workdir: str
   config: Dict[str, Any]
   records: List[Dict[str, Any]]
@@ -156,8 +161,11 @@ class Run:
   @property
   def dataset(self) -> str:
     """data.name, or 'synthetic' for the synthetic source (whatever its nominal name)."""
-    return 'synthetic' if self.source == 'synthetic' else str(
-        self.config.get('data', {}).get('name', '?'))
+    return (
+        'synthetic'
+        if self.source == 'synthetic'
+        else str(self.config.get('data', {}).get('name', '?'))
+    )
 
   @property
   def dataset_label(self) -> str:
@@ -240,5 +248,10 @@ def load_run(workdir: str) -> Run:
   if os.path.exists(summary_path):
     with open(summary_path) as f:
       summary = json.load(f)
-  return Run(workdir=workdir, config=config, records=read_records(workdir), dynamics=dynamics,
-             summary=summary)
+  return Run(
+      workdir=workdir,
+      config=config,
+      records=read_records(workdir),
+      dynamics=dynamics,
+      summary=summary,
+  )

@@ -67,9 +67,20 @@ def two_sample(a, b, small_n: int = 5) -> Dict[str, float]:
     'test' ('welch' | 'permutation' | 'none'), 'min_p' (smallest p the test can give)}.
   """
   a, b = _finite(a), _finite(b)
-  out = {'n_a': len(a), 'n_b': len(b), 'mean_a': np.nan, 'mean_b': np.nan, 'std_a': np.nan,
-         'std_b': np.nan, 'diff': np.nan, 'ci_low': np.nan, 'ci_high': np.nan, 'p': np.nan,
-         'test': 'none', 'min_p': np.nan}
+  out = {
+      'n_a': len(a),
+      'n_b': len(b),
+      'mean_a': np.nan,
+      'mean_b': np.nan,
+      'std_a': np.nan,
+      'std_b': np.nan,
+      'diff': np.nan,
+      'ci_low': np.nan,
+      'ci_high': np.nan,
+      'p': np.nan,
+      'test': 'none',
+      'min_p': np.nan,
+  }
   for name, v in (('a', a), ('b', b)):
     if len(v):
       out[f'mean_{name}'] = float(v.mean())
@@ -82,7 +93,7 @@ def two_sample(a, b, small_n: int = 5) -> Dict[str, float]:
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
     se = math.sqrt(va + vb)
     if se > 0:
-      df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+      df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
       half = float(scipy.stats.t.ppf(0.975, df)) * se
     else:
       half = 0.0
@@ -134,8 +145,9 @@ def loo_accuracy(features: np.ndarray, labels: Sequence[str], groups: Sequence) 
   return correct / len(labels)
 
 
-def classification_test(features, labels, groups=None, num: int = 999,
-                        seed: int = 0) -> Dict[str, float]:
+def classification_test(
+    features, labels, groups=None, num: int = 999, seed: int = 0
+) -> Dict[str, float]:
   """Held-out accuracy of classifying runs by label, against its permutation distribution.
 
   The null permutes the labels across runs (keeping the class sizes) and recomputes the
@@ -154,8 +166,15 @@ def classification_test(features, labels, groups=None, num: int = 999,
   x, labels, groups = x[keep], labels[keep], groups[keep]
   n = len(labels)
   classes = np.unique(labels)
-  out = {'n': n, 'classes': len(classes), 'accuracy': np.nan, 'chance': np.nan,
-         'null_mean': np.nan, 'p': np.nan, 'distinct': False}
+  out = {
+      'n': n,
+      'classes': len(classes),
+      'accuracy': np.nan,
+      'chance': np.nan,
+      'null_mean': np.nan,
+      'p': np.nan,
+      'distinct': False,
+  }
   counts = np.asarray([np.sum(labels == c) for c in classes])
   if len(classes) < 2 or len(np.unique(groups)) < 3:
     return out
@@ -163,13 +182,19 @@ def classification_test(features, labels, groups=None, num: int = 999,
   rng = np.random.default_rng(seed)
   null = np.asarray([loo_accuracy(x, rng.permutation(labels), groups) for _ in range(num)])
   p = (1 + np.sum(null >= observed - 1e-12)) / (1 + num)
-  out.update(accuracy=observed, chance=float(counts.max() / n), null_mean=float(null.mean()),
-             p=float(p), distinct=bool(p < ALPHA))
+  out.update(
+      accuracy=observed,
+      chance=float(counts.max() / n),
+      null_mean=float(null.mean()),
+      p=float(p),
+      distinct=bool(p < ALPHA),
+  )
   return out
 
 
-def fake_groups_control(features, labels, model: str, seed: int = 0, num: int = 999
-                        ) -> Optional[Dict[str, float]]:
+def fake_groups_control(
+    features, labels, model: str, seed: int = 0, num: int = 999
+) -> Optional[Dict[str, float]]:
   """The control of the classification test: the runs of one model split into two fake
   groups (alternately by seed order). The answer is known to be "not distinct"; None when the
   model has fewer than 4 runs (two per fake group)."""

@@ -50,11 +50,13 @@ def main():
     ms = {}
     for rewrite in (False, True):
       conv = lambda x, w, rewrite=rewrite: layers.conv_general_dilated(
-          x, w, (stride, stride), 'SAME', feature_group_count=groups, rewrite=rewrite)
+          x, w, (stride, stride), 'SAME', feature_group_count=groups, rewrite=rewrite
+      )
       g = jnp.ones(jax.eval_shape(conv, x, w).shape, jnp.float32)
       step = jax.jit(functools.partial(forward_backward, conv))
       ms[rewrite] = 1e3 * statistics.median(
-          time_calls(lambda: jax.block_until_ready(step(x, w, g))))
+          time_calls(lambda: jax.block_until_ready(step(x, w, g)))
+      )
     print(f'{label:30s} {ms[False]:10.1f} {ms[True]:10.1f} {ms[False] / ms[True]:7.1f}x')
 
 

@@ -104,15 +104,26 @@ def bench(taps: int, length: int, repeats: int, check: bool = True) -> dict:
   compile_s = time.perf_counter() - t0
   jax_s = _median_time(lambda: jax.block_until_ready(metrics(xj)), repeats, budget_s=10.0)
   np_s = _median_time(lambda: numpy_metrics(x, scales), max(1, repeats // 10), budget_s=5.0)
-  row = dict(taps=taps, length=length, scales=len(scales), compile_s=compile_s, jax_s=jax_s,
-             numpy_s=np_s, speedup=np_s / jax_s)
+  row = dict(
+      taps=taps,
+      length=length,
+      scales=len(scales),
+      compile_s=compile_s,
+      jax_s=jax_s,
+      numpy_s=np_s,
+      speedup=np_s / jax_s,
+  )
   if nolds is not None:
     integ = jax.jit(lambda x: dynamics.integration(x, scales))
     jax.block_until_ready(integ(xj))
     row['jax_integration_s'] = _median_time(lambda: jax.block_until_ready(integ(xj)), repeats, 10.0)
     row['nolds_s'] = _median_time(
-        lambda: [nolds.dfa(s, nvals=scales, overlap=False, fit_exp='poly') for s in x.astype(np.float64)],
-        max(1, repeats // 10), budget_s=5.0)
+        lambda: [
+            nolds.dfa(s, nvals=scales, overlap=False, fit_exp='poly') for s in x.astype(np.float64)
+        ],
+        max(1, repeats // 10),
+        budget_s=5.0,
+    )
     row['speedup_vs_nolds'] = row['nolds_s'] / row['jax_integration_s']
   if check:
     got = [float(v) for v in metrics(xj)]
@@ -125,12 +136,14 @@ def _print(row: dict) -> None:
   diff = f"  max|jax-numpy| {row['max_abs_diff']:.1e}" if 'max_abs_diff' in row else ''
   vs_nolds = ''
   if 'nolds_s' in row:
-    vs_nolds = (f"  | DFA: jax {row['jax_integration_s'] * 1e3:8.3f} ms  nolds "
-                f"{row['nolds_s'] * 1e3:9.1f} ms  {row['speedup_vs_nolds']:8.1f}x")
+    vs_nolds = (
+        f"  | DFA: jax {row['jax_integration_s'] * 1e3:8.3f} ms  nolds "
+        f"{row['nolds_s'] * 1e3:9.1f} ms  {row['speedup_vs_nolds']:8.1f}x"
+    )
   print(
-    f"L={row['taps']:4d} T={row['length']:5d} (S={row['scales']:2d})  "
-    f"jax {row['jax_s'] * 1e3:9.3f} ms  numpy {row['numpy_s'] * 1e3:10.1f} ms  "
-    f"speed-up {row['speedup']:9.1f}x  (compile {row['compile_s']:.2f} s){vs_nolds}{diff}"
+      f"L={row['taps']:4d} T={row['length']:5d} (S={row['scales']:2d})  "
+      f"jax {row['jax_s'] * 1e3:9.3f} ms  numpy {row['numpy_s'] * 1e3:10.1f} ms  "
+      f"speed-up {row['speedup']:9.1f}x  (compile {row['compile_s']:.2f} s){vs_nolds}{diff}"
   )
 
 
@@ -149,11 +162,16 @@ def main() -> None:
   parser.add_argument('--out', default='runs/benchmarks/bench_metrics.json')
   args = parser.parse_args()
 
-  print(f'jax {jax.__version__} on {jax.devices()[0].device_kind} '
-        f'({jax.default_backend()}), float32; numpy/scipy float64 loop per series; '
-        + ('nolds ' + ('installed' if nolds else 'not installed')))
-  sizes = ([(args.taps, args.length)] if args.taps else
-           [(taps, length) for taps in (8, 64, 256) for length in (64, 512, 4096)])
+  print(
+      f'jax {jax.__version__} on {jax.devices()[0].device_kind} '
+      f'({jax.default_backend()}), float32; numpy/scipy float64 loop per series; '
+      + ('nolds ' + ('installed' if nolds else 'not installed'))
+  )
+  sizes = (
+      [(args.taps, args.length)]
+      if args.taps
+      else [(taps, length) for taps in (8, 64, 256) for length in (64, 512, 4096)]
+  )
   rows = []
   for taps, length in sizes:
     rows.append(bench(taps, length, args.repeats, check=(taps, length) == sizes[0]))

@@ -71,8 +71,16 @@ def _config(model: str, n: int, impl: str = 'auto'):
 def _build(config):
   total = 10_000
   mesh = loop.make_mesh() if config.replicas == 1 else replicas.make_mesh(config)
-  return loop.build(config, 10, (32, 32, 3), jnp.asarray(MEAN), jnp.asarray(STD),
-                    steps_per_epoch=total, total_steps=total, mesh=mesh)
+  return loop.build(
+      config,
+      10,
+      (32, 32, 3),
+      jnp.asarray(MEAN),
+      jnp.asarray(STD),
+      steps_per_epoch=total,
+      total_steps=total,
+      mesh=mesh,
+  )
 
 
 class Sequential:
@@ -97,8 +105,9 @@ class Packed:
 
   def __init__(self, model, n, impl, images, labels, indices):
     self.exp = _build(_config(model, n, impl))
-    self.state = jax.device_put(replicas.stack([self.exp.init_state(k) for k in range(n)]),
-                                self.exp.state_sharding)
+    self.state = jax.device_put(
+        replicas.stack([self.exp.init_state(k) for k in range(n)]), self.exp.state_sharding
+    )
     self.args = (jnp.asarray(indices), jnp.asarray(images), jnp.asarray(labels))
     t = time.perf_counter()
     self.compiled = self.exp.train_step.lower(self.state, *self.args).compile()
@@ -125,8 +134,9 @@ def measure(model: str, n: int) -> dict:
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (TRAIN_SIZE, 32, 32, 3), dtype=np.uint8)
   labels = rng.integers(0, 10, (TRAIN_SIZE,)).astype(np.int32)
-  indices = np.stack([rng.permutation(TRAIN_SIZE)[:FLAGS.batch] for _ in range(n)]).astype(
-      np.int32)
+  indices = np.stack([rng.permutation(TRAIN_SIZE)[: FLAGS.batch] for _ in range(n)]).astype(
+      np.int32
+  )
   kinds = {'seq': Sequential(model, n, images, labels, indices)}
   if n > 1:
     for impl in FLAGS.impls:
@@ -134,7 +144,7 @@ def measure(model: str, n: int) -> dict:
   times = {k: [] for k in kinds}
   names = list(kinds)
   for r in range(FLAGS.rounds):
-    for kind in names[r % len(names):] + names[:r % len(names)]:
+    for kind in names[r % len(names) :] + names[: r % len(names)]:
       kinds[kind]()  # untimed: the first step after another program pays for its memory
       for _ in range(FLAGS.steps):
         t = time.perf_counter()
@@ -142,15 +152,24 @@ def measure(model: str, n: int) -> dict:
         times[kind].append(time.perf_counter() - t)
   median = {k: statistics.median(v) for k, v in times.items()}
   images_per_s = {k: n * FLAGS.batch / v for k, v in median.items()}
-  return dict(model=model, width=FLAGS.width, batch_per_replica=FLAGS.batch, replicas=n,
-              timed_steps=len(times['seq']), step_s=median, images_per_s=images_per_s,
-              speedup={k: images_per_s[k] / images_per_s['seq'] for k in images_per_s},
-              compile_s={'seq_once': kinds['seq'].compile_s,
-                         'seq_n_runs': n * kinds['seq'].compile_s,
-                         **{k: kinds[k].compile_s for k in kinds if k != 'seq'}},
-              host_assembly_s=host_assembly_s(images, labels, indices),
-              auto_impl=replicas.resolve_impl(_config(model, n)),
-              xla_flags=os.environ.get('XLA_FLAGS', ''))
+  return dict(
+      model=model,
+      width=FLAGS.width,
+      batch_per_replica=FLAGS.batch,
+      replicas=n,
+      timed_steps=len(times['seq']),
+      step_s=median,
+      images_per_s=images_per_s,
+      speedup={k: images_per_s[k] / images_per_s['seq'] for k in images_per_s},
+      compile_s={
+          'seq_once': kinds['seq'].compile_s,
+          'seq_n_runs': n * kinds['seq'].compile_s,
+          **{k: kinds[k].compile_s for k in kinds if k != 'seq'},
+      },
+      host_assembly_s=host_assembly_s(images, labels, indices),
+      auto_impl=replicas.resolve_impl(_config(model, n)),
+      xla_flags=os.environ.get('XLA_FLAGS', ''),
+  )
 
 
 def print_table(rows):
@@ -165,9 +184,10 @@ def print_table(rows):
     ips, sp, cs = r['images_per_s'], r['speedup'], r['compile_s']
     line = f"{r['model']:10s} {r['replicas']:2d} {ips['seq']:9.1f}"
     for i in impls:
-      line += (f" {ips[i]:11.1f} {sp[i]:9.2f}" if i in ips else f" {'-':>11s} {'-':>9s}")
+      line += f' {ips[i]:11.1f} {sp[i]:9.2f}' if i in ips else f" {'-':>11s} {'-':>9s}"
     line += f" {cs['seq_n_runs']:17.1f}" + ''.join(
-        f" {cs[i]:6.1f}" if i in cs else f" {'-':>6s}" for i in impls)
+        f' {cs[i]:6.1f}' if i in cs else f" {'-':>6s}" for i in impls
+    )
     line += f" {1e3 * r['host_assembly_s']:13.2f}"
     print(line, flush=True)
 
@@ -175,10 +195,19 @@ def print_table(rows):
 def measure_in_child(model: str) -> list:
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, 'rows.json')
-    cmd = [sys.executable, os.path.abspath(__file__), f'--models={model}', f'--out={out}',
-           f'--width={FLAGS.width}', f'--batch={FLAGS.batch}',
-           f'--replicas={",".join(FLAGS.replicas)}', f'--impls={",".join(FLAGS.impls)}',
-           f'--rounds={FLAGS.rounds}', f'--steps={FLAGS.steps}', f'--dynamics={FLAGS.dynamics}']
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        f'--models={model}',
+        f'--out={out}',
+        f'--width={FLAGS.width}',
+        f'--batch={FLAGS.batch}',
+        f'--replicas={",".join(FLAGS.replicas)}',
+        f'--impls={",".join(FLAGS.impls)}',
+        f'--rounds={FLAGS.rounds}',
+        f'--steps={FLAGS.steps}',
+        f'--dynamics={FLAGS.dynamics}',
+    ]
     env = dict(os.environ)
     env.pop('XLA_FLAGS', None)
     if USER_XLA_FLAGS is not None:
@@ -205,16 +234,21 @@ def main(argv):
     else:
       rows += measure_in_child(model)
       print(f'  {model}: measured in {time.perf_counter() - t:.0f} s', flush=True)
-  print(f'\n{jax.default_backend()} ({os.cpu_count()} cores); width {FLAGS.width}, batch '
-        f'{FLAGS.batch} per replica; medians of {rows[0]["timed_steps"]} timed steps; img/s '
-        'summed over replicas; x/seq = speed-up over N single-seed steps; compile: N runs = N '
-        'x the single step, else the packed step once; host batch = gathering the N batches '
-        'on the host + copy (avoided)')
+  print(
+      f'\n{jax.default_backend()} ({os.cpu_count()} cores); width {FLAGS.width}, batch '
+      f'{FLAGS.batch} per replica; medians of {rows[0]["timed_steps"]} timed steps; img/s '
+      'summed over replicas; x/seq = speed-up over N single-seed steps; compile: N runs = N '
+      'x the single step, else the packed step once; host batch = gathering the N batches '
+      'on the host + copy (avoided)'
+  )
   print_table(rows)
   os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
   with open(FLAGS.out, 'w') as f:
-    json.dump(dict(backend=jax.default_backend(), cores=os.cpu_count(), jax=jax.__version__,
-                   rows=rows), f, indent=1)
+    json.dump(
+        dict(backend=jax.default_backend(), cores=os.cpu_count(), jax=jax.__version__, rows=rows),
+        f,
+        indent=1,
+    )
   print(f'\nJSON: {FLAGS.out}')
 
 

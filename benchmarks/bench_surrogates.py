@@ -50,8 +50,11 @@ flags.DEFINE_integer('signals', 64, 'signals')
 flags.DEFINE_integer('length', 512, 'samples per signal')
 flags.DEFINE_integer('numpy_surrogates', 20, 'surrogates the vectorised numpy loop is timed on')
 flags.DEFINE_integer('reference_surrogates', 3, 'surrogates the reference numpy loop is timed on')
-flags.DEFINE_list('models', ['resnet18', 'resnet34', 'resnet50', 'vgg16', 'densenet121',
-                             'mobilenetv2'], 'models for the step cost ('' = skip part 2)')
+flags.DEFINE_list(
+    'models',
+    ['resnet18', 'resnet34', 'resnet50', 'vgg16', 'densenet121', 'mobilenetv2'],
+    'models for the step cost (' ' = skip part 2)',
+)
 flags.DEFINE_integer('batch', 128, 'global batch of the step cost (configs/default.py: 128)')
 flags.DEFINE_string('out', '', 'JSON output path (default: print only)')
 
@@ -65,8 +68,8 @@ def numpy_metrics(x: np.ndarray, scales, projectors) -> tuple:
   fluct = []
   for n, d in zip(scales, projectors):
     k = x.shape[-1] // n
-    resid = xc[:, :k * n].reshape(x.shape[0], k, n) @ d
-    fluct.append(np.sqrt(np.mean(resid ** 2, axis=(1, 2))))
+    resid = xc[:, : k * n].reshape(x.shape[0], k, n) @ d
+    fluct.append(np.sqrt(np.mean(resid**2, axis=(1, 2))))
   log_f = np.log(np.stack(fluct, -1))
   alpha = np.polyfit(np.log(scales), log_f.T, 1)[0]
   t = np.arange(x.shape[-1]) - (x.shape[-1] - 1) / 2
@@ -75,7 +78,7 @@ def numpy_metrics(x: np.ndarray, scales, projectors) -> tuple:
   spectrum = np.fft.fft(z, axis=-1)
   h = np.zeros(x.shape[-1])
   h[0] = 1
-  h[1:(x.shape[-1] + 1) // 2] = 2
+  h[1 : (x.shape[-1] + 1) // 2] = 2
   if x.shape[-1] % 2 == 0:
     h[x.shape[-1] // 2] = 1
   a = np.fft.ifft(spectrum * h, axis=-1)
@@ -89,9 +92,13 @@ def numpy_loop(x: np.ndarray, num: int, scales, rng, reference: bool = False) ->
   reference=True computes the metrics with benchmarks/bench_metrics.numpy_metrics, the
   per-series numpy/scipy reference of the definitions (a polyfit per DFA window)."""
   from benchmarks import bench_metrics  # pylint: disable=g-import-not-at-top
+
   projectors = [dfa._detrend_cumsum_matrix(n, 1) for n in scales]  # pylint: disable=protected-access
-  metrics = ((lambda v: bench_metrics.numpy_metrics(v, scales)[:3]) if reference
-             else (lambda v: numpy_metrics(v, scales, projectors)))
+  metrics = (
+      (lambda v: bench_metrics.numpy_metrics(v, scales)[:3])
+      if reference
+      else (lambda v: numpy_metrics(v, scales, projectors))
+  )
   out = []
   n = x.shape[-1]
   spectrum = np.fft.rfft(x, axis=-1)
@@ -111,15 +118,17 @@ def numpy_loop(x: np.ndarray, num: int, scales, rng, reference: bool = False) ->
 def throughput() -> dict:
   rng = np.random.default_rng(0)
   x = rng.standard_normal((FLAGS.signals, FLAGS.length)).cumsum(-1) * 0.1 + rng.standard_normal(
-      (FLAGS.signals, FLAGS.length))
+      (FLAGS.signals, FLAGS.length)
+  )
   scales = dynamics.default_scales(FLAGS.length)
   num = FLAGS.num
 
   @jax.jit
   def tests(key, x):
     k1, k2 = jax.random.split(key)
-    integ = dynamics.surrogate_test(lambda s: dynamics.integration(s, scales), x, k1, num,
-                                    'shuffle')
+    integ = dynamics.surrogate_test(
+        lambda s: dynamics.integration(s, scales), x, k1, num, 'shuffle'
+    )
     phased = dynamics.surrogates(k2, x, num, 'phase')
     sync = dynamics.synchrony(phased)
     meta = dynamics.metastability(phased)
@@ -139,10 +148,19 @@ def throughput() -> dict:
   t = time.perf_counter()
   numpy_loop(x, m_ref, scales, rng, reference=True)
   reference_s = (time.perf_counter() - t) * num / m_ref
-  return dict(num=num, signals=FLAGS.signals, length=FLAGS.length, jax_s=jax_s,
-              jax_compile_s=compile_s, numpy_s_scaled=numpy_s, numpy_surrogates_timed=m,
-              reference_s_scaled=reference_s, reference_surrogates_timed=m_ref,
-              speedup=numpy_s / jax_s, speedup_reference=reference_s / jax_s)
+  return dict(
+      num=num,
+      signals=FLAGS.signals,
+      length=FLAGS.length,
+      jax_s=jax_s,
+      jax_compile_s=compile_s,
+      numpy_s_scaled=numpy_s,
+      numpy_surrogates_timed=m,
+      reference_s_scaled=reference_s,
+      reference_surrogates_timed=m_ref,
+      speedup=numpy_s / jax_s,
+      speedup_reference=reference_s / jax_s,
+  )
 
 
 # --------------------------------------------------------------------------- 2. step cost
@@ -161,8 +179,16 @@ def _step_cost(name: str, enabled: bool, surrogates: int):
   config.dynamics.surrogates = surrogates
   window = config.dynamics.window
   total = window + 10_000
-  exp = loop.build(config, 10, (32, 32, 3), jnp.zeros(3), jnp.ones(3), steps_per_epoch=total,
-                   total_steps=total, mesh=loop.make_mesh())
+  exp = loop.build(
+      config,
+      10,
+      (32, 32, 3),
+      jnp.zeros(3),
+      jnp.ones(3),
+      steps_per_epoch=total,
+      total_steps=total,
+      mesh=loop.make_mesh(),
+  )
   state = jax.eval_shape(lambda: exp.init_state(0))
   images = jax.ShapeDtypeStruct((FLAGS.batch, 32, 32, 3), jnp.uint8)
   labels = jax.ShapeDtypeStruct((FLAGS.batch,), jnp.int32)
@@ -196,38 +222,51 @@ def step_cost(name: str) -> dict:
   metric_f, metric_b = _metric_cost(num_signals, 0)
   null_f, null_b = _metric_cost(num_signals, surrogates)
   return dict(
-      model=name, batch=FLAGS.batch, signals=num_signals, surrogates=surrogates,
+      model=name,
+      batch=FLAGS.batch,
+      signals=num_signals,
+      surrogates=surrogates,
       step_gflop={'off': off_f / 1e9, 'tracker': bare_f / 1e9, 'tracker_surrogates': on_f / 1e9},
       step_gbytes={'off': off_b / 1e9, 'tracker': bare_b / 1e9, 'tracker_surrogates': on_b / 1e9},
-      share_flops=(on_f - off_f) / off_f, share_bytes=(on_b - off_b) / off_b,
+      share_flops=(on_f - off_f) / off_f,
+      share_bytes=(on_b - off_b) / off_b,
       surrogate_share_flops=(on_f - bare_f) / off_f,
-      metrics_alone_share_flops=null_f / off_f, metrics_alone_share_bytes=null_b / off_b,
+      metrics_alone_share_flops=null_f / off_f,
+      metrics_alone_share_bytes=null_b / off_b,
       metrics_alone_mflop={'no_surrogates': metric_f / 1e6, 'surrogates': null_f / 1e6},
-      seconds=time.perf_counter() - t)
+      seconds=time.perf_counter() - t,
+  )
 
 
 def main(argv):
   del argv
   result = {'throughput': throughput()}
   r = result['throughput']
-  print(f"{r['num']} surrogates x {r['signals']} signals x {r['length']} samples, metrics on each: "
-        f"JAX {r['jax_s']:.3f} s (compile {r['jax_compile_s']:.1f} s), numpy loop "
-        f"{r['numpy_s_scaled']:.1f} s vectorised over signals (timed on "
-        f"{r['numpy_surrogates_timed']}, scaled): speed-up {r['speedup']:.1f}x; per-series "
-        f"reference loop {r['reference_s_scaled']:.0f} s (timed on "
-        f"{r['reference_surrogates_timed']}): speed-up {r['speedup_reference']:.0f}x", flush=True)
+  print(
+      f"{r['num']} surrogates x {r['signals']} signals x {r['length']} samples, metrics on each: "
+      f"JAX {r['jax_s']:.3f} s (compile {r['jax_compile_s']:.1f} s), numpy loop "
+      f"{r['numpy_s_scaled']:.1f} s vectorised over signals (timed on "
+      f"{r['numpy_surrogates_timed']}, scaled): speed-up {r['speedup']:.1f}x; per-series "
+      f"reference loop {r['reference_s_scaled']:.0f} s (timed on "
+      f"{r['reference_surrogates_timed']}): speed-up {r['speedup_reference']:.0f}x",
+      flush=True,
+  )
   result['steps'] = []
   models = [m for m in FLAGS.models if m]
   if models:
-    print(f"\n{'model':12s} {'signals':>7s} {'GFLOP off':>10s} {'tracker+nulls':>13s} "
-          f"{'share FLOPs':>11s} {'share bytes':>11s} {'metrics alone':>13s}")
+    print(
+        f"\n{'model':12s} {'signals':>7s} {'GFLOP off':>10s} {'tracker+nulls':>13s} "
+        f"{'share FLOPs':>11s} {'share bytes':>11s} {'metrics alone':>13s}"
+    )
   for name in models:
     row = step_cost(name)
     result['steps'].append(row)
-    print(f"{name:12s} {row['signals']:7d} {row['step_gflop']['off']:10.1f} "
-          f"{row['step_gflop']['tracker_surrogates']:13.1f} {100 * row['share_flops']:10.3f}% "
-          f"{100 * row['share_bytes']:10.3f}% {100 * row['metrics_alone_share_flops']:12.3f}%",
-          flush=True)
+    print(
+        f"{name:12s} {row['signals']:7d} {row['step_gflop']['off']:10.1f} "
+        f"{row['step_gflop']['tracker_surrogates']:13.1f} {100 * row['share_flops']:10.3f}% "
+        f"{100 * row['share_bytes']:10.3f}% {100 * row['metrics_alone_share_flops']:12.3f}%",
+        flush=True,
+    )
   if FLAGS.out:
     with open(FLAGS.out, 'w') as f:
       json.dump(result, f, indent=1)

@@ -55,8 +55,12 @@ flags.DEFINE_integer('steps', 2, 'Timed steps per kind per round.')
 flags.DEFINE_bool('torch', True, 'Also time the PyTorch twin (skipped if torch is missing).')
 flags.DEFINE_bool('torch_channels_last', False, 'PyTorch in channels-last memory format.')
 flags.DEFINE_string('out', 'runs/benchmarks/bench_train.json', 'JSON output path.')
-flags.DEFINE_bool('one_process', False, 'Measure every model in this process, with the XLA:CPU '
-                  'flags of the first, instead of one process per model.')
+flags.DEFINE_bool(
+    'one_process',
+    False,
+    'Measure every model in this process, with the XLA:CPU '
+    'flags of the first, instead of one process per model.',
+)
 FLAGS = flags.FLAGS
 
 MEAN, STD = (125.3, 123.0, 113.9), (63.0, 62.1, 66.7)  # CIFAR-10, 0..255 units
@@ -69,11 +73,18 @@ def machine() -> dict:
       cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
   except (OSError, StopIteration):
     pass
-  info = dict(cpu=cpu, cores=os.cpu_count(), python=platform.python_version(),
-              jax=jax.__version__, backend=jax.default_backend(), devices=jax.device_count(),
-              xla_flags=os.environ.get('XLA_FLAGS', ''))
+  info = dict(
+      cpu=cpu,
+      cores=os.cpu_count(),
+      python=platform.python_version(),
+      jax=jax.__version__,
+      backend=jax.default_backend(),
+      devices=jax.device_count(),
+      xla_flags=os.environ.get('XLA_FLAGS', ''),
+  )
   try:
     import torch
+
     info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
   except ImportError:
     pass
@@ -87,6 +98,7 @@ def matmul_peak(n=2048) -> dict:
   peak = {'jax': 2 * n**3 / min(time_calls(lambda: mm(a).block_until_ready())) / 1e9}
   if _torch() is not None:
     import torch
+
     at = torch.from_numpy(np.asarray(a))
     peak['torch'] = 2 * n**3 / min(time_calls(lambda: at @ at)) / 1e9
   return peak
@@ -97,6 +109,7 @@ def _torch():
     return None
   try:
     import torch
+
     return torch
   except ImportError:
     return None
@@ -110,8 +123,16 @@ class JaxStep:
     config.dynamics.enabled = dynamics
     window = config.dynamics.window
     total = window + 10_000
-    self.exp = loop.build(config, 10, images.shape[1:], jnp.asarray(MEAN), jnp.asarray(STD),
-                          steps_per_epoch=total, total_steps=total, mesh=loop.make_mesh())
+    self.exp = loop.build(
+        config,
+        10,
+        images.shape[1:],
+        jnp.asarray(MEAN),
+        jnp.asarray(STD),
+        steps_per_epoch=total,
+        total_steps=total,
+        mesh=loop.make_mesh(),
+    )
     self.state = self.exp.init_state(0)
     if dynamics:  # past the first window, so that every timed step computes the metrics
       self.state = self.state.replace(step=jnp.asarray(window, jnp.int32))
@@ -138,12 +159,17 @@ class TorchStep:
   def __init__(self, name, config, images, labels, channels_last):
     import torch
     import torch_models
+
     self.torch = torch
     torch.manual_seed(0)
     self.model = torch_models.get(name, 10).train()
-    self.opt = torch.optim.SGD(self.model.parameters(), lr=config.learning_rate,
-                               momentum=config.momentum, nesterov=config.nesterov,
-                               weight_decay=config.weight_decay)
+    self.opt = torch.optim.SGD(
+        self.model.parameters(),
+        lr=config.learning_rate,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+    )
     self.images = torch.from_numpy(np.asarray(images))
     self.labels = torch.from_numpy(np.asarray(labels)).long()
     self.mean = torch.tensor(MEAN).view(1, 3, 1, 1)
@@ -163,7 +189,7 @@ class TorchStep:
     p = self.pad
     x = torch.nn.functional.pad(x, (p, p, p, p))  # zeros = black, as in data/augment.py
     dy, dx = torch.randint(0, 2 * p + 1, (2, b)).tolist()
-    x = torch.stack([x[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+    x = torch.stack([x[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
     flip = torch.rand(b) < 0.5
     x = torch.where(flip.view(b, 1, 1, 1), x.flip(3), x)
     x = (x - self.mean) / self.std
@@ -172,8 +198,9 @@ class TorchStep:
   def __call__(self):
     self.opt.zero_grad(set_to_none=True)
     logits = self.model(self.augment())
-    loss = self.torch.nn.functional.cross_entropy(logits, self.labels,
-                                                  label_smoothing=self.smoothing)
+    loss = self.torch.nn.functional.cross_entropy(
+        logits, self.labels, label_smoothing=self.smoothing
+    )
     loss.backward()
     self.opt.step()
     return loss.item()
@@ -191,14 +218,16 @@ def config_and_batch(name: str):
 
 def measure(name: str) -> dict:
   config, images, labels = config_and_batch(name)
-  steps = {'jax': JaxStep(name, config, False, images, labels),
-           'jax_dynamics': JaxStep(name, config, True, images, labels)}
+  steps = {
+      'jax': JaxStep(name, config, False, images, labels),
+      'jax_dynamics': JaxStep(name, config, True, images, labels),
+  }
   if _torch() is not None:
     steps['torch'] = TorchStep(name, config, images, labels, FLAGS.torch_channels_last)
   times = {kind: [] for kind in steps}
   kinds = list(steps)
   for r in range(FLAGS.rounds):
-    for kind in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:
+    for kind in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
       # One untimed step after each switch: the first step after another program ran pays
       # for memory that program's buffers took (page faults, cache), which a training run,
       # repeating one step, does not. Without it the plain ResNet-50 step measured 12 s here
@@ -209,12 +238,18 @@ def measure(name: str) -> dict:
         steps[kind]()
         times[kind].append(time.perf_counter() - t)
   median = {kind: statistics.median(ts) for kind, ts in times.items()}
-  row = dict(model=name, batch=FLAGS.batch, timed_steps=len(times['jax']),
-             xla_flags=os.environ.get('XLA_FLAGS', ''),
-             step_s=median, images_per_s={k: FLAGS.batch / v for k, v in median.items()},
-             dynamics_overhead=median['jax_dynamics'] / median['jax'],
-             compile_s=steps['jax'].compile_s, gflop_per_step=steps['jax'].flops / 1e9,
-             gflop_per_s=steps['jax'].flops / 1e9 / median['jax'])
+  row = dict(
+      model=name,
+      batch=FLAGS.batch,
+      timed_steps=len(times['jax']),
+      xla_flags=os.environ.get('XLA_FLAGS', ''),
+      step_s=median,
+      images_per_s={k: FLAGS.batch / v for k, v in median.items()},
+      dynamics_overhead=median['jax_dynamics'] / median['jax'],
+      compile_s=steps['jax'].compile_s,
+      gflop_per_step=steps['jax'].flops / 1e9,
+      gflop_per_s=steps['jax'].flops / 1e9 / median['jax'],
+  )
   if 'torch' in steps:
     row['jax_vs_torch'] = median['torch'] / median['jax']
     row['torch_first_step_s'] = steps['torch'].first_step_s
@@ -230,12 +265,16 @@ def print_table(rows, peak):
   print(head)
   for r in rows:
     ips = r['images_per_s']
-    line = (f"{r['model']:12s} {ips['jax']:9.1f} {ips['jax_dynamics']:10.1f} "
-            f"{r['dynamics_overhead']:8.3f}")
+    line = (
+        f"{r['model']:12s} {ips['jax']:9.1f} {ips['jax_dynamics']:10.1f} "
+        f"{r['dynamics_overhead']:8.3f}"
+    )
     if has_torch:
       line += f" {ips['torch']:11.1f} {r['jax_vs_torch']:9.2f}"
-    line += (f" {r['compile_s']:9.1f} {r['gflop_per_step']:10.1f} {r['gflop_per_s']:8.1f} "
-             f"{100 * r['gflop_per_s'] / peak['jax']:6.1f}")
+    line += (
+        f" {r['compile_s']:9.1f} {r['gflop_per_step']:10.1f} {r['gflop_per_s']:8.1f} "
+        f"{100 * r['gflop_per_s'] / peak['jax']:6.1f}"
+    )
     print(line)
 
 
@@ -244,9 +283,17 @@ def measure_in_child(name: str) -> dict:
   model's own XLA:CPU flags."""
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, 'row.json')
-    cmd = [sys.executable, os.path.abspath(__file__), f'--models={name}', f'--out={out}',
-           f'--batch={FLAGS.batch}', f'--rounds={FLAGS.rounds}', f'--steps={FLAGS.steps}',
-           f'--torch={FLAGS.torch}', f'--torch_channels_last={FLAGS.torch_channels_last}']
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        f'--models={name}',
+        f'--out={out}',
+        f'--batch={FLAGS.batch}',
+        f'--rounds={FLAGS.rounds}',
+        f'--steps={FLAGS.steps}',
+        f'--torch={FLAGS.torch}',
+        f'--torch_channels_last={FLAGS.torch_channels_last}',
+    ]
     env = dict(os.environ)
     env.pop('XLA_FLAGS', None)  # this process's flags (the defaults): the child picks the model's
     if USER_XLA_FLAGS is not None:
@@ -267,18 +314,25 @@ def main(argv):
   runtime.configure_xla_cpu(model=FLAGS.models[0] if in_process else None)
   info = machine()
   peak = matmul_peak()
-  print(f"{info['cpu']}, {info['cores']} cores; jax {info['jax']} ({info['backend']})"
-        + (f", torch {info['torch']} ({info['torch_threads']} threads)" if 'torch' in info else '')
-        + f"\nfloat32 matmul peak (2048^3): " + ', '.join(f'{k} {v:.0f} GFLOP/s'
-                                                        for k, v in peak.items()))
+  print(
+      f"{info['cpu']}, {info['cores']} cores; jax {info['jax']} ({info['backend']})"
+      + (f", torch {info['torch']} ({info['torch_threads']} threads)" if 'torch' in info else '')
+      + '\nfloat32 matmul peak (2048^3): '
+      + ', '.join(f'{k} {v:.0f} GFLOP/s' for k, v in peak.items())
+  )
   rows = []
   for name in FLAGS.models:
     t = time.perf_counter()
     rows.append(measure(name) if in_process else measure_in_child(name))
-    print(f"  {name}: measured in {time.perf_counter() - t:.0f} s; XLA_FLAGS: "
-          f"{rows[-1]['xla_flags'] or '(none)'}", flush=True)
-  print(f'\nbatch {FLAGS.batch}, medians of {rows[0]["timed_steps"]} timed steps per kind; '
-        'dyn cost = step time with the tracker / without')
+    print(
+        f'  {name}: measured in {time.perf_counter() - t:.0f} s; XLA_FLAGS: '
+        f"{rows[-1]['xla_flags'] or '(none)'}",
+        flush=True,
+    )
+  print(
+      f'\nbatch {FLAGS.batch}, medians of {rows[0]["timed_steps"]} timed steps per kind; '
+      'dyn cost = step time with the tracker / without'
+  )
   print_table(rows, peak)
   os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
   with open(FLAGS.out, 'w') as f:

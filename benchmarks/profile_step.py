@@ -38,6 +38,7 @@ FLAGS = flags.FLAGS
 def op_times(trace_dir: str) -> collections.Counter:
   """Milliseconds per operation kind from the XSpace protobuf that jax.profiler wrote."""
   from tensorflow.tsl.profiler.protobuf import xplane_pb2  # ships with tensorflow-cpu
+
   path = max(glob.glob(f'{trace_dir}/**/*.xplane.pb', recursive=True), key=os.path.getmtime)
   space = xplane_pb2.XSpace()
   with open(path, 'rb') as f:
@@ -66,8 +67,16 @@ def main(argv):
   config.batch_size = FLAGS.batch
   config.dynamics.enabled = FLAGS.dynamics
   total = config.dynamics.window + 10
-  exp = loop.build(config, 10, (32, 32, 3), jnp.full(3, 120.0), jnp.full(3, 64.0),
-                   steps_per_epoch=total, total_steps=total, mesh=loop.make_mesh())
+  exp = loop.build(
+      config,
+      10,
+      (32, 32, 3),
+      jnp.full(3, 120.0),
+      jnp.full(3, 64.0),
+      steps_per_epoch=total,
+      total_steps=total,
+      mesh=loop.make_mesh(),
+  )
   state = exp.init_state(0)
   if FLAGS.dynamics:  # past the first window, so that the step computes the metrics
     state = state.replace(step=jnp.asarray(config.dynamics.window, jnp.int32))
@@ -81,8 +90,10 @@ def main(argv):
     state, metrics = exp.train_step(state, images, labels)
     jax.block_until_ready((state, metrics))
   totals = op_times(FLAGS.trace_dir)
-  print(f'{FLAGS.model}, batch {FLAGS.batch}, tracker {"on" if FLAGS.dynamics else "off"}: '
-        f'{sum(totals.values()):.0f} ms of named operations (thread time)')
+  print(
+      f'{FLAGS.model}, batch {FLAGS.batch}, tracker {"on" if FLAGS.dynamics else "off"}: '
+      f'{sum(totals.values()):.0f} ms of named operations (thread time)'
+  )
   for name, ms in totals.most_common(FLAGS.top):
     print(f'{ms:9.1f} ms  {name}')
 

@@ -18,8 +18,10 @@ from torch import nn
 
 
 def conv_bn(cin, cout, kernel=3, stride=1, groups=1):
-  return [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
-          nn.BatchNorm2d(cout, eps=1e-5, momentum=0.1)]
+  return [
+      nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+      nn.BatchNorm2d(cout, eps=1e-5, momentum=0.1),
+  ]
 
 
 class BasicBlock(nn.Module):
@@ -27,10 +29,14 @@ class BasicBlock(nn.Module):
 
   def __init__(self, cin, filters, stride):
     super().__init__()
-    self.body = nn.Sequential(*conv_bn(cin, filters, 3, stride), nn.ReLU(inplace=True),
-                              *conv_bn(filters, filters, 3))
-    self.shortcut = (nn.Sequential(*conv_bn(cin, filters, 1, stride))
-                     if stride != 1 or cin != filters else nn.Identity())
+    self.body = nn.Sequential(
+        *conv_bn(cin, filters, 3, stride), nn.ReLU(inplace=True), *conv_bn(filters, filters, 3)
+    )
+    self.shortcut = (
+        nn.Sequential(*conv_bn(cin, filters, 1, stride))
+        if stride != 1 or cin != filters
+        else nn.Identity()
+    )
 
   def forward(self, x):
     return torch.relu(self.shortcut(x) + self.body(x))
@@ -42,17 +48,23 @@ class Bottleneck(nn.Module):
   def __init__(self, cin, filters, stride):
     super().__init__()
     out = filters * 4
-    self.body = nn.Sequential(*conv_bn(cin, filters, 1), nn.ReLU(inplace=True),
-                              *conv_bn(filters, filters, 3, stride), nn.ReLU(inplace=True),
-                              *conv_bn(filters, out, 1))
-    self.shortcut = (nn.Sequential(*conv_bn(cin, out, 1, stride))
-                     if stride != 1 or cin != out else nn.Identity())
+    self.body = nn.Sequential(
+        *conv_bn(cin, filters, 1),
+        nn.ReLU(inplace=True),
+        *conv_bn(filters, filters, 3, stride),
+        nn.ReLU(inplace=True),
+        *conv_bn(filters, out, 1),
+    )
+    self.shortcut = (
+        nn.Sequential(*conv_bn(cin, out, 1, stride)) if stride != 1 or cin != out else nn.Identity()
+    )
 
   def forward(self, x):
     return torch.relu(self.shortcut(x) + self.body(x))
 
 
 class ResNet(nn.Module):
+
   def __init__(self, stage_sizes, block, num_classes, width=64):
     super().__init__()
     layers = [*conv_bn(3, width), nn.ReLU(inplace=True)]
@@ -73,6 +85,7 @@ VGG16_LAYOUT = (1, 1, 'M', 2, 2, 'M', 4, 4, 4, 'M', 8, 8, 8, 'M', 8, 8, 8, 'M')
 
 
 class VGG(nn.Module):
+
   def __init__(self, num_classes, width=64, layout=VGG16_LAYOUT):
     super().__init__()
     layers, cin = [], 3
@@ -90,19 +103,24 @@ class VGG(nn.Module):
 
 
 class DenseLayer(nn.Module):
+
   def __init__(self, cin, growth, bottleneck=4):
     super().__init__()
     self.body = nn.Sequential(
-        nn.BatchNorm2d(cin), nn.ReLU(inplace=True),
+        nn.BatchNorm2d(cin),
+        nn.ReLU(inplace=True),
         nn.Conv2d(cin, bottleneck * growth, 1, bias=False),
-        nn.BatchNorm2d(bottleneck * growth), nn.ReLU(inplace=True),
-        nn.Conv2d(bottleneck * growth, growth, 3, padding=1, bias=False))
+        nn.BatchNorm2d(bottleneck * growth),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(bottleneck * growth, growth, 3, padding=1, bias=False),
+    )
 
   def forward(self, x):
     return torch.cat([x, self.body(x)], 1)
 
 
 class DenseNet(nn.Module):
+
   def __init__(self, num_classes, block_sizes=(6, 12, 24, 16), growth=32, compression=0.5):
     super().__init__()
     cin = 2 * growth
@@ -113,8 +131,12 @@ class DenseNet(nn.Module):
         cin += growth
       if i + 1 < len(block_sizes):
         out = int(cin * compression)
-        layers += [nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.Conv2d(cin, out, 1, bias=False),
-                   nn.AvgPool2d(2, 2)]
+        layers += [
+            nn.BatchNorm2d(cin),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cin, out, 1, bias=False),
+            nn.AvgPool2d(2, 2),
+        ]
         cin = out
     layers += [nn.BatchNorm2d(cin), nn.ReLU(inplace=True)]
     self.features = nn.Sequential(*layers)
@@ -124,8 +146,15 @@ class DenseNet(nn.Module):
     return self.head(self.features(x).mean((2, 3)))
 
 
-CIFAR_STAGES = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-                (6, 160, 3, 2), (6, 320, 1, 1))
+CIFAR_STAGES = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 1),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
 
 
 def make_divisible(value, divisor=8):
@@ -134,12 +163,16 @@ def make_divisible(value, divisor=8):
 
 
 class InvertedResidual(nn.Module):
+
   def __init__(self, cin, cout, stride, expansion):
     super().__init__()
     hidden = cin * expansion
     layers = [] if expansion == 1 else [*conv_bn(cin, hidden, 1), nn.ReLU6(inplace=True)]
-    layers += [*conv_bn(hidden, hidden, 3, stride, groups=hidden), nn.ReLU6(inplace=True),
-               *conv_bn(hidden, cout, 1)]
+    layers += [
+        *conv_bn(hidden, hidden, 3, stride, groups=hidden),
+        nn.ReLU6(inplace=True),
+        *conv_bn(hidden, cout, 1),
+    ]
     self.body = nn.Sequential(*layers)
     self.residual = stride == 1 and cin == cout
 
@@ -148,6 +181,7 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
+
   def __init__(self, num_classes, width_mult=1.0, stages=CIFAR_STAGES, last=1280, dropout=0.2):
     super().__init__()
     cin = make_divisible(32 * width_mult)

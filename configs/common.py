@@ -12,8 +12,9 @@ def parse_arg(arg, **defaults):
   for item in filter(None, (arg or '').split(',')):
     key, _, value = item.partition('=')
     if key not in defaults:
-      raise ValueError(f'Unknown config argument {key!r} in {arg!r}; '
-                       f'allowed: {", ".join(sorted(defaults))}.')
+      raise ValueError(
+          f'Unknown config argument {key!r} in {arg!r}; ' f'allowed: {", ".join(sorted(defaults))}.'
+      )
     kind = type(defaults[key])
     parsed[key] = value.lower() in ('1', 'true', 'yes') if kind is bool else kind(value)
   return parsed

@@ -1,7 +1,9 @@
 r"""The published study's runs: every model x {CIFAR-10, CIFAR-100}, at paper or CPU scale.
 
-  python train.py --config=configs/study.py:model=resnet18,dataset=cifar10 --workdir=runs/study/c10_resnet18
-  python train.py --config=configs/study.py:model=vit_b16,dataset=cifar100 --workdir=runs/study/c100_vit \
+  python train.py --config=configs/study.py:model=resnet18,dataset=cifar10 \
+      --workdir=runs/study/c10_resnet18
+  python train.py --config=configs/study.py:model=vit_b16,dataset=cifar100 \
+      --workdir=runs/study/c100_vit \
       --config.init_checkpoint=/path/to/ViT-B_16.npz
   python train.py --config=configs/study.py:model=vgg16,dataset=cifar10,scale=cpu,seed=1 \
       --workdir=runs/cpu/c10_vgg16_s1 --config.data.source=image_folder \
@@ -25,9 +27,10 @@ Per-family recipes (paper scale), with their sources:
   plus step mode.
 
 scale=cpu is the CPU-sized reproduction used for results/: class-balanced subsets of 8,000
-training and 2,000 test images (800 and 200 per class on CIFAR-10, 80 and 20 on CIFAR-100), slimmer models (ResNet-18/VGG-16 width 16, MobileNetV2 width 0.5,
-DenseNet growth 12), 16 epochs, and DFA scales from 3 to N//2 so that the short epoch history
-reaches three scales after 10 epochs instead of 24 (a documented deviation from the default
+training and 2,000 test images (800 and 200 per class on CIFAR-10, 80 and 20 on CIFAR-100),
+slimmer models (ResNet-18/VGG-16 width 16, MobileNetV2 width 0.5, DenseNet growth 12),
+16 epochs, and DFA scales from 3 to N//2 so that the short epoch history reaches three scales
+after 10 epochs instead of 24 (a documented deviation from the default
 scale grid). On this 2-core CPU a width-16 ResNet-18 trains at about 300 images/s, VGG-16 faster;
 MobileNetV2 (width 0.5) and DenseNet-121 (growth 12) managed only 16 and 37 images/s (XLA's CPU
 depthwise and concatenation-heavy convolutions, before the rewrites of models/layers.py), so the
@@ -36,8 +39,16 @@ CPU reproduction in results/ uses ResNet-18, VGG-16 and vit_tiny.
 
 from configs import common
 
-MODELS = ('resnet18', 'resnet34', 'resnet50', 'vgg16', 'densenet121', 'mobilenetv2', 'vit_b16',
-          'vit_tiny')
+MODELS = (
+    'resnet18',
+    'resnet34',
+    'resnet50',
+    'vgg16',
+    'densenet121',
+    'mobilenetv2',
+    'vit_b16',
+    'vit_tiny',
+)
 DATASETS = ('cifar10', 'cifar100')
 
 
@@ -46,8 +57,9 @@ def get_config(arg='model=resnet18,dataset=cifar10'):
   if args.model not in MODELS:
     raise ValueError(f'configs/study.py: model={args.model!r}; allowed: {", ".join(MODELS)}.')
   if args.dataset not in DATASETS:
-    raise ValueError(f'configs/study.py: dataset={args.dataset!r}; allowed: '
-                     f'{", ".join(DATASETS)}.')
+    raise ValueError(
+        f'configs/study.py: dataset={args.dataset!r}; allowed: ' f'{", ".join(DATASETS)}.'
+    )
   if args.scale not in ('paper', 'cpu'):
     raise ValueError(f'configs/study.py: scale={args.scale!r}; allowed: paper, cpu.')
   config = common.base_config()

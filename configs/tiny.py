@@ -1,6 +1,6 @@
 r"""A seconds-long run for tests: tiny ResNet, small synthetic dataset.
 
-  python train.py --config=configs/tiny.py --workdir=/tmp/tiny
+python train.py --config=configs/tiny.py --workdir=/tmp/tiny
 """
 
 from configs import common

@@ -31,17 +31,30 @@ import numpy as np
 
 # `data.augment` stays the module (augment.augment / augment.normalize): re-exporting the function
 # under the same name would shadow the module and break `from data import augment`.
-from data import augment
-from data import batching
-from data import image_folder
-from data import synthetic
-from data.batching import (TrainBatches, epoch_permutation, eval_batches, steps_per_epoch,
-                           train_batch_indices)
+from data import augment, batching, image_folder, synthetic
+from data.batching import (
+    TrainBatches,
+    epoch_permutation,
+    eval_batches,
+    steps_per_epoch,
+    train_batch_indices,
+)
 
 __all__ = [
-    "Dataset", "load", "default_config", "class_balanced_subset", "channel_stats",
-    "augment", "batching", "TrainBatches", "epoch_permutation", "eval_batches",
-    "steps_per_epoch", "train_batch_indices", "SOURCES", "DEFAULT_CACHE_DIR",
+    "Dataset",
+    "load",
+    "default_config",
+    "class_balanced_subset",
+    "channel_stats",
+    "augment",
+    "batching",
+    "TrainBatches",
+    "epoch_permutation",
+    "eval_batches",
+    "steps_per_epoch",
+    "train_batch_indices",
+    "SOURCES",
+    "DEFAULT_CACHE_DIR",
 ]
 
 SOURCES = ("synthetic", "tfds", "image_folder")
@@ -86,6 +99,7 @@ def default_config():
     num_classes, train_size, test_size, image_size: the synthetic source's shape.
   """
   import ml_collections  # Imported here so that numpy-only users of `data` need not have it.
+
   return ml_collections.ConfigDict(dict(_DEFAULTS))
 
 
@@ -104,6 +118,7 @@ class Dataset:
     mean, std: f64[3], per-channel mean and (population) standard deviation of `train_images`
       in 0..255 units, for `augment` / `normalize`.
   """
+
   name: str
   train_images: np.ndarray
   train_labels: np.ndarray
@@ -118,19 +133,27 @@ class Dataset:
     for split in ("train", "test"):
       images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
       if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"Dataset {self.name!r}: {split}_images must be u8[N, H, W, 3], got "
-                         f"{images.dtype}{list(images.shape)}")
+        raise ValueError(
+            f"Dataset {self.name!r}: {split}_images must be u8[N, H, W, 3], got "
+            f"{images.dtype}{list(images.shape)}"
+        )
       if labels.dtype != np.int32 or labels.shape != images.shape[:1]:
-        raise ValueError(f"Dataset {self.name!r}: {split}_labels must be int32[{images.shape[0]}],"
-                         f" got {labels.dtype}{list(labels.shape)}")
+        raise ValueError(
+            f"Dataset {self.name!r}: {split}_labels must be int32[{images.shape[0]}],"
+            f" got {labels.dtype}{list(labels.shape)}"
+        )
       if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
         raise ValueError(f"Dataset {self.name!r}: {split}_labels outside [0, {self.num_classes}).")
     if self.train_images.shape[1:] != self.test_images.shape[1:]:
-      raise ValueError(f"Dataset {self.name!r}: train images are {self.train_images.shape[1:]} but "
-                       f"test images are {self.test_images.shape[1:]}.")
+      raise ValueError(
+          f"Dataset {self.name!r}: train images are {self.train_images.shape[1:]} but "
+          f"test images are {self.test_images.shape[1:]}."
+      )
     if len(self.class_names) != self.num_classes:
-      raise ValueError(f"Dataset {self.name!r}: {len(self.class_names)} class names for "
-                       f"{self.num_classes} classes.")
+      raise ValueError(
+          f"Dataset {self.name!r}: {len(self.class_names)} class names for "
+          f"{self.num_classes} classes."
+      )
     # Read-only views, so that nothing can silently write into the dataset shared by the whole
     # run (the caller's own arrays keep their flags).
     for field in ("train_images", "train_labels", "test_images", "test_labels", "mean", "std"):
@@ -142,20 +165,26 @@ class Dataset:
   def from_arrays(cls, name, train_images, train_labels, test_images, test_labels, class_names):
     """Builds a Dataset, computing mean/std from `train_images` (u8[N, H, W, 3])."""
     mean, std = channel_stats(train_images)
+
     def int32_labels(labels):
       labels = np.asarray(labels)
       if labels.dtype.kind not in "iu":
         raise ValueError(f"Dataset {name!r}: labels must be integers, got {labels.dtype}.")
       return labels.astype(np.int32, copy=False)
+
     # Images are not cast: a float image cast to uint8 would be silently wrong; __post_init__
     # rejects anything but uint8.
-    return cls(name=name,
-               train_images=np.asarray(train_images),
-               train_labels=int32_labels(train_labels),
-               test_images=np.asarray(test_images),
-               test_labels=int32_labels(test_labels),
-               num_classes=len(class_names), class_names=tuple(str(c) for c in class_names),
-               mean=mean, std=std)
+    return cls(
+        name=name,
+        train_images=np.asarray(train_images),
+        train_labels=int32_labels(train_labels),
+        test_images=np.asarray(test_images),
+        test_labels=int32_labels(test_labels),
+        num_classes=len(class_names),
+        class_names=tuple(str(c) for c in class_names),
+        mean=mean,
+        std=std,
+    )
 
   @property
   def image_shape(self):
@@ -183,13 +212,14 @@ def channel_stats(images, chunk=4096):
   images = np.asarray(images)
   if images.dtype != np.uint8 or images.ndim != 4:
     raise ValueError(
-        f"channel_stats expects u8[N, H, W, C], got {images.dtype}{list(images.shape)}")
+        f"channel_stats expects u8[N, H, W, C], got {images.dtype}{list(images.shape)}"
+    )
   if images.shape[0] == 0:
     raise ValueError("channel_stats: no training images; mean/std are undefined.")
   c = images.shape[-1]
   hist = np.zeros((c, 256), np.int64)
   for start in range(0, images.shape[0], chunk):
-    block = images[start:start + chunk].reshape(-1, c)
+    block = images[start : start + chunk].reshape(-1, c)
     for ch in range(c):
       hist[ch] += np.bincount(block[:, ch], minlength=256)
   values = np.arange(256, dtype=np.float64)
@@ -217,8 +247,10 @@ def class_balanced_subset(labels, size, seed, num_classes):
   labels = np.asarray(labels)
   n = labels.shape[0]
   if not 0 < size <= n:
-    raise ValueError(f"data.train_subset={size} must be between 1 and the training split size "
-                     f"{n} (or 0 for the whole split).")
+    raise ValueError(
+        f"data.train_subset={size} must be between 1 and the training split size "
+        f"{n} (or 0 for the whole split)."
+    )
   rng = np.random.default_rng([seed, _SUBSET_STREAM])
   perm = rng.permutation(n)
   class_rank = rng.permutation(num_classes)  # Who goes first within each round-robin round.
@@ -274,28 +306,36 @@ def load(cfg: Any) -> Dataset:
   if source == "synthetic":
     name = "synthetic"
     arrays = synthetic.make_synthetic(
-        num_classes=int(_get(cfg, "num_classes")), train_size=int(_get(cfg, "train_size")),
-        test_size=int(_get(cfg, "test_size")), image_size=int(_get(cfg, "image_size")), seed=seed)
+        num_classes=int(_get(cfg, "num_classes")),
+        train_size=int(_get(cfg, "train_size")),
+        test_size=int(_get(cfg, "test_size")),
+        image_size=int(_get(cfg, "image_size")),
+        seed=seed,
+    )
   elif source == "image_folder":
     path = _get(cfg, "path")
     if not path:
-      raise ValueError("data.source='image_folder' needs data.path: a directory or .tar.gz laid "
-                       "out as <split>/<class>/<image>, e.g. "
-                       "--config.data.path=../shared/data/cifar10.tar.gz")
+      raise ValueError(
+          "data.source='image_folder' needs data.path: a directory or .tar.gz laid "
+          "out as <split>/<class>/<image>, e.g. "
+          "--config.data.path=../shared/data/cifar10.tar.gz"
+      )
     name = image_folder.dataset_name(path)
     cache_dir = resolve_cache_dir(_get(cfg, "cache_dir"))
     arrays = image_folder.load_image_folder(path, cache_dir=cache_dir)
   elif source == "tfds":
     from data import tfds_source  # Lazy: importing TensorFlow costs seconds and is rarely needed.
+
     name = _get(cfg, "name")
     arrays = tfds_source.load_tfds(name, data_dir=_get(cfg, "tfds_data_dir") or None)
   else:
     raise ValueError(f"Unknown data.source={source!r}; allowed values: {', '.join(SOURCES)}.")
 
   train_images, train_labels, test_images, test_labels, class_names = arrays
-  train_images, train_labels = _subset(train_images, train_labels, cfg, "train", seed,
-                                       len(class_names))
-  test_images, test_labels = _subset(test_images, test_labels, cfg, "test", seed,
-                                     len(class_names))
-  return Dataset.from_arrays(name, train_images, train_labels, test_images, test_labels,
-                             class_names)
+  train_images, train_labels = _subset(
+      train_images, train_labels, cfg, "train", seed, len(class_names)
+  )
+  test_images, test_labels = _subset(test_images, test_labels, cfg, "test", seed, len(class_names))
+  return Dataset.from_arrays(
+      name, train_images, train_labels, test_images, test_labels, class_names
+  )

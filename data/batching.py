@@ -21,10 +21,13 @@ def _check_split(global_batch, process_count, process_index):
     raise ValueError(f"batch_size={global_batch} must be >= 1.")
   if process_count < 1 or not 0 <= process_index < process_count:
     raise ValueError(
-        f"process_index={process_index} must be in [0, process_count={process_count}).")
+        f"process_index={process_index} must be in [0, process_count={process_count})."
+    )
   if global_batch % process_count:
-    raise ValueError(f"batch_size={global_batch} (the global batch) must be divisible by the "
-                     f"process count {process_count}; choose a multiple of {process_count}.")
+    raise ValueError(
+        f"batch_size={global_batch} (the global batch) must be divisible by the "
+        f"process count {process_count}; choose a multiple of {process_count}."
+    )
   return global_batch // process_count
 
 
@@ -44,8 +47,10 @@ def steps_per_epoch(n, global_batch):
     raise ValueError(f"batch_size={global_batch} must be >= 1.")
   steps = n // global_batch
   if steps == 0:
-    raise ValueError(f"batch_size={global_batch} is larger than the {n} training examples; lower "
-                     "batch_size (or raise data.train_subset / the dataset size).")
+    raise ValueError(
+        f"batch_size={global_batch} is larger than the {n} training examples; lower "
+        "batch_size (or raise data.train_subset / the dataset size)."
+    )
   return steps
 
 
@@ -63,7 +68,7 @@ def train_batch_indices(seed, step, n, global_batch, process_index=0, process_co
     raise ValueError(f"step={step} must be >= 0.")
   epoch, j = divmod(step, steps_per_epoch(n, global_batch))
   start = j * global_batch + process_index * local
-  return epoch_permutation(seed, epoch, n)[start:start + local]
+  return epoch_permutation(seed, epoch, n)[start : start + local]
 
 
 class TrainBatches:
@@ -103,7 +108,7 @@ class TrainBatches:
       self._perm = epoch_permutation(self.seed, epoch, self.num_examples)
       self._epoch = epoch
     start = j * self.global_batch + self.process_index * self.local_batch
-    return self._perm[start:start + self.local_batch]
+    return self._perm[start : start + self.local_batch]
 
   def batch(self, step):
     """(u8[b, H, W, 3], int32[b]) for global step `step`, b = global_batch // process_count."""

@@ -50,8 +50,10 @@ import tqdm
 from PIL import Image
 
 SPLITS = ("train", "test")
-LAYOUT = ("<split>/<class>/<image> with split folders 'train' and 'test' (optionally under one "
-          "top-level folder, e.g. cifar10/train/airplane/0001.jpg)")
+LAYOUT = (
+    "<split>/<class>/<image> with split folders 'train' and 'test' (optionally under one "
+    "top-level folder, e.g. cifar10/train/airplane/0001.jpg)"
+)
 # Bump when the decoded content or the cache file format changes, to invalidate old caches.
 _CACHE_VERSION = 2  # 2: 16-bit greyscale no longer saturated, Thumbs.db skipped
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
@@ -64,7 +66,7 @@ def dataset_name(path):
   base = os.path.basename(os.path.normpath(os.path.expanduser(path)))
   for suffix in _ARCHIVE_SUFFIXES:
     if base.endswith(suffix):
-      return base[:-len(suffix)]
+      return base[: -len(suffix)]
   return base
 
 
@@ -78,8 +80,9 @@ _SYSTEM_FILES = ("thumbs.db", "ehthumbs.db", "desktop.ini")
 
 
 def _hidden(parts):
-  return (any(p.startswith(".") or p == "__MACOSX" for p in parts)
-          or (bool(parts) and parts[-1].lower() in _SYSTEM_FILES))
+  return any(p.startswith(".") or p == "__MACOSX" for p in parts) or (
+      bool(parts) and parts[-1].lower() in _SYSTEM_FILES
+  )
 
 
 def _split_path(name):
@@ -126,8 +129,10 @@ def _read_archive(path):
         elif member.isfile():
           files.append((parts, tar.extractfile(member).read()))
   except (tarfile.TarError, EOFError, OSError) as e:  # Corrupt/truncated gzip surfaces as these.
-    raise ValueError(f"data.path={path!r} is not a readable tar/tar.gz archive ({e}); expected "
-                     f"an archive laid out as {LAYOUT}.") from e
+    raise ValueError(
+        f"data.path={path!r} is not a readable tar/tar.gz archive ({e}); expected "
+        f"an archive laid out as {LAYOUT}."
+    ) from e
   return files, dirs
 
 
@@ -154,15 +159,20 @@ def _resolve_layout(file_parts, dir_parts, where):
       prefix = (tops[0],)
     else:
       found = sorted({p[0] for _, p in visible} | set(tops))
-      raise ValueError(f"{where}: no 'train'/'test' split folders found (top-level entries: "
-                       f"{found[:10]}); expected {LAYOUT}.")
+      raise ValueError(
+          f"{where}: no 'train'/'test' split folders found (top-level entries: "
+          f"{found[:10]}); expected {LAYOUT}."
+      )
   shown = lambda parts: os.path.join(where, *parts)
   for split in SPLITS:
     if prefix + (split,) not in dirset:
-      found = sorted(d[len(prefix)] for d in dirset
-                     if len(d) == len(prefix) + 1 and d[:len(prefix)] == prefix)
-      raise FileNotFoundError(f"{where}: missing split folder {shown(prefix + (split,))!r} "
-                              f"(found folders: {found[:10]}); expected {LAYOUT}.")
+      found = sorted(
+          d[len(prefix)] for d in dirset if len(d) == len(prefix) + 1 and d[: len(prefix)] == prefix
+      )
+      raise FileNotFoundError(
+          f"{where}: missing split folder {shown(prefix + (split,))!r} "
+          f"(found folders: {found[:10]}); expected {LAYOUT}."
+      )
 
   n = len(prefix)
   classes = {split: {} for split in SPLITS}
@@ -173,31 +183,39 @@ def _resolve_layout(file_parts, dir_parts, where):
     if len(rest) == 2:
       classes[rest[0]].setdefault(rest[1], [])
     elif len(rest) > 2:
-      raise ValueError(f"{where}: folder {shown(d)!r} is nested inside a class folder; expected "
-                       f"{LAYOUT}.")
+      raise ValueError(
+          f"{where}: folder {shown(d)!r} is nested inside a class folder; expected " f"{LAYOUT}."
+      )
   for i, p in visible:
     rest = p[n:]
     if p[:n] != prefix or len(rest) == 1 or rest[0] not in SPLITS:
       continue  # Loose files next to the splits (README) and other folders are not data.
     if len(rest) != 3:
-      raise ValueError(f"{where}: file {shown(p)!r} is not inside a class folder; expected "
-                       f"{LAYOUT}.")
+      raise ValueError(
+          f"{where}: file {shown(p)!r} is not inside a class folder; expected " f"{LAYOUT}."
+      )
     classes[rest[0]][rest[1]].append(i)
 
   for split in SPLITS:
     if not classes[split]:
-      raise ValueError(f"{where}: split folder {shown(prefix + (split,))!r} has no class folders; "
-                       f"expected {LAYOUT}.")
+      raise ValueError(
+          f"{where}: split folder {shown(prefix + (split,))!r} has no class folders; "
+          f"expected {LAYOUT}."
+      )
     for cls, idx in classes[split].items():
       if not idx:
-        raise ValueError(f"{where}: class folder {shown(prefix + (split, cls))!r} is empty; every "
-                         "class folder needs at least one image (remove the folder or add images).")
+        raise ValueError(
+            f"{where}: class folder {shown(prefix + (split, cls))!r} is empty; every "
+            "class folder needs at least one image (remove the folder or add images)."
+        )
       idx.sort(key=lambda i: _natural_key(file_parts[i][-1]))
   class_names = tuple(sorted(classes["train"]))
   extra = sorted(set(classes["test"]) - set(class_names))
   if extra:
-    raise ValueError(f"{where}: test class folders {extra} have no counterpart in "
-                     f"{shown(prefix + ('train',))!r}; both splits must use the same class names.")
+    raise ValueError(
+        f"{where}: test class folders {extra} have no counterpart in "
+        f"{shown(prefix + ('train',))!r}; both splits must use the same class names."
+    )
   return class_names, classes
 
 
@@ -212,8 +230,10 @@ _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 def _grey16_to_rgb8(pixels, mode, where, parts):
   """u16[H, W] -> u8[H, W, 3]: the high byte, replicated to three channels."""
   if pixels.ndim != 2:
-    raise ValueError(f"Image {os.path.join(where, *parts)!r}: {mode!r} pixels of shape "
-                     f"{pixels.shape}, expected 2-D.")
+    raise ValueError(
+        f"Image {os.path.join(where, *parts)!r}: {mode!r} pixels of shape "
+        f"{pixels.shape}, expected 2-D."
+    )
   grey = (pixels.astype(np.uint16) >> 8).astype(np.uint8)
   return np.repeat(grey[..., None], 3, axis=-1)
 
@@ -228,15 +248,18 @@ def _decode(source, where, parts):
       if im.mode in ("I", "F") or im.mode.startswith("I;"):
         raise _UnsupportedPixels(
             f"Image {os.path.join(where, *parts)!r} has {im.mode!r} pixels (32-bit integer or "
-            "float) whose range is unknown; convert it to 8- or 16-bit.")
+            "float) whose range is unknown; convert it to 8- or 16-bit."
+        )
       if im.mode != "RGB":
         im = im.convert("RGB")  # Pillow reads 16-bit RGB(A) PNGs as 8-bit RGB(A) already.
       return np.asarray(im, dtype=np.uint8)
   except _UnsupportedPixels:
     raise
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-    raise ValueError(f"Cannot decode image {os.path.join(where, *parts)!r} ({type(e).__name__}: "
-                     f"{e}); remove or replace the file.") from e
+    raise ValueError(
+        f"Cannot decode image {os.path.join(where, *parts)!r} ({type(e).__name__}: "
+        f"{e}); remove or replace the file."
+    ) from e
 
 
 def _decode_split(files, indices_by_class, class_names, where, shape=None, split=""):
@@ -252,8 +275,9 @@ def _decode_split(files, indices_by_class, class_names, where, shape=None, split
   Returns:
     (u8[n, H, W, 3], int32[n]).
   """
-  order = [(label, i) for label, cls in enumerate(class_names)
-           for i in indices_by_class.get(cls, [])]
+  order = [
+      (label, i) for label, cls in enumerate(class_names) for i in indices_by_class.get(cls, [])
+  ]
   images, labels, first = None, np.empty(len(order), np.int32), None
   # disable=None: a bar on a terminal only, no carriage-return clutter in log files, which
   # get a line per quarter of the split instead.
@@ -261,20 +285,25 @@ def _decode_split(files, indices_by_class, class_names, where, shape=None, split
   quarter, start = max(len(order) // 4, 1), time.perf_counter()
   for k, (label, i) in enumerate(bar):
     if bar.disable and k and k % quarter == 0:
-      log.info("decoded %d/%d %s images (%.0f s)", k, len(order), split,
-               time.perf_counter() - start)
+      log.info(
+          "decoded %d/%d %s images (%.0f s)", k, len(order), split, time.perf_counter() - start
+      )
     parts, source = files[i]
     img = _decode(source, where, parts)
     if images is None:
       first = os.path.join(where, *parts)
       if shape is not None and img.shape != shape:
-        raise ValueError(f"Image {first!r} is {img.shape[1]}x{img.shape[0]} but the train images "
-                         f"are {shape[1]}x{shape[0]}; all images must have the same size.")
+        raise ValueError(
+            f"Image {first!r} is {img.shape[1]}x{img.shape[0]} but the train images "
+            f"are {shape[1]}x{shape[0]}; all images must have the same size."
+        )
       images = np.empty((len(order), *img.shape), np.uint8)
     elif img.shape != images.shape[1:]:
-      raise ValueError(f"Image {os.path.join(where, *parts)!r} is {img.shape[1]}x{img.shape[0]} "
-                       f"but {first!r} is {images.shape[2]}x{images.shape[1]}; all images must "
-                       "have the same size (resize them beforehand).")
+      raise ValueError(
+          f"Image {os.path.join(where, *parts)!r} is {img.shape[1]}x{img.shape[0]} "
+          f"but {first!r} is {images.shape[2]}x{images.shape[1]}; all images must "
+          "have the same size (resize them beforehand)."
+      )
     images[k] = img
     labels[k] = label
   return images, labels
@@ -292,8 +321,13 @@ def _load_cache(cache_file, digest):
     with np.load(cache_file, allow_pickle=False) as z:
       if str(z["digest"]) != digest:
         return None
-      return (z["train_images"], z["train_labels"], z["test_images"], z["test_labels"],
-              tuple(str(c) for c in z["class_names"]))
+      return (
+          z["train_images"],
+          z["train_labels"],
+          z["test_images"],
+          z["test_labels"],
+          tuple(str(c) for c in z["class_names"]),
+      )
   except Exception as e:  # pylint: disable=broad-except  # Any damage: rebuild, don't crash.
     log.warning("Ignoring unreadable cache file %s (%s); decoding again.", cache_file, e)
     return None
@@ -305,13 +339,23 @@ def _save_cache(cache_file, digest, arrays):
     os.makedirs(os.path.dirname(cache_file), exist_ok=True)
     train_images, train_labels, test_images, test_labels, class_names = arrays
     with open(tmp, "wb") as f:  # A file object, so numpy does not append another '.npz'.
-      np.savez(f, digest=np.array(digest), train_images=train_images, train_labels=train_labels,
-               test_images=test_images, test_labels=test_labels,
-               class_names=np.array(class_names, dtype=str))
+      np.savez(
+          f,
+          digest=np.array(digest),
+          train_images=train_images,
+          train_labels=train_labels,
+          test_images=test_images,
+          test_labels=test_labels,
+          class_names=np.array(class_names, dtype=str),
+      )
     os.replace(tmp, cache_file)
   except OSError as e:  # A read-only cache dir costs speed, not the run.
-    log.warning("Could not write the image-folder cache %s (%s); set data.cache_dir to a writable "
-                "folder to make later loads fast.", cache_file, e)
+    log.warning(
+        "Could not write the image-folder cache %s (%s); set data.cache_dir to a writable "
+        "folder to make later loads fast.",
+        cache_file,
+        e,
+    )
     if os.path.exists(tmp):
       os.remove(tmp)
 
@@ -332,8 +376,10 @@ def load_image_folder(path, cache_dir=None):
   """
   where = os.path.abspath(os.path.expanduser(path))
   if not os.path.exists(where):
-    raise FileNotFoundError(f"data.path={path!r} ({where}) does not exist; expected a directory or "
-                            f".tar.gz laid out as {LAYOUT}, e.g. ../shared/data/cifar10.tar.gz.")
+    raise FileNotFoundError(
+        f"data.path={path!r} ({where}) does not exist; expected a directory or "
+        f".tar.gz laid out as {LAYOUT}, e.g. ../shared/data/cifar10.tar.gz."
+    )
   is_dir = os.path.isdir(where)
   if is_dir:
     files, dirs, fingerprint = _scan_directory(where)
@@ -342,8 +388,10 @@ def load_image_folder(path, cache_dir=None):
     st = os.stat(where)
     key = f"archive|{where}|{st.st_size}|{st.st_mtime_ns}"
   else:
-    raise ValueError(f"data.path={path!r} is neither a directory nor a tar/tar.gz archive; "
-                     f"expected one laid out as {LAYOUT}.")
+    raise ValueError(
+        f"data.path={path!r} is neither a directory nor a tar/tar.gz archive; "
+        f"expected one laid out as {LAYOUT}."
+    )
 
   if cache_dir:
     cache_file, digest = _cache_file(cache_dir, where, key)
@@ -353,18 +401,29 @@ def load_image_folder(path, cache_dir=None):
       return cached
 
   start = time.perf_counter()
-  log.info("Decoding %s (the first load only; later loads read the cache%s) ...", where,
-           f" in {cache_dir}" if cache_dir else ", here disabled")
+  log.info(
+      "Decoding %s (the first load only; later loads read the cache%s) ...",
+      where,
+      f" in {cache_dir}" if cache_dir else ", here disabled",
+  )
   if not is_dir:
     files, dirs = _read_archive(where)
   class_names, classes = _resolve_layout([p for p, _ in files], dirs, where)
-  train_images, train_labels = _decode_split(files, classes["train"], class_names, where,
-                                             split="train")
-  test_images, test_labels = _decode_split(files, classes["test"], class_names, where,
-                                           shape=train_images.shape[1:], split="test")
+  train_images, train_labels = _decode_split(
+      files, classes["train"], class_names, where, split="train"
+  )
+  test_images, test_labels = _decode_split(
+      files, classes["test"], class_names, where, shape=train_images.shape[1:], split="test"
+  )
   arrays = (train_images, train_labels, test_images, test_labels, class_names)
-  log.info("Decoded %d + %d images in %d classes from %s in %.1f s.", len(train_labels),
-           len(test_labels), len(class_names), where, time.perf_counter() - start)
+  log.info(
+      "Decoded %d + %d images in %d classes from %s in %.1f s.",
+      len(train_labels),
+      len(test_labels),
+      len(class_names),
+      where,
+      time.perf_counter() - start,
+  )
   if cache_dir:
     _save_cache(cache_file, digest, arrays)
   return arrays

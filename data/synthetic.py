@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
-_NUM_WAVES = 3        # plane waves per class texture
-_MAX_FREQ = 3         # |frequency| in cycles per image, per axis
-_AMPLITUDE = 45.0     # grey levels of a unit-contrast texture (std over pixels)
+_NUM_WAVES = 3  # plane waves per class texture
+_MAX_FREQ = 3  # |frequency| in cycles per image, per axis
+_AMPLITUDE = 45.0  # grey levels of a unit-contrast texture (std over pixels)
 _CONTRAST = (0.4, 1.2)
 _BRIGHTNESS_STD = 12.0
 _DISTRACTOR = (0.0, 0.8)  # weight of another class's texture, relative to the true one
@@ -38,8 +38,9 @@ def _class_waves(rng, num_classes):
   grid = np.stack(np.meshgrid(span, span, indexing="ij"), -1).reshape(-1, 2)
   # Keep one of each (f, -f) pair and drop (0, 0): they give the same wave up to phase.
   grid = grid[(grid[:, 0] > 0) | ((grid[:, 0] == 0) & (grid[:, 1] > 0))]
-  freqs = np.stack([grid[rng.choice(len(grid), _NUM_WAVES, replace=False)]
-                    for _ in range(num_classes)])
+  freqs = np.stack(
+      [grid[rng.choice(len(grid), _NUM_WAVES, replace=False)] for _ in range(num_classes)]
+  )
   phases = rng.uniform(0, 2 * np.pi, (num_classes, _NUM_WAVES))
   colours = rng.normal(size=(num_classes, _NUM_WAVES, 3))
   colours /= np.linalg.norm(colours, axis=-1, keepdims=True)
@@ -58,14 +59,14 @@ def _textures(freqs, phases, colours, classes, shifts, size):
     f32[n, S, S, 3].
   """
   coords = np.arange(size)
-  f = freqs[classes].astype(np.float64)                                         # [n, K, 2]
+  f = freqs[classes].astype(np.float64)  # [n, K, 2]
   # Shift by (dy, dx) adds 2 pi (fy dy + fx dx) / S to the phase of each wave.
   delta = phases[classes] + 2 * np.pi * (f * shifts[:, None, :]).sum(-1) / size  # [n, K]
   # Separable: cos(ay + ax + d) = Re(e^{i ay} e^{i (ax + d)}), so the sum over waves is one small
   # complex matmul per example instead of n*K*S*S cosines.
   ey = np.exp(2j * np.pi * f[..., 0, None] * coords / size).astype(np.complex64)  # [n, K, S]
   ex = np.exp(1j * (2 * np.pi * f[..., 1, None] * coords / size + delta[..., None]))
-  exc = ex.astype(np.complex64)[..., None] * colours[classes][:, :, None, :]      # [n, K, S, 3]
+  exc = ex.astype(np.complex64)[..., None] * colours[classes][:, :, None, :]  # [n, K, S, 3]
   out = np.matmul(ey.transpose(0, 2, 1), exc.reshape(len(classes), _NUM_WAVES, size * 3)).real
   # Distinct integer frequencies with |f| <= 3 < S/2, one per (f, -f) pair, are orthogonal on the
   # S x S grid and average cos^2 = 1/2, so every texture has mean 0 and variance K / 6 exactly
@@ -79,7 +80,7 @@ def _examples(rng, waves, labels, size, chunk=1024):
   n = labels.shape[0]
   images = np.empty((n, size, size, 3), np.uint8)
   for start in range(0, n, chunk):
-    lab = labels[start:start + chunk]
+    lab = labels[start : start + chunk]
     m = lab.shape[0]
     shifts = rng.integers(0, size, (m, 2))
     contrast = rng.uniform(*_CONTRAST, (m, 1, 1, 1))
@@ -89,11 +90,18 @@ def _examples(rng, waves, labels, size, chunk=1024):
     other_w = rng.uniform(*_DISTRACTOR, (m, 1, 1, 1)) * (num_classes > 1)
     other_shifts = rng.integers(0, size, (m, 2))
     noise = rng.normal(0, _NOISE_STD, (m, size, size, 3))
-    x = (128.0 + brightness
-         + _AMPLITUDE * contrast * (_textures(*waves, lab, shifts, size)
-                                    + other_w * _textures(*waves, other, other_shifts, size))
-         + noise)
-    images[start:start + m] = np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    x = (
+        128.0
+        + brightness
+        + _AMPLITUDE
+        * contrast
+        * (
+            _textures(*waves, lab, shifts, size)
+            + other_w * _textures(*waves, other, other_shifts, size)
+        )
+        + noise
+    )
+    images[start : start + m] = np.clip(np.rint(x), 0, 255).astype(np.uint8)
   return images
 
 
@@ -121,8 +129,10 @@ def make_synthetic(num_classes=10, train_size=2048, test_size=512, image_size=32
     raise ValueError(f"data.num_classes={num_classes} must be >= 1 for the synthetic source.")
   for field, n in (("train_size", train_size), ("test_size", test_size)):
     if n < num_classes:
-      raise ValueError(f"data.{field}={n} must be >= data.num_classes={num_classes} so that every "
-                       "class appears in the synthetic split.")
+      raise ValueError(
+          f"data.{field}={n} must be >= data.num_classes={num_classes} so that every "
+          "class appears in the synthetic split."
+      )
   if image_size < 8:
     raise ValueError(f"data.image_size={image_size} must be >= 8 for the synthetic source.")
   waves = _class_waves(np.random.default_rng([seed, _PATTERN_STREAM]), num_classes)

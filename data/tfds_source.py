@@ -21,11 +21,13 @@ _CHUNK = 10_000
 
 def _import_tf():
   import tensorflow as tf
+
   try:
     tf.config.set_visible_devices([], "GPU")
   except RuntimeError:  # Already initialised by an earlier call: the setting is already in place.
     pass
   import tensorflow_datasets as tfds
+
   return tf, tfds
 
 
@@ -34,13 +36,15 @@ def offline_message(name, data_dir):
   where = data_dir or "the default TFDS data dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
   # The offline copies exist for CIFAR-10/100 only; for other names show the generic form.
   path = f"../shared/data/{name}.tar.gz" if name in ("cifar10", "cifar100") else "<dir or .tar.gz>"
-  return (f"TFDS dataset {name!r} is not prepared in {where}, and this loader does not download. "
-          f"Either read an image-folder copy:\n"
-          f"  --config.data.source=image_folder --config.data.path={path}\n"
-          f"(see ../shared/data/README.md; any directory or .tar.gz laid out as "
-          f"<split>/<class>/<image> works), or prepare it where the internet is reachable with\n"
-          f"  tfds build {name} --data_dir=<dir>\n"
-          f"and pass --config.data.tfds_data_dir=<dir>.")
+  return (
+      f"TFDS dataset {name!r} is not prepared in {where}, and this loader does not download. "
+      f"Either read an image-folder copy:\n"
+      f"  --config.data.source=image_folder --config.data.path={path}\n"
+      f"(see ../shared/data/README.md; any directory or .tar.gz laid out as "
+      f"<split>/<class>/<image> works), or prepare it where the internet is reachable with\n"
+      f"  tfds build {name} --data_dir=<dir>\n"
+      f"and pass --config.data.tfds_data_dir=<dir>."
+  )
 
 
 def load_tfds(name, data_dir=None):
@@ -61,8 +65,10 @@ def load_tfds(name, data_dir=None):
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f"Unknown TFDS dataset data.name={name!r}; use 'cifar10' or 'cifar100' (or "
-                     "another TFDS image classification dataset).") from e
+    raise ValueError(
+        f"Unknown TFDS dataset data.name={name!r}; use 'cifar10' or 'cifar100' (or "
+        "another TFDS image classification dataset)."
+    ) from e
   info = builder.info
   # num_classes and names from the features, not info.splits (empty under mock_data).
   label = info.features["label"]
@@ -70,8 +76,15 @@ def load_tfds(name, data_dir=None):
   out = []
   for split in ("train", "test"):
     try:
-      ds = tfds.load(name, split=split, data_dir=data_dir, batch_size=_CHUNK, as_supervised=True,
-                     download=False, shuffle_files=False)
+      ds = tfds.load(
+          name,
+          split=split,
+          data_dir=data_dir,
+          batch_size=_CHUNK,
+          as_supervised=True,
+          download=False,
+          shuffle_files=False,
+      )
     except AssertionError as e:  # TFDS's "could not find data in <data_dir>".
       raise FileNotFoundError(offline_message(name, data_dir)) from e
     chunks = list(tfds.as_numpy(ds))
@@ -80,8 +93,10 @@ def load_tfds(name, data_dir=None):
     if images.ndim == 4 and images.shape[-1] == 1:
       images = np.repeat(images, 3, axis=-1)  # Greyscale (e.g. mnist): models expect 3 channels.
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-      raise ValueError(f"TFDS dataset data.name={name!r} split {split!r} has images "
-                       f"{images.dtype}{list(images.shape[1:])}; expected uint8 [H, W, 3].")
+      raise ValueError(
+          f"TFDS dataset data.name={name!r} split {split!r} has images "
+          f"{images.dtype}{list(images.shape[1:])}; expected uint8 [H, W, 3]."
+      )
     out += [images, labels.astype(np.int32)]
   if len(class_names) != label.num_classes:
     class_names = tuple(str(i) for i in range(label.num_classes))

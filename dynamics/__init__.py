@@ -16,20 +16,20 @@ or any of the project's models, data or training code. Three layers:
 from dynamics.api import make_tracker
 from dynamics.config import Config, as_config, default_config
 from dynamics.dfa import default_scales, dfa_exponent, fluctuation, integration, validate_scales
+from dynamics.nulls import surrogate_test, surrogates
 from dynamics.phase import hilbert, kuramoto_order, metastability, preprocess, synchrony
 from dynamics.signals import reduce_taps, signal_names
 from dynamics.stability import (
-  accuracy_plateau,
-  convergence_signal,
-  rolling_volatility,
-  stability_index,
+    accuracy_plateau,
+    convergence_signal,
+    rolling_volatility,
+    stability_index,
 )
-from dynamics.nulls import surrogate_test, surrogates
 from dynamics.taps import (
-  apply_with_taps,
-  display_name,
-  nnx_apply_with_taps,
-  taps_from_intermediates,
+    apply_with_taps,
+    display_name,
+    nnx_apply_with_taps,
+    taps_from_intermediates,
 )
 from dynamics.tracker import METRICS, MetricSpec, Tracker, compute_metrics, resolve_scales
 

@@ -20,12 +20,19 @@ def _shape(name: str, value: Any) -> tuple[int, ...]:
   try:
     return tuple(int(d) for d in shape)
   except TypeError:
-    raise TypeError(f'tap_shapes[{name!r}]={value!r} must be a shape (tuple of ints), an array '
-                    'or a jax.ShapeDtypeStruct.') from None
+    raise TypeError(
+        f'tap_shapes[{name!r}]={value!r} must be a shape (tuple of ints), an array '
+        'or a jax.ShapeDtypeStruct.'
+    ) from None
 
 
-def make_tracker(dcfg: Any, tap_shapes: Mapping[str, Union[Shape, Any]], num_steps: int,
-                 num_epochs: int = 1, seed: int = 0) -> tracker_lib.Tracker:
+def make_tracker(
+    dcfg: Any,
+    tap_shapes: Mapping[str, Union[Shape, Any]],
+    num_steps: int,
+    num_epochs: int = 1,
+    seed: int = 0,
+) -> tracker_lib.Tracker:
   """Builds the pure tracker functions (``dynamics.Tracker``) for one run.
 
   Args:
@@ -49,8 +56,10 @@ def make_tracker(dcfg: Any, tap_shapes: Mapping[str, Union[Shape, Any]], num_ste
     train state). See dynamics/tracker.py for each function's shapes.
   """
   if not tap_shapes:
-    raise ValueError('tap_shapes is empty: the tracker needs at least one tap (a model that '
-                     "sows with self.sow('intermediates', name, x); see dynamics.taps).")
+    raise ValueError(
+        'tap_shapes is empty: the tracker needs at least one tap (a model that '
+        "sows with self.sow('intermediates', name, x); see dynamics.taps)."
+    )
   shapes = {name: _shape(name, value) for name, value in tap_shapes.items()}
   dcfg = config_lib.as_config(dcfg)  # a copy: resolving `auto` leaves the caller's alone
   tracker_lib.resolve_auto(dcfg, num_steps)

@@ -27,8 +27,9 @@ class Config(dict):
     try:
       return self[name]
     except KeyError:
-      raise AttributeError(f'dynamics config has no field {name!r}; fields: '
-                           f'{", ".join(sorted(self))}.') from None
+      raise AttributeError(
+          f'dynamics config has no field {name!r}; fields: ' f'{", ".join(sorted(self))}.'
+      ) from None
 
   def __setattr__(self, name: str, value: Any) -> None:
     self[name] = value
@@ -61,12 +62,16 @@ def as_config(dcfg: Any = None) -> Config:
   elif isinstance(dcfg, Mapping):
     given = dict(dcfg)
   else:
-    raise TypeError(f'dynamics config {dcfg!r} must be None, a mapping (dict, ConfigDict) or a '
-                    'dataclass instance of dynamics fields (see dynamics.default_config()).')
+    raise TypeError(
+        f'dynamics config {dcfg!r} must be None, a mapping (dict, ConfigDict) or a '
+        'dataclass instance of dynamics fields (see dynamics.default_config()).'
+    )
   unknown = sorted(set(given) - set(c))
   if unknown:
-    raise ValueError(f'Unknown dynamics config field(s) {", ".join(unknown)}; known fields: '
-                     f'{", ".join(sorted(c))}.')
+    raise ValueError(
+        f'Unknown dynamics config field(s) {", ".join(unknown)}; known fields: '
+        f'{", ".join(sorted(c))}.'
+    )
   c.update(given)
   return c
 

@@ -29,13 +29,13 @@ import numpy as np
 from dynamics.arrays import as_real_float
 
 __all__ = [
-  'INTEGRATION_METHODS',
-  'default_scales',
-  'validate_scales',
-  'fluctuation',
-  'dfa_exponent',
-  'integration',
-  'excluded_signals',
+    'INTEGRATION_METHODS',
+    'default_scales',
+    'validate_scales',
+    'fluctuation',
+    'dfa_exponent',
+    'integration',
+    'excluded_signals',
 ]
 
 INTEGRATION_METHODS = ('per_layer_mean', 'mean_field')
@@ -48,14 +48,14 @@ def _is_int(v) -> bool:
 def _validate_order(order) -> int:
   if not _is_int(order) or order < 0:
     raise ValueError(
-      f'dynamics.dfa_order must be a non-negative integer (polynomial order of the '
-      f'per-window trend; 1 = linear, the default), got {order!r}.'
+        f'dynamics.dfa_order must be a non-negative integer (polynomial order of the '
+        f'per-window trend; 1 = linear, the default), got {order!r}.'
     )
   return int(order)
 
 
 def default_scales(
-  n: int, min_scale: int = 4, max_divisor: int = 4, num: int = 12
+    n: int, min_scale: int = 4, max_divisor: int = 4, num: int = 12
 ) -> tuple[int, ...]:
   """Default DFA window sizes for a series of length ``n`` (host-side numpy).
 
@@ -69,28 +69,28 @@ def default_scales(
   """
   if not _is_int(min_scale) or min_scale < 2:
     raise ValueError(
-      f'dynamics.dfa_min_scale must be an integer >= 2 (smallest DFA window), '
-      f'got {min_scale!r}.'
+        f'dynamics.dfa_min_scale must be an integer >= 2 (smallest DFA window), '
+        f'got {min_scale!r}.'
     )
   if not _is_int(max_divisor) or max_divisor < 1:
     raise ValueError(
-      f'dynamics.dfa_max_divisor must be an integer >= 1 (largest DFA window is '
-      f'n // dfa_max_divisor), got {max_divisor!r}.'
+        f'dynamics.dfa_max_divisor must be an integer >= 1 (largest DFA window is '
+        f'n // dfa_max_divisor), got {max_divisor!r}.'
     )
   if not _is_int(num) or num < 3:
     raise ValueError(
-      f'dynamics.dfa_num_scales must be an integer >= 3 (points of the log-spaced window '
-      f'grid), got {num!r}.'
+        f'dynamics.dfa_num_scales must be an integer >= 3 (points of the log-spaced window '
+        f'grid), got {num!r}.'
     )
   n = int(n)
   scales = _log_grid(n, int(min_scale), int(max_divisor), int(num))
   if len(scales) < 3:
     need = _min_length(int(min_scale), int(max_divisor), int(num))
     raise ValueError(
-      f'DFA needs at least 3 distinct window sizes, but a series of length n={n} gives '
-      f'{len(scales)} ({list(scales)}) on the log grid from dynamics.dfa_min_scale={min_scale} '
-      f'to n // {max_divisor} = {n // max_divisor}. Use a window/history of at least {need} '
-      f'samples, or a smaller dynamics.dfa_min_scale, or set dynamics.dfa_scales explicitly.'
+        f'DFA needs at least 3 distinct window sizes, but a series of length n={n} gives '
+        f'{len(scales)} ({list(scales)}) on the log grid from dynamics.dfa_min_scale={min_scale} '
+        f'to n // {max_divisor} = {n // max_divisor}. Use a window/history of at least {need} '
+        f'samples, or a smaller dynamics.dfa_min_scale, or set dynamics.dfa_scales explicitly.'
     )
   return scales
 
@@ -127,24 +127,24 @@ def validate_scales(scales: Sequence[int], n: int, order: int = 1) -> tuple[int,
   except (TypeError, ValueError, jax.errors.ConcretizationTypeError) as e:
     # Window sizes fix array shapes, so they cannot be traced values.
     raise ValueError(
-      f'dynamics.dfa_scales must be a static sequence of integer window sizes '
-      f'(Python ints), got {scales!r}.'
+        f'dynamics.dfa_scales must be a static sequence of integer window sizes '
+        f'(Python ints), got {scales!r}.'
     ) from e
   if not ok:
     raise ValueError(f'dynamics.dfa_scales must be integers, got {scales!r}.')
   if len(set(out)) < 3:
     raise ValueError(
-      f'dynamics.dfa_scales needs at least 3 distinct window sizes, got {list(out)}.'
+        f'dynamics.dfa_scales needs at least 3 distinct window sizes, got {list(out)}.'
     )
   if min(out) < order + 2:
     raise ValueError(
-      f'dynamics.dfa_scales: every window size must be >= dfa_order + 2 = {order + 2} '
-      f'(more points than polynomial coefficients), got {list(out)}.'
+        f'dynamics.dfa_scales: every window size must be >= dfa_order + 2 = {order + 2} '
+        f'(more points than polynomial coefficients), got {list(out)}.'
     )
   if max(out) > n:
     raise ValueError(
-      f'dynamics.dfa_scales: largest window size {max(out)} exceeds the series length '
-      f'n={n}; use a longer window/history or smaller sizes (got {list(out)}).'
+        f'dynamics.dfa_scales: largest window size {max(out)} exceeds the series length '
+        f'n={n}; use a longer window/history or smaller sizes (got {list(out)}).'
     )
   return out
 
@@ -265,8 +265,12 @@ def _slope(x: jax.Array, f: jax.Array, scales: tuple[int, ...]) -> jax.Array:
   # A size whose F is at round-off level carries no fluctuation: treated as F == 0, which
   # nolds drops from the fit (a NaN F stays in and propagates, which is what we want too).
   size = jnp.max(jnp.abs(x - jnp.mean(x, axis=-1, keepdims=True)), axis=-1, keepdims=True)
-  floor = (_ROUNDOFF_FACTOR * jnp.finfo(x.dtype).eps
-           * jnp.asarray(np.asarray(scales, np.float64), x.dtype) * size)
+  floor = (
+      _ROUNDOFF_FACTOR
+      * jnp.finfo(x.dtype).eps
+      * jnp.asarray(np.asarray(scales, np.float64), x.dtype)
+      * size
+  )
   keep = ~(f <= floor)
   w = keep.astype(x.dtype)
   count = jnp.sum(w, axis=-1)
@@ -293,7 +297,7 @@ def _zscore_time(x: jax.Array) -> jax.Array:
 
 
 def integration(
-  x: jax.typing.ArrayLike, scales: Sequence[int], order: int = 1, method: str = 'per_layer_mean'
+    x: jax.typing.ArrayLike, scales: Sequence[int], order: int = 1, method: str = 'per_layer_mean'
 ) -> jax.Array:
   """Integration score of a set of tap signals.
 
@@ -316,13 +320,11 @@ def integration(
   """
   if method not in INTEGRATION_METHODS:
     raise ValueError(
-      f'dynamics.integration_method must be one of {INTEGRATION_METHODS}, got {method!r}.'
+        f'dynamics.integration_method must be one of {INTEGRATION_METHODS}, got {method!r}.'
     )
   x = as_real_float(x, 'DFA')
   if x.ndim < 2:
-    raise ValueError(
-      f'integration expects taps x time, f[..., L, N]; got shape {x.shape}.'
-    )
+    raise ValueError(f'integration expects taps x time, f[..., L, N]; got shape {x.shape}.')
   order = _validate_order(order)
   return _integration(x, validate_scales(scales, x.shape[-1], order), order, method)
 
@@ -340,8 +342,9 @@ def _integration(x: jax.Array, scales: tuple[int, ...], order: int, method: str)
   return _dfa_exponent(field, scales, order)
 
 
-def excluded_signals(x, scales: Sequence[int], order: int = 1,
-                     method: str = 'per_layer_mean') -> jax.Array:
+def excluded_signals(
+    x, scales: Sequence[int], order: int = 1, method: str = 'per_layer_mean'
+) -> jax.Array:
   """Number of finite taps that ``integration`` leaves out (no fluctuation to measure).
 
   ``per_layer_mean``: taps whose alpha is NaN (constant or exactly polynomial); ``mean_field``:
@@ -355,7 +358,7 @@ def excluded_signals(x, scales: Sequence[int], order: int = 1,
   """
   if method not in INTEGRATION_METHODS:
     raise ValueError(
-      f'dynamics.integration_method must be one of {INTEGRATION_METHODS}, got {method!r}.'
+        f'dynamics.integration_method must be one of {INTEGRATION_METHODS}, got {method!r}.'
     )
   x = as_real_float(x, 'DFA')
   order = _validate_order(order)

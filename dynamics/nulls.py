@@ -46,14 +46,22 @@ def _check(method: str, num, iterations) -> None:
   if method not in SURROGATE_METHODS:
     raise ValueError(f'surrogate method must be one of {SURROGATE_METHODS}, got {method!r}.')
   if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1:
-    raise ValueError(f'surrogates: num must be a positive integer (surrogates to draw), '
-                     f'got {num!r}.')
-  if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 1:
-    raise ValueError(f'surrogates: iterations must be a positive integer (IAAFT passes), '
-                     f'got {iterations!r}.')
+    raise ValueError(
+        f'surrogates: num must be a positive integer (surrogates to draw), ' f'got {num!r}.'
+    )
+  if (
+      isinstance(iterations, bool)
+      or not isinstance(iterations, (int, np.integer))
+      or iterations < 1
+  ):
+    raise ValueError(
+        f'surrogates: iterations must be a positive integer (IAAFT passes), ' f'got {iterations!r}.'
+    )
 
 
-def surrogates(key, x, num: int, method: str = 'phase', iterations: int = 10) -> jax.Array:
+def surrogates(
+    key: jax.Array, x: jax.Array, num: int, method: str = 'phase', iterations: int = 10
+) -> jax.Array:
   """Draw ``num`` surrogates of the signals x.
 
   Args:
@@ -156,8 +164,9 @@ def null_stats(value, null, alternative: str = 'greater') -> dict[str, jax.Array
     {'value', 'null_mean', 'null_std', 'z', 'p'}: f[...] each.
   """
   if alternative not in ALTERNATIVES:
-    raise ValueError(f'surrogate_test: alternative must be one of {ALTERNATIVES}, '
-                     f'got {alternative!r}.')
+    raise ValueError(
+        f'surrogate_test: alternative must be one of {ALTERNATIVES}, ' f'got {alternative!r}.'
+    )
   value = jnp.asarray(value)
   null = jnp.asarray(null, value.dtype)
   ok = jnp.isfinite(null)
@@ -176,14 +185,24 @@ def null_stats(value, null, alternative: str = 'greater') -> dict[str, jax.Array
   bad = ~jnp.isfinite(value) | (count == 0)
   nan = jnp.asarray(jnp.nan, value.dtype)
   z = jnp.where(std > 0, (value - mean) / jnp.where(std > 0, std, 1), nan)
-  return {'value': value, 'null_mean': jnp.where(count > 0, mean, nan),
-          'null_std': jnp.where(count > 1, std, nan), 'z': jnp.where(bad | (count < 2), nan, z),
-          'p': jnp.where(bad, nan, p.astype(value.dtype))}
+  return {
+      'value': value,
+      'null_mean': jnp.where(count > 0, mean, nan),
+      'null_std': jnp.where(count > 1, std, nan),
+      'z': jnp.where(bad | (count < 2), nan, z),
+      'p': jnp.where(bad, nan, p.astype(value.dtype)),
+  }
 
 
-def surrogate_test(statistic: Callable[[jax.Array], jax.Array], x, key, num: int = 99,
-                   method: str = 'phase', alternative: str = 'greater',
-                   iterations: int = 10) -> dict[str, jax.Array]:
+def surrogate_test(
+    statistic: Callable[[jax.Array], jax.Array],
+    x: jax.Array,
+    key: jax.Array,
+    num: int = 99,
+    method: str = 'phase',
+    alternative: str = 'greater',
+    iterations: int = 10,
+) -> dict[str, jax.Array]:
   """Test a statistic of the signals against its value on ``num`` surrogates.
 
   Args:
@@ -221,11 +240,15 @@ def parse_methods(text: str) -> dict[str, str]:
       continue
     metric, sep, method = (s.strip() for s in item.partition('='))
     if not sep or metric not in out:
-      raise ValueError(f'dynamics.surrogate_methods={text!r}: expected comma-separated '
-                       f'metric=method with metric in {tuple(out)}, e.g. {DEFAULT_METHODS!r}.')
+      raise ValueError(
+          f'dynamics.surrogate_methods={text!r}: expected comma-separated '
+          f'metric=method with metric in {tuple(out)}, e.g. {DEFAULT_METHODS!r}.'
+      )
     if method not in SURROGATE_METHODS:
-      raise ValueError(f'dynamics.surrogate_methods={text!r}: method {method!r} for {metric} '
-                       f'is not one of {SURROGATE_METHODS}.')
+      raise ValueError(
+          f'dynamics.surrogate_methods={text!r}: method {method!r} for {metric} '
+          f'is not one of {SURROGATE_METHODS}.'
+      )
     out[metric] = method
   return out
 
@@ -240,8 +263,9 @@ def evaluation_key(base_key, mode: int, sample) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(key, mode), sample)
 
 
-def metric_nulls(key, x, values: dict, spec, scales, num: int,
-                 methods: dict[str, str]) -> dict[str, jax.Array]:
+def metric_nulls(
+    key, x, values: dict, spec, scales, num: int, methods: dict[str, str]
+) -> dict[str, jax.Array]:
   """z and p of integration, synchrony, metastability and DSI against their surrogate nulls.
 
   Args:
@@ -257,6 +281,7 @@ def metric_nulls(key, x, values: dict, spec, scales, num: int,
   """
   # Imported here: tracker imports this module, and the metric modules do not import it.
   from dynamics import dfa, phase, stability  # pylint: disable=g-import-not-at-top
+
   draws = {}
   for index, method in enumerate(SURROGATE_METHODS):
     if method in methods.values():
@@ -264,17 +289,23 @@ def metric_nulls(key, x, values: dict, spec, scales, num: int,
   nan = jnp.full((num,), jnp.nan, x.dtype)
   null = {}
   xi = draws[methods['integration']]
-  null['integration'] = (nan if scales is None else
-                         dfa.integration(xi, scales, spec.dfa_order, spec.integration_method))
+  null['integration'] = (
+      nan
+      if scales is None
+      else dfa.integration(xi, scales, spec.dfa_order, spec.integration_method)
+  )
   n_phase = x.shape[-1]
   min_phase = 3 + 2 * spec.phase_edge + (1 if spec.phase_preprocess == 'diff' else 0)
   for name, fn in (('synchrony', phase.synchrony), ('metastability', phase.metastability)):
     xs = draws[methods[name]]
-    null[name] = (fn(xs, spec.phase_preprocess, spec.phase_edge) if n_phase >= min_phase
-                  else nan)
-  null['dsi'] = stability.stability_index(null['integration'], null['metastability'],
-                                          spec.dsi_form, spec.dsi_w_integration,
-                                          spec.dsi_w_metastability)
+    null[name] = fn(xs, spec.phase_preprocess, spec.phase_edge) if n_phase >= min_phase else nan
+  null['dsi'] = stability.stability_index(
+      null['integration'],
+      null['metastability'],
+      spec.dsi_form,
+      spec.dsi_w_integration,
+      spec.dsi_w_metastability,
+  )
   out = {}
   for name in NULL_METRICS:
     stats = null_stats(values[name], null[name], 'greater')

@@ -26,13 +26,13 @@ import numpy as np
 from dynamics.arrays import as_real_float
 
 __all__ = [
-  'PREPROCESS_METHODS',
-  'hilbert',
-  'preprocess',
-  'kuramoto_order',
-  'synchrony',
-  'metastability',
-  'excluded_signals',
+    'PREPROCESS_METHODS',
+    'hilbert',
+    'preprocess',
+    'kuramoto_order',
+    'synchrony',
+    'metastability',
+    'excluded_signals',
 ]
 
 PREPROCESS_METHODS = ('detrend', 'demean', 'diff')
@@ -78,7 +78,7 @@ def _hilbert(x: jax.Array) -> jax.Array:
 def _check_method(method: str) -> None:
   if method not in PREPROCESS_METHODS:
     raise ValueError(
-      f'dynamics.phase_preprocess must be one of {PREPROCESS_METHODS}, got {method!r}.'
+        f'dynamics.phase_preprocess must be one of {PREPROCESS_METHODS}, got {method!r}.'
     )
 
 
@@ -152,8 +152,8 @@ def _check_length(x: jax.Array, method: str) -> None:
   min_len = 3 if method == 'diff' else 2
   if x.shape[-1] < min_len:
     raise ValueError(
-      f'dynamics.phase_preprocess={method!r} needs at least {min_len} samples, '
-      f'got {x.shape[-1]}.'
+        f'dynamics.phase_preprocess={method!r} needs at least {min_len} samples, '
+        f'got {x.shape[-1]}.'
     )
 
 
@@ -205,14 +205,14 @@ def _validate_trim(x, preprocess: str, edge: int) -> jax.Array:
   _check_length(x, preprocess)
   if isinstance(edge, bool) or not isinstance(edge, (int, np.integer)) or edge < 0:
     raise ValueError(
-      f'dynamics.phase_edge must be a non-negative integer (samples dropped at each end), '
-      f'got {edge!r}.'
+        f'dynamics.phase_edge must be a non-negative integer (samples dropped at each end), '
+        f'got {edge!r}.'
     )
   n = x.shape[-1] - (1 if preprocess == 'diff' else 0)
   if 2 * edge >= n:
     raise ValueError(
-      f'dynamics.phase_edge={edge} drops {2 * edge} of {n} samples of R(t); '
-      f'need 2 * phase_edge < {n}.'
+        f'dynamics.phase_edge={edge} drops {2 * edge} of {n} samples of R(t); '
+        f'need 2 * phase_edge < {n}.'
     )
   return x
 

@@ -17,8 +17,9 @@ def parse_reduction(reduction: str) -> Tuple[str, int]:
   kind, _, k = reduction.partition(':')
   if kind == 'proj' and k.isdigit() and int(k) > 0:
     return 'proj', int(k)
-  raise ValueError(f'dynamics.reduction={reduction!r} is not one of mean, rms, proj:K '
-                   '(K a positive integer).')
+  raise ValueError(
+      f'dynamics.reduction={reduction!r} is not one of mean, rms, proj:K ' '(K a positive integer).'
+  )
 
 
 def make_projections(channels: Sequence[int], k: int, seed: int) -> List[np.ndarray]:
@@ -37,8 +38,9 @@ def signal_names(tap_names: Sequence[str], reduction: str) -> List[str]:
   return [f'{name}/p{j}' for name in tap_names for j in range(k)]
 
 
-def reduce_taps(taps: Dict[str, jnp.ndarray], reduction: str,
-                projections: Sequence[np.ndarray] = ()) -> jnp.ndarray:
+def reduce_taps(
+    taps: Dict[str, jnp.ndarray], reduction: str, projections: Sequence[np.ndarray] = ()
+) -> jnp.ndarray:
   """taps: {name: f[B, ..., C_l]} (forward order = sorted names) -> signals f32[S].
 
   S = number of taps for mean/rms, taps * K for proj:K. Reductions run in float32 whatever

@@ -25,11 +25,11 @@ import numpy as np
 from dynamics.arrays import as_real_float
 
 __all__ = [
-  'DSI_FORMS',
-  'stability_index',
-  'rolling_volatility',
-  'convergence_signal',
-  'accuracy_plateau',
+    'DSI_FORMS',
+    'stability_index',
+    'rolling_volatility',
+    'convergence_signal',
+    'accuracy_plateau',
 ]
 
 DSI_FORMS = ('product', 'linear')
@@ -52,11 +52,11 @@ def _check_real(value, field: str, rule: str, ok) -> None:
 
 
 def stability_index(
-  integration: jax.typing.ArrayLike,
-  metastability: jax.typing.ArrayLike,
-  form: str = 'product',
-  w_integration: float = 1.0,
-  w_metastability: float = 1.0,
+    integration: jax.typing.ArrayLike,
+    metastability: jax.typing.ArrayLike,
+    form: str = 'product',
+    w_integration: float = 1.0,
+    w_metastability: float = 1.0,
 ) -> jax.Array:
   """Dynamical stability index, elementwise.
 
@@ -97,8 +97,8 @@ def rolling_volatility(v: jax.typing.ArrayLike, window: int) -> jax.Array:
   """
   if not _is_int(window) or window < 1:
     raise ValueError(
-      f'dynamics.volatility_window must be an integer >= 1 (samples per rolling std), '
-      f'got {window!r}.'
+        f'dynamics.volatility_window must be an integer >= 1 (samples per rolling std), '
+        f'got {window!r}.'
     )
   return _rolling_volatility(as_real_float(v, 'v'), int(window))
 
@@ -120,7 +120,7 @@ def _rolling_volatility(v: jax.Array, window: int) -> jax.Array:
 
 
 def convergence_signal(
-  volatility: jax.typing.ArrayLike, rho: float = 0.25, patience: int = 3, warmup: int = 0
+    volatility: jax.typing.ArrayLike, rho: float = 0.25, patience: int = 3, warmup: int = 0
 ) -> jax.Array:
   """First sample at which the volatility has settled, or -1.
 
@@ -153,12 +153,7 @@ def _convergence_signal(v: jax.Array, rho, patience: int, warmup: int) -> jax.Ar
   n = v.shape[-1]
   finite = jnp.isfinite(v)
   running_max = jax.lax.cummax(jnp.where(finite, v, -jnp.inf), axis=v.ndim - 1)
-  cond = (
-    jnp.asarray(np.arange(n) >= warmup)
-    & finite
-    & (running_max > 0)
-    & (v <= rho * running_max)
-  )
+  cond = jnp.asarray(np.arange(n) >= warmup) & finite & (running_max > 0) & (v <= rho * running_max)
   counts = jnp.cumsum(cond.astype(jnp.int32), axis=-1)
   counts = jnp.concatenate([jnp.zeros_like(counts[..., :1]), counts], axis=-1)
   # held[t]: cond true on t .. t+patience-1, for the n-patience+1 starts that fit.

@@ -81,12 +81,15 @@ def _compile_filter(filter: TapFilter) -> Callable[[str, Any], bool]:
     return lambda path, value: pattern.search(path) is not None
   if callable(filter):
     return filter
-  raise TypeError(f'filter={filter!r} must be None, a regular expression (str) searched in the '
-                  "tap's path, or a callable (path, value) -> bool.")
+  raise TypeError(
+      f'filter={filter!r} must be None, a regular expression (str) searched in the '
+      "tap's path, or a callable (path, value) -> bool."
+  )
 
 
-def taps_from_intermediates(intermediates: Mapping[str, Any],
-                            filter: TapFilter = None) -> dict[str, jax.Array]:
+def taps_from_intermediates(
+    intermediates: Mapping[str, Any], filter: TapFilter = None
+) -> dict[str, jax.Array]:
   """A recorded intermediates collection -> the ordered taps ``{'{i:02d}_{path}': f[B, ..., C]}``.
 
   Args:
@@ -117,7 +120,8 @@ def taps_from_intermediates(intermediates: Mapping[str, Any],
         f'({", ".join(path for path, _ in entries[:8]) or "none"}'
         f'{", ..." if len(entries) > 8 else ""}). Record activations with '
         "self.sow('intermediates', name, x) (Linen) or self.sow(nnx.Intermediate, name, x) (NNX), "
-        "and apply the model with mutable=['intermediates'] (or nnx.capture).")
+        "and apply the model with mutable=['intermediates'] (or nnx.capture)."
+    )
   width = max(2, len(str(len(selected) - 1)))
   return {f'{index:0{width}d}_{path}': value for index, (path, value) in enumerate(selected)}
 
@@ -137,12 +141,20 @@ def _with_intermediates(mutable: Any) -> Any:
     return [mutable, INTERMEDIATES]
   if isinstance(mutable, Sequence):
     return list(mutable) + ([] if INTERMEDIATES in mutable else [INTERMEDIATES])
-  raise TypeError(f'mutable={mutable!r}: apply_with_taps takes mutable as True, False, a '
-                  "collection name or a list of names (it adds 'intermediates').")
+  raise TypeError(
+      f'mutable={mutable!r}: apply_with_taps takes mutable as True, False, a '
+      "collection name or a list of names (it adds 'intermediates')."
+  )
 
 
-def apply_with_taps(model: Any, variables: Mapping[str, Any], *args: Any,
-                    tap_filter: TapFilter = None, mutable: Any = False, **kwargs: Any) -> Any:
+def apply_with_taps(
+    model: Any,
+    variables: Mapping[str, Any],
+    *args: Any,
+    tap_filter: TapFilter = None,
+    mutable: Any = False,
+    **kwargs: Any,
+) -> Any:
   """``model.apply`` for a Linen module, also returning its taps. Shapes as ``model.apply``.
 
   The same call as ``model.apply(variables, *args, mutable=mutable, **kwargs)`` with the
@@ -164,8 +176,9 @@ def apply_with_taps(model: Any, variables: Mapping[str, Any], *args: Any,
   return (out, taps), updated
 
 
-def nnx_apply_with_taps(fn: Callable[..., Any], *args: Any, tap_filter: TapFilter = None,
-                        **kwargs: Any) -> tuple[Any, dict[str, jax.Array]]:
+def nnx_apply_with_taps(
+    fn: Callable[..., Any], *args: Any, tap_filter: TapFilter = None, **kwargs: Any
+) -> tuple[Any, dict[str, jax.Array]]:
   """Runs an NNX module (or ``fn(module, ...)``) under ``nnx.capture`` -> (output, taps).
 
   ``fn`` is an ``nnx.Module`` (its ``__call__`` runs with ``*args``), a bound method of one, or
@@ -175,5 +188,6 @@ def nnx_apply_with_taps(fn: Callable[..., Any], *args: Any, tap_filter: TapFilte
   on the module. Use it inside ``nnx.value_and_grad``/``nnx.jit`` like a plain call.
   """
   from flax import nnx  # pylint: disable=g-import-not-at-top  (dynamics never needs flax)
+
   out, intermediates = nnx.capture(fn, nnx.Intermediate)(*args, **kwargs)
   return out, taps_from_intermediates(intermediates, tap_filter)

@@ -33,6 +33,7 @@ NULL_KEYS = tuple(f'{m}_{s}' for m in nulls.NULL_METRICS for s in ('z', 'p'))
 
 class MetricSpec(NamedTuple):
   """The static (hashable) part of the dynamics config that defines the metrics."""
+
   dfa_order: int = 1
   integration_method: str = 'per_layer_mean'
   phase_preprocess: str = 'detrend'
@@ -58,8 +59,10 @@ def resolve_scales(dcfg: Any, n: int, strict: bool = False) -> Optional[Tuple[in
       try:
         scales = tuple(sorted({int(s) for s in str(dcfg.dfa_scales).split(',') if s.strip()}))
       except ValueError:
-        raise ValueError(f'dynamics.dfa_scales={dcfg.dfa_scales!r} must be comma-separated '
-                         'integers, e.g. "4,8,16,32", or empty for the default grid.') from None
+        raise ValueError(
+            f'dynamics.dfa_scales={dcfg.dfa_scales!r} must be comma-separated '
+            'integers, e.g. "4,8,16,32", or empty for the default grid.'
+        ) from None
       dfa.validate_scales(scales, n)
       return scales
     return dfa.default_scales(n, dcfg.dfa_min_scale, dcfg.dfa_max_divisor, dcfg.dfa_num_scales)
@@ -139,11 +142,16 @@ def resolve_auto(dcfg: Any, num_steps: int) -> None:
     dcfg.window = auto_window(dcfg, num_steps)
   if dcfg.volatility_window_steps == AUTO:
     dcfg.volatility_window_steps = auto_volatility_window(
-        computed_windows(num_steps, int(dcfg.window), int(dcfg.every_steps)))
+        computed_windows(num_steps, int(dcfg.window), int(dcfg.every_steps))
+    )
 
 
-def compute_metrics(x: jnp.ndarray, spec: MetricSpec,
-                    scales: Optional[Tuple[int, ...]], key=None) -> Dict[str, jnp.ndarray]:
+def compute_metrics(
+    x: jnp.ndarray,
+    spec: MetricSpec,
+    scales: Optional[Tuple[int, ...]],
+    key: Optional[jnp.ndarray] = None,
+) -> Dict[str, jnp.ndarray]:
   """x: f[..., S, N] -> integration, metastability, synchrony, dsi f[...], alphas f[..., S].
 
   Entries that the history cannot define yet (too short for the scales or the Hilbert
@@ -164,10 +172,10 @@ def compute_metrics(x: jnp.ndarray, spec: MetricSpec,
     meta = phase.metastability(x, spec.phase_preprocess, spec.phase_edge)
   else:
     sync = meta = nan
-  dsi = stability.stability_index(integration, meta, spec.dsi_form, spec.dsi_w_integration,
-                                  spec.dsi_w_metastability)
-  out = dict(integration=integration, metastability=meta, synchrony=sync, dsi=dsi,
-             alphas=alphas)
+  dsi = stability.stability_index(
+      integration, meta, spec.dsi_form, spec.dsi_w_integration, spec.dsi_w_metastability
+  )
+  out = dict(integration=integration, metastability=meta, synchrony=sync, dsi=dsi, alphas=alphas)
   if key is not None and spec.surrogates > 0:
     methods = nulls.parse_methods(spec.surrogate_methods)
 
@@ -180,16 +188,16 @@ def compute_metrics(x: jnp.ndarray, spec: MetricSpec,
   return out
 
 
-def probe_histories(history: jnp.ndarray, dcfg: Any, spec: MetricSpec,
-                    surrogate_key: Optional[jnp.ndarray] = None
-                    ) -> Dict[str, Dict[str, jnp.ndarray]]:
+def probe_histories(
+    history: jnp.ndarray, dcfg: Any, spec: MetricSpec, surrogate_key: Optional[jnp.ndarray] = None
+) -> Dict[str, Dict[str, jnp.ndarray]]:
   """history: f32[S, n], the probe signals of epochs 0..n-1 -> compute_metrics of the
   expanding history ('') and of its last `sliding_epochs` samples ('sliding_'), as at epoch
   n-1. Shared by the tracker and the offline ablation (analysis/ablation.py).
 
   surrogate_key: the run's uint32[2] base key (state['surrogate_key']); None = no nulls."""
   n = history.shape[-1]
-  sliding = history[:, max(0, n - int(dcfg.sliding_epochs)):]
+  sliding = history[:, max(0, n - int(dcfg.sliding_epochs)) :]
   out = {}
   for mode, (prefix, h) in enumerate((('', history), ('sliding_', sliding)), start=1):
     key = None if surrogate_key is None else nulls.evaluation_key(surrogate_key, mode, n - 1)
@@ -201,18 +209,24 @@ def probe_volatility(dsi: jnp.ndarray, dcfg: Any) -> Tuple[jnp.ndarray, jnp.ndar
   """dsi: f32[n], one history's DSI per epoch -> (volatility f32[n], NaN until
   `volatility_window_epochs` values exist; convergence epoch int32, 0-based, -1 if not fired)."""
   window = int(dcfg.volatility_window_epochs)
-  vol = (stability.rolling_volatility(dsi, window) if dsi.shape[-1] >= window
-         else jnp.full(dsi.shape, jnp.nan, jnp.float32))
-  conv = stability.convergence_signal(vol, dcfg.convergence_rho, dcfg.convergence_patience,
-                                      dcfg.convergence_warmup_epochs).astype(jnp.int32)
+  vol = (
+      stability.rolling_volatility(dsi, window)
+      if dsi.shape[-1] >= window
+      else jnp.full(dsi.shape, jnp.nan, jnp.float32)
+  )
+  conv = stability.convergence_signal(
+      vol, dcfg.convergence_rho, dcfg.convergence_patience, dcfg.convergence_warmup_epochs
+  ).astype(jnp.int32)
   return vol, conv
 
 
 class Tracker(NamedTuple):
   """Pure functions over the tracker state; build with `make_tracker`."""
+
   init: Callable[[], State]
-  record_step: Callable[[State, Dict[str, jnp.ndarray], jnp.ndarray],
-                        Tuple[State, Dict[str, jnp.ndarray]]]
+  record_step: Callable[
+      [State, Dict[str, jnp.ndarray], jnp.ndarray], Tuple[State, Dict[str, jnp.ndarray]]
+  ]
   reduce: Callable[[Dict[str, jnp.ndarray]], jnp.ndarray]
   probe_update: Callable[[State, jnp.ndarray], State]
   summarize_step: Callable[[Dict[str, Any]], Dict[str, float]]
@@ -222,8 +236,13 @@ class Tracker(NamedTuple):
   tap_names: Sequence[str]
 
 
-def make_tracker(dcfg: Any, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: int,
-                 num_epochs: int, seed: int = 0) -> Tracker:
+def make_tracker(
+    dcfg: Any,
+    tap_shapes: Dict[str, Tuple[int, ...]],
+    num_steps: int,
+    num_epochs: int,
+    seed: int = 0,
+) -> Tracker:
   """dcfg: config.dynamics; tap_shapes: {tap: shape} from jax.eval_shape of the model; seed:
   the run seed, from which the surrogate draws derive (state['surrogate_key'])."""
   spec = MetricSpec.from_config(dcfg)
@@ -232,13 +251,16 @@ def make_tracker(dcfg: Any, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: i
   metric_keys = METRICS + (NULL_KEYS if with_nulls else ())
   tap_names = sorted(tap_shapes)
   kind, k = signals.parse_reduction(dcfg.reduction)
-  projections = (signals.make_projections([tap_shapes[t][-1] for t in tap_names], k,
-                                          dcfg.projection_seed) if kind == 'proj' else [])
+  projections = (
+      signals.make_projections([tap_shapes[t][-1] for t in tap_names], k, dcfg.projection_seed)
+      if kind == 'proj'
+      else []
+  )
   names = signals.signal_names(tap_names, dcfg.reduction)
   num_signals = len(names)
   window, every = int(dcfg.window), int(dcfg.every_steps)
   step_scales = resolve_scales(dcfg, window, strict=True) if dcfg.step_mode else None
-  vol_steps, vol_epochs = int(dcfg.volatility_window_steps), int(dcfg.volatility_window_epochs)
+  vol_steps = int(dcfg.volatility_window_steps)
   num_epochs = max(int(num_epochs), 1)
   # The step buffers hold the whole run; at least one window so the slice below is valid
   # (a run shorter than the window simply never computes step metrics).
@@ -264,16 +286,21 @@ def make_tracker(dcfg: Any, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: i
           step_streak=jnp.zeros((), jnp.int32),
           step_streak_start=jnp.full((), -1, jnp.int32),
           step_convergence=jnp.full((), -1, jnp.int32),
-          **{f'step_{m}': nan_steps for m in metric_keys + ('dsi_volatility',)})
+          **{f'step_{m}': nan_steps for m in metric_keys + ('dsi_volatility',)},
+      )
     if dcfg.probe_mode:
       state.update(
           probe_signals=jnp.zeros((num_signals, num_epochs), f32),
           probe_count=jnp.zeros((), jnp.int32),
           probe_alphas=jnp.full((num_signals,), jnp.nan, f32),
-          **{f'probe_{h}{m}': nan_epochs
-             for h in ('', 'sliding_') for m in metric_keys + ('dsi_volatility',)},
+          **{
+              f'probe_{h}{m}': nan_epochs
+              for h in ('', 'sliding_')
+              for m in metric_keys + ('dsi_volatility',)
+          },
           probe_convergence=jnp.full((), -1, jnp.int32),
-          probe_sliding_convergence=jnp.full((), -1, jnp.int32))
+          probe_sliding_convergence=jnp.full((), -1, jnp.int32),
+      )
     return state
 
   def _window_metrics(window_signals, key):
@@ -281,11 +308,13 @@ def make_tracker(dcfg: Any, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: i
 
   def _skip(window_signals, key):
     nan = jnp.full((), jnp.nan, jnp.float32)
-    return dict(**{name: nan for name in metric_keys},
-                alphas=jnp.full((num_signals,), jnp.nan, jnp.float32))
+    return dict(
+        **{name: nan for name in metric_keys}, alphas=jnp.full((num_signals,), jnp.nan, jnp.float32)
+    )
 
-  def record_step(state: State, taps: Dict[str, jnp.ndarray], step: jax.typing.ArrayLike
-                  ) -> Tuple[State, Dict[str, jnp.ndarray]]:
+  def record_step(
+      state: State, taps: Dict[str, jnp.ndarray], step: jax.typing.ArrayLike
+  ) -> Tuple[State, Dict[str, jnp.ndarray]]:
     """Inside the train step: append this step's signals; maybe compute the window metrics."""
     if not dcfg.step_mode:
       return state, {}
@@ -294,36 +323,52 @@ def make_tracker(dcfg: Any, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: i
     index = jnp.minimum(step, capacity - 1)
     sig = reduce(taps)
     state['step_signals'] = jax.lax.dynamic_update_slice(
-        state['step_signals'], sig[:, None], (0, index))
+        state['step_signals'], sig[:, None], (0, index)
+    )
     due = (step + 1 >= window) & ((step + 1) % every == 0) & (step < num_steps)
     start = jnp.maximum(index - window + 1, 0)
-    window_signals = jax.lax.dynamic_slice(state['step_signals'], (0, start),
-                                           (num_signals, window))
-    key = (nulls.evaluation_key(state['surrogate_key'], 0, step) if with_nulls
-           else jnp.zeros((), jnp.int32))
+    window_signals = jax.lax.dynamic_slice(state['step_signals'], (0, start), (num_signals, window))
+    key = (
+        nulls.evaluation_key(state['surrogate_key'], 0, step)
+        if with_nulls
+        else jnp.zeros((), jnp.int32)
+    )
     m = jax.lax.cond(due, _window_metrics, _skip, window_signals, key)
     for name in metric_keys:
-      state[f'step_{name}'] = state[f'step_{name}'].at[index].set(
-          jnp.where(due, m[name], state[f'step_{name}'][index]))
+      state[f'step_{name}'] = (
+          state[f'step_{name}'].at[index].set(jnp.where(due, m[name], state[f'step_{name}'][index]))
+      )
     state['step_alphas'] = jnp.where(due, m['alphas'], state['step_alphas'])
     # Volatility over the last `vol_steps` computed DSI values (every `every` steps).
     back = index - every * jnp.arange(vol_steps - 1, -1, -1)
     history = state['step_dsi'][jnp.clip(back, 0)]
     complete = jnp.all(back >= 0) & jnp.all(jnp.isfinite(history))
     vol = jnp.where(due & complete, jnp.std(history), jnp.nan)
-    state['step_dsi_volatility'] = state['step_dsi_volatility'].at[index].set(
-        jnp.where(due, vol, state['step_dsi_volatility'][index]))
+    state['step_dsi_volatility'] = (
+        state['step_dsi_volatility']
+        .at[index]
+        .set(jnp.where(due, vol, state['step_dsi_volatility'][index]))
+    )
     # Online form of stability.convergence_signal over the computed samples.
     finite = due & jnp.isfinite(vol)
     vol_max = jnp.where(finite, jnp.maximum(state['step_vol_max'], vol), state['step_vol_max'])
-    quiet = (finite & (step >= dcfg.convergence_warmup_steps) & (vol_max > 0)
-             & (vol <= dcfg.convergence_rho * vol_max))
+    quiet = (
+        finite
+        & (step >= dcfg.convergence_warmup_steps)
+        & (vol_max > 0)
+        & (vol <= dcfg.convergence_rho * vol_max)
+    )
     streak = jnp.where(due, jnp.where(quiet, state['step_streak'] + 1, 0), state['step_streak'])
-    streak_start = jnp.where(due & quiet & (state['step_streak'] == 0), step,
-                             state['step_streak_start'])
+    streak_start = jnp.where(
+        due & quiet & (state['step_streak'] == 0), step, state['step_streak_start']
+    )
     fired = (state['step_convergence'] < 0) & (streak >= dcfg.convergence_patience)
-    state.update(step_vol_max=vol_max, step_streak=streak, step_streak_start=streak_start,
-                 step_convergence=jnp.where(fired, streak_start, state['step_convergence']))
+    state.update(
+        step_vol_max=vol_max,
+        step_streak=streak,
+        step_streak_start=streak_start,
+        step_convergence=jnp.where(fired, streak_start, state['step_convergence']),
+    )
     out = {f'dynamics/{name}': m[name] for name in metric_keys}
     out['dynamics/dsi_volatility'] = vol
     out['dynamics/convergence_step'] = state['step_convergence']
@@ -352,8 +397,9 @@ def make_tracker(dcfg: Any, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: i
     index = count - 1
     state['probe_signals'] = state['probe_signals'].at[:, index].set(sig)
     state['probe_count'] = jnp.asarray(count, jnp.int32)
-    histories = probe_histories(state['probe_signals'][:, :count], dcfg, spec,
-                                state.get('surrogate_key'))
+    histories = probe_histories(
+        state['probe_signals'][:, :count], dcfg, spec, state.get('surrogate_key')
+    )
     for history, m in histories.items():
       prefix = 'probe_' + history
       for name in metric_keys:
@@ -376,7 +422,10 @@ def make_tracker(dcfg: Any, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: i
     """Host side: scalars and per-tap alphas of the latest probe sample."""
     index = int(state['probe_count']) - 1
     scalars = {}
-    for prefix, label in (('probe_', 'dynamics_epoch'), ('probe_sliding_', 'dynamics_epoch_sliding')):
+    for prefix, label in (
+        ('probe_', 'dynamics_epoch'),
+        ('probe_sliding_', 'dynamics_epoch_sliding'),
+    ):
       for name in metric_keys + ('dsi_volatility',):
         value = float(state[prefix + name][index])
         if np.isfinite(value):
@@ -408,6 +457,14 @@ def make_tracker(dcfg: Any, tap_shapes: Dict[str, Tuple[int, ...]], num_steps: i
       out['step_window'] = np.asarray(window)
     return out
 
-  return Tracker(init=init, record_step=record_step, reduce=reduce, probe_update=probe_update,
-                 summarize_step=summarize_step, summarize_probe=summarize_probe, export=export,
-                 signal_names=names, tap_names=tap_names)
+  return Tracker(
+      init=init,
+      record_step=record_step,
+      reduce=reduce,
+      probe_update=probe_update,
+      summarize_step=summarize_step,
+      summarize_probe=summarize_probe,
+      export=export,
+      signal_names=names,
+      tap_names=tap_names,
+  )

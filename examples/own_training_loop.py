@@ -42,8 +42,13 @@ def synthetic_data(num: int, seed: int = 0):
   """Learnable images: one smooth colour pattern per class, random shifts, plus noise."""
   rng = np.random.default_rng(seed)
   grid = np.linspace(0, 2 * np.pi, SIDE)
-  patterns = np.stack([np.sin((c + 1) * grid[:, None] + np.arange(3) * c)[:, None, :]
-                       * np.cos((c + 1) * grid[None, :, None]) for c in range(NUM_CLASSES)])
+  patterns = np.stack(
+      [
+          np.sin((c + 1) * grid[:, None] + np.arange(3) * c)[:, None, :]
+          * np.cos((c + 1) * grid[None, :, None])
+          for c in range(NUM_CLASSES)
+      ]
+  )
   labels = rng.integers(0, NUM_CLASSES, num)
   shifts = rng.integers(0, SIDE, num)
   images = np.stack([np.roll(patterns[c], s, axis=1) for c, s in zip(labels, shifts)])
@@ -59,10 +64,13 @@ def main(num_steps: int, batch: int, window: int) -> dict:
   opt_state = tx.init(params)
 
   tap_shapes = jax.eval_shape(  # +dyn
-      lambda: dynamics.apply_with_taps(model, {'params': params}, images[:batch])[1])  # +dyn
+      lambda: dynamics.apply_with_taps(model, {'params': params}, images[:batch])[1]
+  )  # +dyn
   tracker = dynamics.make_tracker(  # +dyn
       {'window': window, 'volatility_window_steps': 10, 'probe_mode': False},  # +dyn
-      tap_shapes, num_steps)  # +dyn
+      tap_shapes,
+      num_steps,
+  )  # +dyn
   dyn_state = tracker.init()  # +dyn
 
   @jax.jit
@@ -86,9 +94,10 @@ def main(num_steps: int, batch: int, window: int) -> dict:
   for step in range(num_steps):
     if step % steps_per_epoch == 0:  # a new epoch: a new order
       order = rng.permutation(len(images))
-    index = order[(step % steps_per_epoch) * batch:][:batch]
+    index = order[(step % steps_per_epoch) * batch :][:batch]
     params, opt_state, dyn_state, metrics = train_step(
-        params, opt_state, dyn_state, images[index], labels[index], step)
+        params, opt_state, dyn_state, images[index], labels[index], step
+    )
     if (step + 1) % 50 == 0 or step + 1 == num_steps:
       fetched = jax.device_get(metrics)
       line = f'step {step + 1:4d}  loss {fetched["loss"]:.3f}  acc {fetched["accuracy"]:.2f}'

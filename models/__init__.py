@@ -31,15 +31,18 @@ def names():
 def get(name: str, num_classes: int, **variant):
   """Builds the named model; ``variant`` overrides module fields (e.g. ``width=32``)."""
   if name not in _REGISTRY:
-    raise ValueError(f'Unknown model {name!r} (config field `model`); '
-                     f'available: {", ".join(names())}.')
+    raise ValueError(
+        f'Unknown model {name!r} (config field `model`); ' f'available: {", ".join(names())}.'
+    )
   constructor = _REGISTRY[name]
   fields = set(getattr(constructor, 'func', constructor).__dataclass_fields__)
   unknown = sorted(set(variant) - fields)
   if unknown:
     known = ', '.join(sorted(fields - {'parent', 'name'}))
-    raise ValueError(f'Model {name!r} has no field(s) {", ".join(unknown)} (config field '
-                     f'`model_args`); its fields: {known}.')
+    raise ValueError(
+        f'Model {name!r} has no field(s) {", ".join(unknown)} (config field '
+        f'`model_args`); its fields: {known}.'
+    )
   return constructor(num_classes=num_classes, **variant)
 
 
@@ -53,5 +56,7 @@ def load_pretrained(name: str, params, path: str):
   for prefix, loader in _PRETRAINED_LOADERS.items():
     if name.startswith(prefix):
       return loader(params, path)
-  raise ValueError(f'init_checkpoint is set but model {name!r} has no pretrained loader; '
-                   f'models with one: {", ".join(p + "*" for p in _PRETRAINED_LOADERS)}.')
+  raise ValueError(
+      f'init_checkpoint is set but model {name!r} has no pretrained loader; '
+      f'models with one: {", ".join(p + "*" for p in _PRETRAINED_LOADERS)}.'
+  )

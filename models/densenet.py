@@ -23,6 +23,7 @@ from models.layers import conv_and_norm
 
 class DenseLayer(nn.Module):
   """Bottleneck dense layer; returns only its ``growth`` new channels."""
+
   growth: int
   bottleneck: int
   conv: Callable
@@ -36,6 +37,7 @@ class DenseLayer(nn.Module):
 
 class Transition(nn.Module):
   """BN-ReLU-conv1x1 compression followed by 2x2 average pooling."""
+
   features: int
   conv: Callable
   norm: Callable
@@ -48,6 +50,7 @@ class Transition(nn.Module):
 
 class DenseNet(nn.Module):
   """CIFAR DenseNet. ``__call__(x: f[B, H, W, 3], train) -> logits f[B, classes]``."""
+
   num_classes: int
   block_sizes: Sequence[int] = (6, 12, 24, 16)
   growth: int = 32

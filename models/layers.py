@@ -36,14 +36,30 @@ def _shifted_windows(x, kernel, strides, pads):
   (kh, kw), (sh, sw) = kernel, strides
   ho = (x.shape[1] - kh) // sh + 1
   wo = (x.shape[2] - kw) // sw + 1
-  return [lax.slice(x, (0, i, j, 0), (x.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1,
-                                      x.shape[3]), (1, sh, sw, 1))
-          for i in range(kh) for j in range(kw)]
+  return [
+      lax.slice(
+          x,
+          (0, i, j, 0),
+          (x.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, x.shape[3]),
+          (1, sh, sw, 1),
+      )
+      for i in range(kh)
+      for j in range(kw)
+  ]
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                         precision=None, rewrite=None):
+def conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    precision=None,
+    rewrite=None,
+):
   """lax.conv_general_dilated (NHWC inputs, HWIO kernels), with the CPU rewrites above.
 
   rewrite: None picks them on the CPU backend only; True/False forces (for tests).
@@ -53,15 +69,27 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   if dimension_numbers is None:  # this function's convention, not lax's NCHW default
     dimension_numbers = _NHWC
   native = functools.partial(
-      lax.conv_general_dilated, lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-      rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-      feature_group_count=feature_group_count, precision=precision)
+      lax.conv_general_dilated,
+      lhs,
+      rhs,
+      window_strides,
+      padding,
+      lhs_dilation=lhs_dilation,
+      rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count,
+      precision=precision,
+  )
   if rewrite is None:
     rewrite = jax.default_backend() == 'cpu'
-  plain = (lhs.ndim == 4 and all(d in (None, 1, (1, 1)) or tuple(d) == (1, 1)
-                                 for d in (lhs_dilation, rhs_dilation))
-           and (tuple(dimension_numbers) == _NHWC or dimension_numbers
-                == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)))
+  plain = (
+      lhs.ndim == 4
+      and all(d in (None, 1, (1, 1)) or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
+      and (
+          tuple(dimension_numbers) == _NHWC
+          or dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+      )
+  )
   if not (rewrite and plain):
     return native()
   kernel, strides = rhs.shape[:2], tuple(window_strides)
@@ -82,10 +110,16 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
 def conv_and_norm(dtype: Any, train: bool) -> Tuple[Callable, Callable]:
   """Bias-free 'SAME' convolutions (BatchNorm follows each) and BatchNorm with the usual
   CIFAR settings (momentum 0.9, eps 1e-5; batch statistics while training)."""
-  conv = functools.partial(nn.Conv, use_bias=False, padding='SAME', dtype=dtype,
-                           conv_general_dilated=conv_general_dilated)
-  norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                           epsilon=1e-5, dtype=dtype)
+  conv = functools.partial(
+      nn.Conv,
+      use_bias=False,
+      padding='SAME',
+      dtype=dtype,
+      conv_general_dilated=conv_general_dilated,
+  )
+  norm = functools.partial(
+      nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype
+  )
   return conv, norm
 
 

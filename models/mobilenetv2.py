@@ -23,8 +23,15 @@ from models.layers import conv_and_norm
 
 # (expansion t, channels c, repeats n, first stride s) per stage; the ImageNet table with
 # the second stage's stride set to 1 for 32x32 inputs.
-CIFAR_STAGES = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-                (6, 160, 3, 2), (6, 320, 1, 1))
+CIFAR_STAGES = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 1),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -35,6 +42,7 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 
 class InvertedResidual(nn.Module):
   """1x1 expand (skipped for t=1) -> 3x3 depthwise -> 1x1 linear projection (+ identity)."""
+
   features: int
   strides: int
   expansion: int
@@ -60,6 +68,7 @@ class MobileNetV2(nn.Module):
 
   ``train=True`` needs ``rngs={'dropout': key}`` (see the module docstring).
   """
+
   num_classes: int
   stages: Sequence[Tuple[int, int, int, int]] = CIFAR_STAGES
   width_mult: float = 1.0
@@ -76,8 +85,9 @@ class MobileNetV2(nn.Module):
     for stage, (expansion, channels, repeats, stride) in enumerate(self.stages):
       features = make_divisible(channels * self.width_mult)
       for block in range(repeats):
-        x = InvertedResidual(features, stride if block == 0 else 1, expansion,
-                             conv=conv, norm=norm)(x)
+        x = InvertedResidual(
+            features, stride if block == 0 else 1, expansion, conv=conv, norm=norm
+        )(x)
         self.sow('intermediates', f'stage{stage + 1}_block{block + 1}', x)
     # As in the paper, the last conv is never made narrower than its width-1.0 size.
     last = make_divisible(self.last_features * max(1.0, self.width_mult))
@@ -93,7 +103,17 @@ class MobileNetV2(nn.Module):
 VARIANTS = {
     'mobilenetv2': MobileNetV2,
     'mobilenetv2_tiny': functools.partial(
-        MobileNetV2, width_mult=0.25, last_features=128,
-        stages=((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 2, 2), (6, 64, 1, 2), (6, 96, 1, 1),
-                (6, 160, 1, 2), (6, 320, 1, 1))),
+        MobileNetV2,
+        width_mult=0.25,
+        last_features=128,
+        stages=(
+            (1, 16, 1, 1),
+            (6, 24, 2, 1),
+            (6, 32, 2, 2),
+            (6, 64, 1, 2),
+            (6, 96, 1, 1),
+            (6, 160, 1, 2),
+            (6, 320, 1, 1),
+        ),
+    ),
 }

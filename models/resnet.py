@@ -16,6 +16,7 @@ from models.layers import conv_and_norm
 
 class BasicBlock(nn.Module):
   """Two 3x3 convolutions with an identity or 1x1-projection shortcut."""
+
   filters: int
   strides: int
   conv: Callable
@@ -36,6 +37,7 @@ class BasicBlock(nn.Module):
 
 class BottleneckBlock(nn.Module):
   """1x1 reduce, 3x3, 1x1 expand (x4), with a projection shortcut when shapes change."""
+
   filters: int
   strides: int
   conv: Callable
@@ -50,14 +52,16 @@ class BottleneckBlock(nn.Module):
     y = nn.relu(self.norm()(y))
     y = self.norm()(self.conv(self.filters * self.expansion, (1, 1))(y))
     if residual.shape != y.shape:
-      residual = self.conv(self.filters * self.expansion, (1, 1),
-                           (self.strides, self.strides))(residual)
+      residual = self.conv(self.filters * self.expansion, (1, 1), (self.strides, self.strides))(
+          residual
+      )
       residual = self.norm()(residual)
     return nn.relu(residual + y)
 
 
 class ResNet(nn.Module):
   """CIFAR ResNet. ``__call__(x: f[B, H, W, 3], train) -> logits f[B, classes]``."""
+
   stage_sizes: Sequence[int]
   block_cls: Any
   num_classes: int

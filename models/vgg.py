@@ -23,6 +23,7 @@ VGG16_LAYOUT = (1, 1, 'M', 2, 2, 'M', 4, 4, 4, 'M', 8, 8, 8, 'M', 8, 8, 8, 'M')
 
 class VGG(nn.Module):
   """CIFAR VGG. ``__call__(x: f[B, H, W, 3], train) -> logits f[B, classes]``."""
+
   num_classes: int
   layout: Sequence[Union[int, str]] = VGG16_LAYOUT
   width: int = 64

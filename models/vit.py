@@ -33,22 +33,27 @@ class AddPositionEmbs(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    pos_embedding = self.param('pos_embedding', nn.initializers.normal(stddev=0.02),
-                               (1, x.shape[1], x.shape[2]))
+    pos_embedding = self.param(
+        'pos_embedding', nn.initializers.normal(stddev=0.02), (1, x.shape[1], x.shape[2])
+    )
     return x + pos_embedding.astype(x.dtype)
 
 
 class MlpBlock(nn.Module):
   """Dense -> GELU -> Dense, back to the input width."""
+
   mlp_dim: int
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, deterministic: bool):
-    dense = functools.partial(nn.Dense, dtype=self.dtype,
-                              kernel_init=nn.initializers.xavier_uniform(),
-                              bias_init=nn.initializers.normal(stddev=1e-6))
+    dense = functools.partial(
+        nn.Dense,
+        dtype=self.dtype,
+        kernel_init=nn.initializers.xavier_uniform(),
+        bias_init=nn.initializers.normal(stddev=1e-6),
+    )
     width = x.shape[-1]
     y = nn.gelu(dense(self.mlp_dim, name='Dense_0')(x))
     y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
@@ -58,6 +63,7 @@ class MlpBlock(nn.Module):
 
 class Encoder1DBlock(nn.Module):
   """Pre-norm transformer block: x + MHSA(LN(x)), then x + MLP(LN(x))."""
+
   mlp_dim: int
   num_heads: int
   dropout_rate: float = 0.0
@@ -69,20 +75,27 @@ class Encoder1DBlock(nn.Module):
     # Explicit names: Linen numbers each class separately, the release numbered them jointly.
     x = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_0')(inputs)
     x = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, dtype=self.dtype, force_fp32_for_softmax=True,
-        kernel_init=nn.initializers.xavier_uniform(), broadcast_dropout=False,
-        dropout_rate=self.attention_dropout_rate, deterministic=deterministic,
-        name='MultiHeadDotProductAttention_1')(x)
+        num_heads=self.num_heads,
+        dtype=self.dtype,
+        force_fp32_for_softmax=True,
+        kernel_init=nn.initializers.xavier_uniform(),
+        broadcast_dropout=False,
+        dropout_rate=self.attention_dropout_rate,
+        deterministic=deterministic,
+        name='MultiHeadDotProductAttention_1',
+    )(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
     x = x + inputs
     y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_2')(x)
-    y = MlpBlock(self.mlp_dim, self.dropout_rate, dtype=self.dtype,
-                 name='MlpBlock_3')(y, deterministic=deterministic)
+    y = MlpBlock(self.mlp_dim, self.dropout_rate, dtype=self.dtype, name='MlpBlock_3')(
+        y, deterministic=deterministic
+    )
     return x + y
 
 
 class Encoder(nn.Module):
   """Position embeddings, ``num_layers`` blocks and the final LayerNorm ('Transformer')."""
+
   num_layers: int
   mlp_dim: int
   num_heads: int
@@ -99,9 +112,14 @@ class Encoder(nn.Module):
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
     tap('patch_embedding', x)
     for layer in range(self.num_layers):
-      x = Encoder1DBlock(self.mlp_dim, self.num_heads, self.dropout_rate,
-                         self.attention_dropout_rate, dtype=self.dtype,
-                         name=f'encoderblock_{layer}')(x, deterministic=not train)
+      x = Encoder1DBlock(
+          self.mlp_dim,
+          self.num_heads,
+          self.dropout_rate,
+          self.attention_dropout_rate,
+          dtype=self.dtype,
+          name=f'encoderblock_{layer}',
+      )(x, deterministic=not train)
       tap(f'block{layer + 1}', x)
     return nn.LayerNorm(dtype=self.dtype, name='encoder_norm')(x)
 
@@ -112,6 +130,7 @@ class VisionTransformer(nn.Module):
   H and W must be multiples of ``patch_size``; the position embeddings take the token count
   of the input used at init (models/vit_checkpoint.py resamples them for another size).
   """
+
   num_classes: int
   patch_size: int = 16
   hidden_size: int = 768
@@ -125,29 +144,38 @@ class VisionTransformer(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = True):
     patch = (self.patch_size, self.patch_size)
-    x = nn.Conv(self.hidden_size, patch, strides=patch, padding='VALID', dtype=self.dtype,
-                name='embedding')(x)
+    x = nn.Conv(
+        self.hidden_size, patch, strides=patch, padding='VALID', dtype=self.dtype, name='embedding'
+    )(x)
     batch, height, width, channels = x.shape
     x = jnp.reshape(x, (batch, height * width, channels))
     cls = self.param('cls', nn.initializers.zeros, (1, 1, channels))
     x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), (batch, 1, 1)), x], axis=1)
-    x = Encoder(self.num_layers, self.mlp_dim, self.num_heads, self.dropout_rate,
-                self.attention_dropout_rate, dtype=self.dtype,
-                name='Transformer')(x, train=train,
-                                   tap=functools.partial(self.sow, 'intermediates'))
+    x = Encoder(
+        self.num_layers,
+        self.mlp_dim,
+        self.num_heads,
+        self.dropout_rate,
+        self.attention_dropout_rate,
+        dtype=self.dtype,
+        name='Transformer',
+    )(x, train=train, tap=functools.partial(self.sow, 'intermediates'))
     # The release initialises the head to zero (it is what fine-tuning replaces).
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros,
-                      name='head')(x[:, 0])
+    logits = nn.Dense(
+        self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros, name='head'
+    )(x[:, 0])
     return logits.astype(jnp.float32)
 
 
-ViTB16 = functools.partial(VisionTransformer, patch_size=16, hidden_size=768, num_layers=12,
-                           num_heads=12, mlp_dim=3072)
+ViTB16 = functools.partial(
+    VisionTransformer, patch_size=16, hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072
+)
 
 # Registry entries: name -> constructor(num_classes, **variant). The tiny variant (patch 4 on
 # 32x32: 64 tokens + class token, width 32, depth 8) has 9 taps.
 VARIANTS = {
     'vit_b16': ViTB16,
-    'vit_tiny': functools.partial(VisionTransformer, patch_size=4, hidden_size=32,
-                                  num_layers=8, num_heads=2, mlp_dim=64),
+    'vit_tiny': functools.partial(
+        VisionTransformer, patch_size=4, hidden_size=32, num_layers=8, num_heads=2, mlp_dim=64
+    ),
 }

@@ -50,8 +50,10 @@ def resample_posemb(posemb: np.ndarray, num_tokens: int) -> np.ndarray:
   tok, grid = posemb[:, :1], posemb[0, 1:]
   gs_old, gs_new = int(round(np.sqrt(len(grid)))), int(round(np.sqrt(num_tokens - 1)))
   if gs_old * gs_old != len(grid) or gs_new * gs_new != num_tokens - 1:
-    raise ValueError(f'{POSEMB_KEY}: can only resample square token grids, got '
-                     f'{len(grid)} -> {num_tokens - 1} patch tokens.')
+    raise ValueError(
+        f'{POSEMB_KEY}: can only resample square token grids, got '
+        f'{len(grid)} -> {num_tokens - 1} patch tokens.'
+    )
   zoom = (gs_new / gs_old, gs_new / gs_old, 1)
   grid = scipy.ndimage.zoom(grid.reshape(gs_old, gs_old, -1), zoom, order=1)
   return np.concatenate([tok, grid.reshape(1, gs_new * gs_new, -1)], axis=1)
@@ -70,32 +72,50 @@ def load_pretrained(params, npz_path: str):
 
   missing = sorted(set(expected) - set(restored))
   if missing:
-    raise ValueError(f'{npz_path}: checkpoint lacks {len(missing)} parameter(s) of the model: '
-                     f'{", ".join(missing)}.')
+    raise ValueError(
+        f'{npz_path}: checkpoint lacks {len(missing)} parameter(s) of the model: '
+        f'{", ".join(missing)}.'
+    )
   extra = sorted(set(restored) - set(expected))
   if extra:
-    logger.info('load_pretrained: ignoring %d checkpoint entries not in the model: %s',
-                len(extra), ', '.join(extra))
+    logger.info(
+        'load_pretrained: ignoring %d checkpoint entries not in the model: %s',
+        len(extra),
+        ', '.join(extra),
+    )
 
   out = {}
   if any(restored[k].shape != expected[k].shape for k in HEAD_KEYS):
-    logger.info('load_pretrained: keeping the initialised head %s (checkpoint head %s).',
-                expected['head/kernel'].shape, restored['head/kernel'].shape)
+    logger.info(
+        'load_pretrained: keeping the initialised head %s (checkpoint head %s).',
+        expected['head/kernel'].shape,
+        restored['head/kernel'].shape,
+    )
     out.update({k: expected[k] for k in HEAD_KEYS})
   posemb_shape = expected[POSEMB_KEY].shape
   if restored[POSEMB_KEY].shape != posemb_shape:
     if restored[POSEMB_KEY].shape[2] != posemb_shape[2]:
-      raise ValueError(f'{npz_path}: {POSEMB_KEY} has width {restored[POSEMB_KEY].shape[2]}, '
-                       f'the model {posemb_shape[2]}.')
-    logger.info('load_pretrained: resampling %s from %s to %s.', POSEMB_KEY,
-                restored[POSEMB_KEY].shape, posemb_shape)
+      raise ValueError(
+          f'{npz_path}: {POSEMB_KEY} has width {restored[POSEMB_KEY].shape[2]}, '
+          f'the model {posemb_shape[2]}.'
+      )
+    logger.info(
+        'load_pretrained: resampling %s from %s to %s.',
+        POSEMB_KEY,
+        restored[POSEMB_KEY].shape,
+        posemb_shape,
+    )
     restored[POSEMB_KEY] = resample_posemb(restored[POSEMB_KEY], posemb_shape[1])
 
-  mismatched = [f'{k}: checkpoint {restored[k].shape}, model {v.shape}'
-                for k, v in expected.items() if k not in out and restored[k].shape != v.shape]
+  mismatched = [
+      f'{k}: checkpoint {restored[k].shape}, model {v.shape}'
+      for k, v in expected.items()
+      if k not in out and restored[k].shape != v.shape
+  ]
   if mismatched:
-    raise ValueError(f'{npz_path}: shape mismatch for {len(mismatched)} parameter(s): '
-                     + '; '.join(mismatched))
+    raise ValueError(
+        f'{npz_path}: shape mismatch for {len(mismatched)} parameter(s): ' + '; '.join(mismatched)
+    )
   for k, v in expected.items():
     if k not in out:
       out[k] = jnp.asarray(restored[k], dtype=v.dtype)

@@ -12,8 +12,9 @@ import pytest
 from tests.test_models import FULL
 
 torch = pytest.importorskip('torch')
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                'benchmarks'))
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks')
+)
 import torch_models  # noqa: E402
 
 

@@ -11,11 +11,7 @@ import pytest
 from PIL import Image
 
 import data
-from data import augment as aug
-from data import batching
-from data import image_folder
-from data import synthetic
-
+from data import augment as aug, batching, image_folder, synthetic
 
 # ----------------------------------------------------------------------------------------------
 # Synthetic source, Dataset, subsets
@@ -53,7 +49,13 @@ def test_synthetic_sizes_and_classes():
 def test_default_config_synthetic_shape():
   cfg = data.default_config()
   assert (cfg.source, cfg.num_classes, cfg.train_size, cfg.test_size, cfg.image_size, cfg.seed) == (
-      "synthetic", 10, 2048, 512, 32, 0)
+      "synthetic",
+      10,
+      2048,
+      512,
+      32,
+      0,
+  )
   ds = data.load(cfg)
   assert ds.train_images.shape == (2048, 32, 32, 3) and ds.test_images.shape == (512, 32, 32, 3)
 
@@ -61,19 +63,21 @@ def test_default_config_synthetic_shape():
 def _ridge_accuracy(x, xt, y, yt, num_classes, lam=10.0):
   """Test accuracy of one-hot ridge regression x -> y (numpy float64 reference classifier)."""
   mu = x.mean(0)
-  w = np.linalg.solve((x - mu).T @ (x - mu) + lam * np.eye(x.shape[1]),
-                      (x - mu).T @ np.eye(num_classes)[y])
+  w = np.linalg.solve(
+      (x - mu).T @ (x - mu) + lam * np.eye(x.shape[1]), (x - mu).T @ np.eye(num_classes)[y]
+  )
   return ((xt - mu) @ w).argmax(1).__eq__(yt).mean()
 
 
 def test_synthetic_is_learnable_but_not_trivially():
   # Shift-invariant features (log FFT magnitude) separate the classes well, raw pixels do not:
   # the label lives in texture, not in position. (data/synthetic.py reports CNN training curves.)
-  x, y, xt, yt, _ = synthetic.make_synthetic(num_classes=10, train_size=1000, test_size=500,
-                                             image_size=16, seed=0)
+  x, y, xt, yt, _ = synthetic.make_synthetic(
+      num_classes=10, train_size=1000, test_size=500, image_size=16, seed=0
+  )
   spectrum = lambda im: np.log1p(np.abs(np.fft.fft2(im / 255.0, axes=(1, 2)))).reshape(len(im), -1)
   pixels = lambda im: im.reshape(len(im), -1) / 255.0
-  assert _ridge_accuracy(spectrum(x), spectrum(xt), y, yt, 10) > 0.6   # chance: 0.1
+  assert _ridge_accuracy(spectrum(x), spectrum(xt), y, yt, 10) > 0.6  # chance: 0.1
   assert _ridge_accuracy(pixels(x), pixels(xt), y, yt, 10) < 0.3
 
 
@@ -153,7 +157,8 @@ def test_train_batch_indices_process_slices_concatenate():
     full = batching.train_batch_indices(seed, step, n, gb)
     epoch, j = divmod(step, spe)
     np.testing.assert_array_equal(
-        full, batching.epoch_permutation(seed, epoch, n)[j * gb:(j + 1) * gb])
+        full, batching.epoch_permutation(seed, epoch, n)[j * gb : (j + 1) * gb]
+    )
     parts = [batching.train_batch_indices(seed, step, n, gb, i, 4) for i in range(4)]
     assert all(len(p) == 6 for p in parts)
     np.testing.assert_array_equal(np.concatenate(parts), full)
@@ -185,8 +190,9 @@ def test_train_batches_per_process():
   images = np.zeros((40, 2, 2, 3), np.uint8)
   labels = np.arange(40)
   parts = [batching.TrainBatches(images, labels, 0, 12, i, 3).batch(5)[1] for i in range(3)]
-  np.testing.assert_array_equal(np.concatenate(parts),
-                                labels[batching.train_batch_indices(0, 5, 40, 12)])
+  np.testing.assert_array_equal(
+      np.concatenate(parts), labels[batching.train_batch_indices(0, 5, 40, 12)]
+  )
 
 
 def test_batch_not_divisible_by_processes():
@@ -266,8 +272,14 @@ def _check_mini(ds_arrays, expected):
   np.testing.assert_array_equal(train_y, [0, 0, 1, 2, 2, 2])
   np.testing.assert_array_equal(test_y, [0, 1, 1, 2])
   # Natural order within a class: 1, 3 / 1, 2, 10.
-  order = [("airplane", "1"), ("airplane", "3"), ("cat", "5"), ("dog", "1"), ("dog", "2"),
-           ("dog", "10")]
+  order = [
+      ("airplane", "1"),
+      ("airplane", "3"),
+      ("cat", "5"),
+      ("dog", "1"),
+      ("dog", "2"),
+      ("dog", "10"),
+  ]
   for k, (cls, name) in enumerate(order):
     np.testing.assert_array_equal(train_x[k], expected[("train", cls, name)])
   np.testing.assert_array_equal(test_x[2], expected[("test", "cat", "g2")])  # Greyscale -> RGB.
@@ -294,12 +306,17 @@ def _png16(path, pixels):
   cannot write 16-bit RGB), so the test does not depend on the reader it checks."""
   h, w = pixels.shape[:2]
   raw = b"".join(b"\0" + pixels[y].astype(">u2").tobytes() for y in range(h))  # filter 0 rows
-  chunk = lambda kind, body: (struct.pack(">I", len(body)) + kind + body
-                              + struct.pack(">I", zlib.crc32(kind + body)))
+  chunk = lambda kind, body: (
+      struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+  )
   header = struct.pack(">IIBBBBB", w, h, 16, 2 if pixels.ndim == 3 else 0, 0, 0, 0)
   with open(path, "wb") as f:
-    f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
-            + chunk(b"IEND", b""))
+    f.write(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -344,14 +361,16 @@ def test_image_folder_tar_with_top_level_folder_and_cache(tmp_path, monkeypatch)
   cfg.update(dict(source="image_folder", path=archive, cache_dir=str(cache)))
 
   ds = data.load(cfg)
-  _check_mini((ds.train_images, ds.train_labels, ds.test_images, ds.test_labels, ds.class_names),
-              expected)
+  _check_mini(
+      (ds.train_images, ds.train_labels, ds.test_images, ds.test_labels, ds.class_names), expected
+  )
   assert ds.name == "mini" and ds.num_classes == 3
   assert len(list(cache.glob("*.npz"))) == 1
 
   # Second load: served from the cache, no decoding at all.
   def no_decode(*args):
     raise AssertionError("decoded although a valid cache exists")
+
   monkeypatch.setattr(image_folder, "_decode", no_decode)
   again = data.load(cfg)
   np.testing.assert_array_equal(again.train_images, ds.train_images)
@@ -503,22 +522,27 @@ def test_augment_without_crop_and_flip_is_normalize():
   x = _images()
   np.testing.assert_array_equal(
       aug.augment(jax.random.key(3), x, MEAN, STD, crop_padding=0, flip=False),
-      aug.normalize(x, MEAN, STD))
+      aug.normalize(x, MEAN, STD),
+  )
 
 
 def _windows(img, pad):
   """All (dy, dx) -> crop of the zero-padded image, numpy reference."""
   h, w, _ = img.shape
   padded = np.pad(img, ((pad, pad), (pad, pad), (0, 0)))
-  return {(dy, dx): padded[dy:dy + h, dx:dx + w]
-          for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)}
+  return {
+      (dy, dx): padded[dy : dy + h, dx : dx + w]
+      for dy in range(2 * pad + 1)
+      for dx in range(2 * pad + 1)
+  }
 
 
 def test_crop_is_a_shifted_window_of_the_padded_image():
   x = _images(b=16)
   # mean 0 / std 1 so the output is the raw cropped pixels, comparable exactly.
-  out = np.asarray(aug.augment(jax.random.key(42), x, np.zeros(3), np.ones(3), crop_padding=4,
-                               flip=False))
+  out = np.asarray(
+      aug.augment(jax.random.key(42), x, np.zeros(3), np.ones(3), crop_padding=4, flip=False)
+  )
   offsets = []
   for i in range(len(x)):
     matches = [off for off, win in _windows(x[i], 4).items() if np.array_equal(win, out[i])]
@@ -530,8 +554,9 @@ def test_crop_is_a_shifted_window_of_the_padded_image():
 
 def test_flip_some_not_all():
   x = _images(b=32)
-  out = np.asarray(aug.augment(jax.random.key(7), x, np.zeros(3), np.ones(3), crop_padding=0,
-                               flip=True))
+  out = np.asarray(
+      aug.augment(jax.random.key(7), x, np.zeros(3), np.ones(3), crop_padding=0, flip=True)
+  )
   flipped = []
   for i in range(len(x)):
     same, mirrored = np.array_equal(out[i], x[i]), np.array_equal(out[i], x[i, :, ::-1])
@@ -545,8 +570,7 @@ def test_crop_and_flip_together():
   out = np.asarray(aug.augment(jax.random.key(5), x, np.zeros(3), np.ones(3)))
   for i in range(len(x)):
     wins = _windows(x[i], 4).values()
-    assert any(np.array_equal(out[i], win) or np.array_equal(out[i], win[:, ::-1])
-               for win in wins)
+    assert any(np.array_equal(out[i], win) or np.array_equal(out[i], win[:, ::-1]) for win in wins)
 
 
 def test_resize():
@@ -556,5 +580,8 @@ def test_resize():
   assert aug.normalize(x, MEAN, STD, out_size=(12, 20)).shape == (2, 12, 20, 3)
   # A constant image stays constant (bilinear weights sum to one), normalised.
   const = np.full((1, 8, 8, 3), 200, np.uint8)
-  np.testing.assert_allclose(aug.normalize(const, MEAN, STD, out_size=32),
-                             np.broadcast_to((200 - MEAN) / STD, (1, 32, 32, 3)), rtol=1e-5)
+  np.testing.assert_allclose(
+      aug.normalize(const, MEAN, STD, out_size=32),
+      np.broadcast_to((200 - MEAN) / STD, (1, 32, 32, 3)),
+      rtol=1e-5,
+  )

@@ -103,18 +103,18 @@ def test_default_scales_too_short_names_fields():
     dfa.default_scales(16)
   assert 'n=16' in str(e.value)
   # The suggested length must actually work.
-  need = int(re.search(r"at least (\d+) samples", str(e.value)).group(1))
+  need = int(re.search(r'at least (\d+) samples', str(e.value)).group(1))
   assert len(dfa.default_scales(need)) >= 3
   assert len(dfa._log_grid(need - 1, 4, 4, 12)) < 3
 
 
 @pytest.mark.parametrize(
-  'kwargs, field',
-  [
-    (dict(min_scale=1), 'dfa_min_scale'),
-    (dict(max_divisor=0), 'dfa_max_divisor'),
-    (dict(num=2), 'dfa_num_scales'),
-  ],
+    'kwargs, field',
+    [
+        (dict(min_scale=1), 'dfa_min_scale'),
+        (dict(max_divisor=0), 'dfa_max_divisor'),
+        (dict(num=2), 'dfa_num_scales'),
+    ],
 )
 def test_default_scales_bad_arguments(kwargs, field):
   with pytest.raises(ValueError, match=field):
@@ -122,15 +122,15 @@ def test_default_scales_bad_arguments(kwargs, field):
 
 
 @pytest.mark.parametrize(
-  'scales, order',
-  [
-    ((4, 8), 1),  # too few
-    ((4, 4, 8), 1),  # too few distinct
-    ((2, 4, 8), 1),  # 2 points for a line
-    ((3, 4, 8), 2),  # 3 points for a parabola
-    ((4, 8, 128), 1),  # longer than the series
-    ((4.5, 8, 16), 1),  # not integers
-  ],
+    'scales, order',
+    [
+        ((4, 8), 1),  # too few
+        ((4, 4, 8), 1),  # too few distinct
+        ((2, 4, 8), 1),  # 2 points for a line
+        ((3, 4, 8), 2),  # 3 points for a parabola
+        ((4, 8, 128), 1),  # longer than the series
+        ((4.5, 8, 16), 1),  # not integers
+    ],
 )
 def test_validate_scales_rejects(scales, order):
   with pytest.raises(ValueError, match='dynamics.dfa_scales'):
@@ -149,7 +149,7 @@ def test_validate_order_and_method():
 
 
 @pytest.mark.parametrize(
-  'shape, order', [(SHAPES[0], 1), (SHAPES[1], 1), (SHAPES[2], 1), (SHAPES[1], 2)]
+    'shape, order', [(SHAPES[0], 1), (SHAPES[1], 1), (SHAPES[2], 1), (SHAPES[1], 2)]
 )
 def test_matches_reference_float64(x64, shape, order):
   rng = np.random.default_rng(hash((shape, order)) % 2**32)
@@ -193,6 +193,7 @@ def test_matches_nolds(x64):
   if sys.version_info >= (3, 12):
     pytest.skip('nolds 0.6.2 is only installed on Python < 3.12 (requirements-dev.txt)')
   import nolds
+
   rng = np.random.default_rng(7)
   noise_and_walks = rng.standard_normal((4, 512))
   noise_and_walks[2:] = np.cumsum(noise_and_walks[2:], axis=-1)
@@ -200,8 +201,8 @@ def test_matches_nolds(x64):
     scales = _scales(x.shape[-1])
     got = dfa.dfa_exponent(jnp.asarray(x), scales, order)
     want = [
-      nolds.dfa(row, nvals=scales, overlap=False, order=order, fit_trend='poly', fit_exp='poly')
-      for row in x
+        nolds.dfa(row, nvals=scales, overlap=False, order=order, fit_trend='poly', fit_exp='poly')
+        for row in x
     ]
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
@@ -212,8 +213,8 @@ def test_zero_fluctuations_dropped_from_fit():
   scales = (4, 6, 9, 13, 19)
   x = jnp.asarray(np.random.default_rng(5).standard_normal((4, 64)), jnp.float32)
   f = np.array(
-    [[0.0, 1.0, 1.7, 2.1, 3.3], [1.0, 0.0, 0.0, 2.5, 4.0], [0.0, 0.0, 0.0, 0.0, 2.0], [0.0] * 5],
-    np.float32,
+      [[0.0, 1.0, 1.7, 2.1, 3.3], [1.0, 0.0, 0.0, 2.5, 4.0], [0.0, 0.0, 0.0, 0.0, 2.0], [0.0] * 5],
+      np.float32,
   )
   got = np.asarray(jax.jit(dfa._slope, static_argnums=2)(x, jnp.asarray(f), scales))
   for row, g in zip(f, got):
@@ -229,8 +230,8 @@ def test_zero_fluctuations_dropped_from_fit():
 
 
 @pytest.mark.parametrize(
-  'kind, expected',
-  [('white', 0.5), ('walk', 1.5), ('fgn', 0.8)],
+    'kind, expected',
+    [('white', 0.5), ('walk', 1.5), ('fgn', 0.8)],
 )
 def test_known_exponents(kind, expected):
   n, reps = 2048, 8
@@ -251,7 +252,7 @@ def test_fgn_generator_has_target_autocovariance():
   x = np.stack([fgn_davies_harte(1024, 0.8, rng) for _ in range(64)])
   lag1 = np.mean(x[:, :-1] * x[:, 1:])
   assert abs(x.var() - 1.0) < 0.05
-  assert abs(lag1 - 0.5 * (2 ** 1.6 - 2)) < 0.05
+  assert abs(lag1 - 0.5 * (2**1.6 - 2)) < 0.05
 
 
 # --------------------------------------------------------------------------- degenerate input
@@ -343,7 +344,7 @@ def test_vmap_and_jit_match_loop():
   # vmap over a leading batch (e.g. seeds) of the multi-tap score equals the loop over it
   integ = jax.vmap(lambda v: dfa.integration(v, scales, method='mean_field'))(x)
   np.testing.assert_allclose(
-    integ, [dfa.integration(v, scales, method='mean_field') for v in x], rtol=1e-6
+      integ, [dfa.integration(v, scales, method='mean_field') for v in x], rtol=1e-6
   )
 
 

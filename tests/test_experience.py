@@ -25,9 +25,14 @@ def _fit(config, train_size=None):
 
 # --- run length against the metrics ---------------------------------------------------------
 
+
 def test_min_dfa_length_is_the_first_length_with_three_scales():
-  for settings in (dict(), dict(dfa_min_scale=3, dfa_max_divisor=2), dict(dfa_scales='4,8,16'),
-                   dict(dfa_min_scale=5, dfa_num_scales=4)):
+  for settings in (
+      dict(),
+      dict(dfa_min_scale=3, dfa_max_divisor=2),
+      dict(dfa_scales='4,8,16'),
+      dict(dfa_min_scale=5, dfa_num_scales=4),
+  ):
     dcfg = default.get_config().dynamics
     dcfg.update(settings)
     brute = next(n for n in range(1, 10_000) if tracker_lib.resolve_scales(dcfg, n) is not None)
@@ -71,11 +76,18 @@ def test_a_20_step_run_with_auto_windows_sizes_them_to_the_run():
   assert not any('step-mode' in w for w in fit.warnings)
 
 
-@pytest.mark.parametrize('field,value,message', [
-    ('window', 256, 'dynamics.window=256 but the run has 20 steps'),
-    ('volatility_window_steps', 50, 'dynamics.volatility_window_steps=50 but the run computes '
-     'only 11 step-mode DSI values'),
-])
+@pytest.mark.parametrize(
+    'field,value,message',
+    [
+        ('window', 256, 'dynamics.window=256 but the run has 20 steps'),
+        (
+            'volatility_window_steps',
+            50,
+            'dynamics.volatility_window_steps=50 but the run computes '
+            'only 11 step-mode DSI values',
+        ),
+    ],
+)
 def test_an_explicit_window_longer_than_the_run_is_an_error(field, value, message):
   config = tiny.get_config()
   config.num_train_steps = 20
@@ -112,6 +124,7 @@ def test_image_folder_size_is_only_known_after_loading():
 
 # --- writers ---------------------------------------------------------------------------------
 
+
 def test_jsonl_merges_a_step_and_truncates_after_a_restored_step(tmp_path):
   w = writers.JsonlWriter(str(tmp_path / 'metrics.jsonl'))
   w.write_scalars(1, {'a': 1.0})
@@ -123,8 +136,11 @@ def test_jsonl_merges_a_step_and_truncates_after_a_restored_step(tmp_path):
   w.write_scalars(3, {'a': 5.0})
   w.close()
   rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
-  assert rows == [{'step': 1, 'a': 1.0, 'b': 2.0, 'h': [0.0, 1.0, 2.0]},
-                  {'step': 2, 'a': 3.0}, {'step': 3, 'a': 5.0}]
+  assert rows == [
+      {'step': 1, 'a': 1.0, 'b': 2.0, 'h': [0.0, 1.0, 2.0]},
+      {'step': 2, 'a': 3.0},
+      {'step': 3, 'a': 5.0},
+  ]
 
 
 def test_logged_convergence_step_is_one_based_like_the_plots():
@@ -136,12 +152,13 @@ def test_logged_convergence_step_is_one_based_like_the_plots():
   out = tracker.summarize_step({'dynamics/convergence_step': np.int32(211)})
   assert out['dynamics/convergence_step'] == 212
   assert 'dynamics/convergence_step' not in tracker.summarize_step(
-      {'dynamics/convergence_step': np.int32(-1)})
+      {'dynamics/convergence_step': np.int32(-1)}
+  )
 
 
 # --- one real run, in a subprocess as a user starts it ---------------------------------------
 
-RUN_SCRIPT = '''
+RUN_SCRIPT = """
 import runpy, sys
 sys.argv = ['train.py', '--config=configs/tiny.py', '--workdir=' + sys.argv[1],
             '--config.num_train_steps=20']
@@ -150,15 +167,21 @@ try:
 except SystemExit as e:
   assert not e.code, e.code
 print('tensorflow imported:', 'tensorflow' in sys.modules)
-'''
+"""
 
 
 @pytest.fixture(scope='module')
 def run20(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('run20') / 'run')
   env = dict(os.environ, DYNAMICS_XLA_CPU_TUNING='0')
-  proc = subprocess.run([sys.executable, '-c', RUN_SCRIPT, workdir], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=900)
+  proc = subprocess.run(
+      [sys.executable, '-c', RUN_SCRIPT, workdir],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=900,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return workdir, proc.stdout + proc.stderr
 
@@ -189,14 +212,16 @@ def test_metrics_jsonl_has_one_row_per_step_and_auto_windows_computed(run20):
 
 def test_tensorboard_reads_the_scalars(run20):
   from tensorboard.backend.event_processing import event_accumulator
+
   acc = event_accumulator.EventAccumulator(run20[0])
   acc.Reload()
   events = acc.Scalars('train/loss')
   rows = [json.loads(line) for line in open(os.path.join(run20[0], 'metrics.jsonl'))]
   logged = {r['step']: r['train/loss'] for r in rows if 'train/loss' in r}
   assert [e.step for e in events] == sorted(logged)
-  np.testing.assert_allclose([e.value for e in events], [logged[s] for s in sorted(logged)],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+      [e.value for e in events], [logged[s] for s in sorted(logged)], rtol=1e-6
+  )
   assert 'dynamics/alpha' in acc.Tags()['histograms']
 
 
@@ -214,9 +239,13 @@ def test_figures_and_report_say_what_is_not_defined(run20, monkeypatch):
   assert any('not defined: needs 10 epochs (probe samples), has 3' in t for t in texts)
   assert any('resnet18_tiny on synthetic, seed 0' in t for t in texts)
   monkeypatch.undo()
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'analyze.py'),
-                         f'--workdir={run20[0]}'], cwd=ROOT, capture_output=True, text=True,
-                        timeout=300)
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'analyze.py'), f'--workdir={run20[0]}'],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = open(os.path.join(run20[0], 'report.md')).read()
   assert 'not defined: needs 10 epochs, has 3' in report

@@ -10,7 +10,6 @@ from jax import lax
 from models import layers
 
 
-
 @pytest.fixture(autouse=True)
 def x64():
   with jax.enable_x64(True):
@@ -25,11 +24,11 @@ def _conv_and_grads(conv, x, w):
 
 CASES = [
     # (input shape, kernel shape, strides, padding, groups)
-    ((3, 2, 2, 5), (3, 3, 5, 4), (1, 1), 'SAME', 1),       # kernel larger than the map
+    ((3, 2, 2, 5), (3, 3, 5, 4), (1, 1), 'SAME', 1),  # kernel larger than the map
     ((3, 1, 1, 6), (3, 3, 6, 2), (1, 1), 'SAME', 1),
     ((2, 2, 3, 4), (3, 3, 4, 3), (2, 2), 'SAME', 1),
     ((2, 2, 2, 4), (3, 3, 4, 3), (1, 1), [(2, 0), (1, 1)], 1),
-    ((2, 8, 8, 6), (3, 3, 1, 6), (1, 1), 'SAME', 6),       # depthwise
+    ((2, 8, 8, 6), (3, 3, 1, 6), (1, 1), 'SAME', 6),  # depthwise
     ((2, 9, 8, 6), (3, 3, 1, 6), (2, 2), 'SAME', 6),
     ((2, 7, 7, 4), (5, 5, 1, 4), (2, 1), 'VALID', 4),
 ]
@@ -39,11 +38,25 @@ CASES = [
 def test_rewrites_equal_lax_conv_with_gradients(shape, kernel, strides, padding, groups):
   rng = np.random.default_rng(0)
   x, w = jnp.asarray(rng.standard_normal(shape)), jnp.asarray(rng.standard_normal(kernel))
-  want = _conv_and_grads(lambda x, w: lax.conv_general_dilated(
-      x, w, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-      feature_group_count=groups), x, w)
-  got = _conv_and_grads(lambda x, w: layers.conv_general_dilated(
-      x, w, strides, padding, feature_group_count=groups, rewrite=True), x, w)
+  want = _conv_and_grads(
+      lambda x, w: lax.conv_general_dilated(
+          x,
+          w,
+          strides,
+          padding,
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+          feature_group_count=groups,
+      ),
+      x,
+      w,
+  )
+  got = _conv_and_grads(
+      lambda x, w: layers.conv_general_dilated(
+          x, w, strides, padding, feature_group_count=groups, rewrite=True
+      ),
+      x,
+      w,
+  )
   for g, v in zip(got, want):
     assert g.shape == v.shape
     np.testing.assert_allclose(g, v, rtol=1e-12, atol=1e-12)
@@ -61,15 +74,21 @@ def test_unrewritten_shapes_take_the_native_nhwc_conv():
   dims = ('NWC', 'WIO', 'NWC')
   np.testing.assert_allclose(
       layers.conv_general_dilated(x1, w1, (1,), 'SAME', dimension_numbers=dims, rewrite=True),
-      lax.conv_general_dilated(x1, w1, (1,), 'SAME', dimension_numbers=dims), rtol=1e-12)
+      lax.conv_general_dilated(x1, w1, (1,), 'SAME', dimension_numbers=dims),
+      rtol=1e-12,
+  )
 
 
 def test_flax_conv_takes_the_rewrite_and_keeps_its_parameters():
   x = jnp.asarray(np.random.default_rng(2).standard_normal((2, 2, 2, 8)))
   plain = nn.Conv(16, (3, 3), use_bias=False, padding='SAME')
-  fast = nn.Conv(16, (3, 3), use_bias=False, padding='SAME',
-                 conv_general_dilated=lambda *a, **k: layers.conv_general_dilated(
-                     *a, **k, rewrite=True))
+  fast = nn.Conv(
+      16,
+      (3, 3),
+      use_bias=False,
+      padding='SAME',
+      conv_general_dilated=lambda *a, **k: layers.conv_general_dilated(*a, **k, rewrite=True),
+  )
   variables = plain.init(jax.random.key(0), x)
   np.testing.assert_allclose(fast.apply(variables, x), plain.apply(variables, x), rtol=1e-12)
 

@@ -30,18 +30,36 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DCFG = {'window': 24, 'volatility_window_steps': 4, 'probe_mode': False}
 NUM_STEPS = 30
 # Modules that `import dynamics` must never load (the library needs only jax and numpy).
-FORBIDDEN = ('flax', 'optax', 'orbax', 'clu', 'ml_collections', 'tensorflow', 'models', 'data',
-             'training', 'configs', 'analysis')
+FORBIDDEN = (
+    'flax',
+    'optax',
+    'orbax',
+    'clu',
+    'ml_collections',
+    'tensorflow',
+    'models',
+    'data',
+    'training',
+    'configs',
+    'analysis',
+)
 
 
 def _run(code, cwd, pythonpath, timeout=300):
   env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
   env.update(PYTHONPATH=pythonpath, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
-  return subprocess.run([sys.executable, '-c', textwrap.dedent(code)], cwd=cwd, env=env,
-                        capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(
+      [sys.executable, '-c', textwrap.dedent(code)],
+      cwd=cwd,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+  )
 
 
 # ----- packaging and the import boundary -------------------------------------------------------
+
 
 def test_installed_package_imports_from_outside_the_repository(tmp_path):
   # A clean copy of what the distribution is built from, so the checkout gets no build/ dirs.
@@ -49,20 +67,37 @@ def test_installed_package_imports_from_outside_the_repository(tmp_path):
   src.mkdir()
   for name in ('pyproject.toml', 'README.md'):
     shutil.copy(os.path.join(ROOT, name), src / name)
-  shutil.copytree(os.path.join(ROOT, 'dynamics'), src / 'dynamics',
-                  ignore=shutil.ignore_patterns('__pycache__'))
+  shutil.copytree(
+      os.path.join(ROOT, 'dynamics'), src / 'dynamics', ignore=shutil.ignore_patterns('__pycache__')
+  )
   target = tmp_path / 'target'
   install = subprocess.run(
-      [sys.executable, '-m', 'pip', 'install', '-q', '--no-deps', '--no-build-isolation',
-       '--no-index', '--disable-pip-version-check', '--target', str(target), str(src)],
-      capture_output=True, text=True, timeout=300)
+      [
+          sys.executable,
+          '-m',
+          'pip',
+          'install',
+          '-q',
+          '--no-deps',
+          '--no-build-isolation',
+          '--no-index',
+          '--disable-pip-version-check',
+          '--target',
+          str(target),
+          str(src),
+      ],
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert install.returncode == 0, install.stdout + install.stderr
   packages = sorted(p.name for p in target.iterdir() if not p.name.endswith('.dist-info'))
   assert packages == ['dynamics'], packages  # only the library, none of the project's packages
 
   outside = tmp_path / 'elsewhere'
   outside.mkdir()
-  result = _run(f"""
+  result = _run(
+      f"""
       import sys
       import dynamics
       assert dynamics.__file__.startswith({str(target)!r}), dynamics.__file__
@@ -73,29 +108,40 @@ def test_installed_package_imports_from_outside_the_repository(tmp_path):
       state, out = tracker.record_step(tracker.init(), {{'00_a': jnp.ones((2, 3)),
                                                          '01_b': jnp.zeros((2, 5))}}, 0)
       print(sorted(out), tracker.export(state)['step_signals'][:, 0].tolist())
-      """, cwd=str(outside), pythonpath=str(target))
+      """,
+      cwd=str(outside),
+      pythonpath=str(target),
+  )
   assert result.returncode == 0, result.stderr
   assert "'dynamics/integration'" in result.stdout and '[1.0, 0.0]' in result.stdout
 
 
 def test_importing_dynamics_loads_no_flax_ml_collections_tensorflow_or_project_code(tmp_path):
-  modules = sorted(f'dynamics.{f[:-3]}' for f in os.listdir(os.path.join(ROOT, 'dynamics'))
-                   if f.endswith('.py') and f != '__init__.py')
-  result = _run(f"""
+  modules = sorted(
+      f'dynamics.{f[:-3]}'
+      for f in os.listdir(os.path.join(ROOT, 'dynamics'))
+      if f.endswith('.py') and f != '__init__.py'
+  )
+  result = _run(
+      f"""
       import sys
       import dynamics
       {'; '.join(f'import {m}' for m in modules)}
       tracker = dynamics.make_tracker(None, {{'00_a': (2, 3)}}, 300)
       loaded = sorted({{m.split('.')[0] for m in sys.modules}} & set({FORBIDDEN!r}))
       print('LOADED', loaded)
-      """, cwd=str(tmp_path), pythonpath=ROOT)
+      """,
+      cwd=str(tmp_path),
+      pythonpath=ROOT,
+  )
   assert result.returncode == 0, result.stderr
   assert 'LOADED []' in result.stdout, result.stdout
   assert 'dynamics.taps' in modules and 'dynamics.tracker' in modules  # the list is not empty
 
 
 def test_without_ml_collections_the_config_is_a_plain_dict(tmp_path):
-  result = _run("""
+  result = _run(
+      """
       import sys
       sys.modules['ml_collections'] = None  # as if it were not installed: import raises
       import dynamics
@@ -105,7 +151,10 @@ def test_without_ml_collections_the_config_is_a_plain_dict(tmp_path):
       assert c['window'] == 32 and c.reduction == 'mean'
       tracker = dynamics.make_tracker(c, {'00_a': (2, 3)}, 64)
       print('OK', tracker.tap_names)
-      """, cwd=str(tmp_path), pythonpath=ROOT)
+      """,
+      cwd=str(tmp_path),
+      pythonpath=ROOT,
+  )
   assert result.returncode == 0, result.stderr
   assert "OK ['00_a']" in result.stdout
 
@@ -121,11 +170,19 @@ def test_make_tracker_takes_a_dict_a_dataclass_or_a_config_dict_alike():
   config_dict = dynamics.default_config()
   assert isinstance(config_dict, ml_collections.ConfigDict)  # installed here
   config_dict.update(DCFG)
-  shapes = {'00_a': (4, 3), '01_b': jax.ShapeDtypeStruct((4, 5), jnp.float32),
-            '02_c': jnp.zeros((4, 2))}
+  shapes = {
+      '00_a': (4, 3),
+      '01_b': jax.ShapeDtypeStruct((4, 5), jnp.float32),
+      '02_c': jnp.zeros((4, 2)),
+  }
   rng = np.random.default_rng(0)
-  taps = [{k: jnp.asarray(rng.standard_normal((4, s)), jnp.float32)
-           for k, s in (('00_a', 3), ('01_b', 5), ('02_c', 2))} for _ in range(NUM_STEPS)]
+  taps = [
+      {
+          k: jnp.asarray(rng.standard_normal((4, s)), jnp.float32)
+          for k, s in (('00_a', 3), ('01_b', 5), ('02_c', 2))
+      }
+      for _ in range(NUM_STEPS)
+  ]
   exports = []
   for dcfg in (DCFG, _DataclassConfig(), config_dict):
     tracker = dynamics.make_tracker(dcfg, shapes, NUM_STEPS)
@@ -146,12 +203,13 @@ def test_make_tracker_takes_a_dict_a_dataclass_or_a_config_dict_alike():
 
 # ----- taps from Linen sow and NNX intermediates -----------------------------------------------
 
+
 def _assert_metrics_match_the_functions(tracker, state, last_scalars):
   """The step-mode scalars of the last step equal the public metric functions applied to the
   window of signals the tracker recorded (and exported)."""
   series = tracker.export(state)
   window = int(series['step_window'])
-  x = jnp.asarray(series['step_signals'][:, NUM_STEPS - window:])
+  x = jnp.asarray(series['step_signals'][:, NUM_STEPS - window :])
   scales = tuple(int(s) for s in series['step_scales'])
   integration = dynamics.integration(x, scales)
   metastability = dynamics.metastability(x)
@@ -163,8 +221,9 @@ def _assert_metrics_match_the_functions(tracker, state, last_scalars):
   }
   for name, value in expected.items():
     assert np.isfinite(float(value)), name
-    np.testing.assert_allclose(float(last_scalars[f'dynamics/{name}']), float(value),
-                               rtol=1e-5, err_msg=name)
+    np.testing.assert_allclose(
+        float(last_scalars[f'dynamics/{name}']), float(value), rtol=1e-5, err_msg=name
+    )
     np.testing.assert_allclose(series[f'step_{name}'][NUM_STEPS - 1], float(value), rtol=1e-5)
   np.testing.assert_allclose(series['step_alphas'], dynamics.dfa_exponent(x, scales), rtol=1e-5)
 
@@ -204,8 +263,7 @@ def test_linen_model_written_with_sow_is_tracked():
 
   logits, taps = dynamics.apply_with_taps(model, {'params': params}, x)
   # Forward order, kept in the names; the sown values are the activations (numpy reference).
-  assert list(taps) == ['00_stem', '01_block0/out', '02_block1/out', '03_block2/out',
-                        '04_features']
+  assert list(taps) == ['00_stem', '01_block0/out', '02_block1/out', '03_block2/out', '04_features']
   h = _dense(params['embed'], x.astype(np.float64))
   reference = [h]
   for i in range(3):
@@ -216,8 +274,9 @@ def test_linen_model_written_with_sow_is_tracked():
     np.testing.assert_allclose(value, ref, rtol=1e-4, atol=1e-5, err_msg=name)
   np.testing.assert_allclose(logits, model.apply({'params': params}, x), rtol=1e-6)
   # capture_intermediates with a filter picks the same activations without any sow.
-  _, captured = dynamics.apply_with_taps(model, {'params': params}, x, capture_intermediates=True,
-                                         tap_filter=r'^block\d/__call__$')
+  _, captured = dynamics.apply_with_taps(
+      model, {'params': params}, x, capture_intermediates=True, tap_filter=r'^block\d/__call__$'
+  )
   assert list(captured) == ['00_block0/__call__', '01_block1/__call__', '02_block2/__call__']
   for got, want in zip(captured.values(), list(taps.values())[1:4]):
     np.testing.assert_array_equal(got, want)
@@ -242,13 +301,15 @@ def test_linen_model_written_with_sow_is_tracked():
   for t in range(NUM_STEPS):
     params, opt_state, dyn, scalars = step(params, opt_state, dyn, x + 0.05 * t, t)
   # Step 0's signals are the means of the step-0 activations (parameters before any update).
-  np.testing.assert_allclose(dyn['step_signals'][:, 0], [r.mean() for r in reference], rtol=1e-4,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+      dyn['step_signals'][:, 0], [r.mean() for r in reference], rtol=1e-4, atol=1e-6
+  )
   assert not np.allclose(jax.tree.leaves(first_params)[0], jax.tree.leaves(params)[0])
   _assert_metrics_match_the_functions(tracker, dyn, jax.device_get(scalars))
 
 
 class NnxBlock(nnx.Module):
+
   def __init__(self, features, rngs):
     self.linear = nnx.Linear(features, features, rngs=rngs)
 
@@ -259,6 +320,7 @@ class NnxBlock(nnx.Module):
 
 
 class NnxNet(nnx.Module):
+
   def __init__(self, rngs):
     self.stem = nnx.Linear(5, 6, rngs=rngs)
     self.blocks = nnx.List([NnxBlock(6, rngs) for _ in range(3)])
@@ -292,8 +354,9 @@ def test_nnx_model_is_tracked_by_the_same_tracker_functions():
   # nnx.State keeps the module tree's order (names sorted, list items by index), not call order.
   assert list(taps) == ['00_blocks/0/out', '01_blocks/1/out', '02_blocks/2/out', '03_stem_out']
   for name, value in taps.items():
-    np.testing.assert_allclose(value, reference[dynamics.display_name(name)], rtol=1e-4,
-                               atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(
+        value, reference[dynamics.display_name(name)], rtol=1e-4, atol=1e-5, err_msg=name
+    )
   assert not nnx.state(model, nnx.Intermediate)  # nothing stays on the module
   np.testing.assert_allclose(logits, linear(model.head, h), rtol=1e-4, atol=1e-5)
 
@@ -327,8 +390,9 @@ def test_taps_from_intermediates_names_orders_and_rejects_empty_selections():
   many = dynamics.taps_from_intermediates({f'l{i}': (x,) for i in range(101)})
   assert list(many)[:2] == ['000_l0', '001_l1'] and list(many) == sorted(many)
   assert dynamics.display_name('012_a/b') == 'a/b' and dynamics.display_name('stem') == 'stem'
-  picked = dynamics.taps_from_intermediates({'a': (x,), 'b': (y,)},
-                                            filter=lambda path, value: value.shape[-1] == 2)
+  picked = dynamics.taps_from_intermediates(
+      {'a': (x,), 'b': (y,)}, filter=lambda path, value: value.shape[-1] == 2
+  )
   assert list(picked) == ['00_b']
   with pytest.raises(ValueError, match="filter='nothing'.*a, b"):
     dynamics.taps_from_intermediates({'a': (x,), 'b': (y,)}, filter='nothing')
@@ -338,16 +402,22 @@ def test_taps_from_intermediates_names_orders_and_rejects_empty_selections():
 
 # ----- the example and lint --------------------------------------------------------------------
 
+
 def test_example_own_training_loop_runs_without_the_project_code(tmp_path):
   example = os.path.join(ROOT, 'examples', 'own_training_loop.py')
-  result = _run(f"""
+  result = _run(
+      f"""
       import runpy, sys
       sys.argv = [{example!r}, '--steps', '160', '--window', '64']
       runpy.run_path(sys.argv[0], run_name='__main__')
       loaded = sorted({{m.split('.')[0] for m in sys.modules}}
                       & {{'models', 'data', 'training', 'configs'}})
       print('PROJECT MODULES', loaded)
-      """, cwd=str(tmp_path), pythonpath=ROOT, timeout=600)
+      """,
+      cwd=str(tmp_path),
+      pythonpath=ROOT,
+      timeout=600,
+  )
   assert result.returncode == 0, result.stderr
   out = result.stdout
   assert 'PROJECT MODULES []' in out, out
@@ -357,23 +427,38 @@ def test_example_own_training_loop_runs_without_the_project_code(tmp_path):
   assert 'per-tap DFA alpha' in out and 'conv1' in out and 'hidden' in out
 
 
-LIBRARY_FILES = ['dynamics/__init__.py', 'dynamics/api.py', 'dynamics/config.py', 'models',
-                 'dynamics/taps.py', 'examples/own_training_loop.py', 'tests/test_library.py']
+LIBRARY_FILES = [
+    'dynamics/__init__.py',
+    'dynamics/api.py',
+    'dynamics/config.py',
+    'models',
+    'dynamics/taps.py',
+    'examples/own_training_loop.py',
+    'tests/test_library.py',
+]
 
 
 def test_ruff_passes_on_the_library_files():
   ruff = shutil.which('ruff') or os.path.join(os.path.dirname(sys.executable), 'ruff')
   if not os.path.exists(ruff):
     pytest.skip('ruff is not installed (requirements-dev.txt)')
-  result = subprocess.run([ruff, 'check', '--no-cache', *LIBRARY_FILES], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+  result = subprocess.run(
+      [ruff, 'check', '--no-cache', *LIBRARY_FILES],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_every_public_function_of_dynamics_is_annotated():
   tracker = dynamics.make_tracker(DCFG, {'00_a': (2, 3)}, NUM_STEPS)
-  functions = [getattr(dynamics, name) for name in dynamics.__all__
-               if inspect.isfunction(getattr(dynamics, name))]
+  functions = [
+      getattr(dynamics, name)
+      for name in dynamics.__all__
+      if inspect.isfunction(getattr(dynamics, name))
+  ]
   functions += [f for f in tracker if inspect.isfunction(f)]
   functions.append(dynamics.MetricSpec.from_config)
   assert len(functions) > 30

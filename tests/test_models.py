@@ -41,9 +41,14 @@ def abstract_forward(model, side, batch=2, train=False):
   x = jax.ShapeDtypeStruct((batch, side, side, 3), jnp.float32)
 
   def forward(variables, x):
-    out = models.apply_with_taps(model, variables, x, train=train,
-                                 mutable=['batch_stats'] if train else False,
-                                 rngs={'dropout': jax.random.key(1)})
+    out = models.apply_with_taps(
+        model,
+        variables,
+        x,
+        train=train,
+        mutable=['batch_stats'] if train else False,
+        rngs={'dropout': jax.random.key(1)},
+    )
     return out[0] if train else out
 
   logits, taps = jax.eval_shape(forward, variables, x)
@@ -57,8 +62,9 @@ def num_params(params):
 def expected_tap_names(model):
   """Tap display names derived from the module's configuration, in forward order."""
   if isinstance(model, resnet.ResNet):
-    return ['stem'] + [f'stage{s + 1}_block{b + 1}'
-                       for s, n in enumerate(model.stage_sizes) for b in range(n)]
+    return ['stem'] + [
+        f'stage{s + 1}_block{b + 1}' for s, n in enumerate(model.stage_sizes) for b in range(n)
+    ]
   if isinstance(model, vgg.VGG):
     names, block, layer = [], 1, 1
     for item in model.layout:
@@ -76,8 +82,11 @@ def expected_tap_names(model):
         names.append(f'transition{b + 1}')
     return names
   if isinstance(model, mobilenetv2.MobileNetV2):
-    return ['stem'] + [f'stage{s + 1}_block{b + 1}'
-                       for s, (_, _, n, _) in enumerate(model.stages) for b in range(n)]
+    return ['stem'] + [
+        f'stage{s + 1}_block{b + 1}'
+        for s, (_, _, n, _) in enumerate(model.stages)
+        for b in range(n)
+    ]
   if isinstance(model, vit.VisionTransformer):
     return ['patch_embedding'] + [f'block{i + 1}' for i in range(model.num_layers)]
   raise AssertionError(f'no tap specification for {type(model).__name__}')
@@ -167,22 +176,25 @@ def test_tiny_training_reduces_loss_then_eval_forward(name):
 
   def loss_fn(params, batch_stats, key):
     variables = {'params': params, **({'batch_stats': batch_stats} if batch_stats else {})}
-    (logits, taps), state = models.apply_with_taps(model, variables, images, train=True,
-                                                   mutable=['batch_stats'], rngs={'dropout': key})
+    (logits, taps), state = models.apply_with_taps(
+        model, variables, images, train=True, mutable=['batch_stats'], rngs={'dropout': key}
+    )
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return loss, (state.get('batch_stats', {}), taps)
 
   @jax.jit
   def step(params, batch_stats, opt_state, key):
     (loss, (batch_stats, taps)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params, batch_stats, key)
+        params, batch_stats, key
+    )
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), batch_stats, opt_state, loss, taps
 
   losses = []
   for i in range(21):  # the loss of step i is measured before its update: 20 updates
     params, batch_stats, opt_state, loss, train_taps = step(
-        params, batch_stats, opt_state, jax.random.key(i))
+        params, batch_stats, opt_state, jax.random.key(i)
+    )
     losses.append(float(loss))
   assert np.all(np.isfinite(losses))
   # Chance level is ln(10) = 2.30; demand that 20 updates remove at least half the loss.
@@ -192,7 +204,8 @@ def test_tiny_training_reduces_loss_then_eval_forward(name):
   # Inference mode with the running statistics that training accumulated.
   variables = {'params': params, **({'batch_stats': batch_stats} if batch_stats else {})}
   logits, taps = jax.jit(lambda v, x: models.apply_with_taps(model, v, x, train=False))(
-      variables, images[:4])
+      variables, images[:4]
+  )
   assert logits.shape == (4, 10) and logits.dtype == jnp.float32
   assert bool(jnp.all(jnp.isfinite(logits)))
   check_taps(model, taps, batch=4)
@@ -203,6 +216,7 @@ def test_tiny_training_reduces_loss_then_eval_forward(name):
 
 
 # ----- ViT checkpoints ---------------------------------------------------------------------
+
 
 @functools.lru_cache(maxsize=None)
 def vit_model_and_init(num_classes, side):
@@ -236,14 +250,19 @@ def test_save_npz_uses_the_original_flat_key_layout(saved_vit):
   _, path = saved_vit
   with np.load(path) as npz:
     keys = set(npz.files)
-  for key in ['embedding/kernel', 'cls', 'head/kernel', 'Transformer/encoder_norm/scale',
-              'Transformer/posembed_input/pos_embedding',
-              'Transformer/encoderblock_0/LayerNorm_0/scale',
-              'Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel',
-              'Transformer/encoderblock_0/MultiHeadDotProductAttention_1/out/kernel',
-              'Transformer/encoderblock_0/LayerNorm_2/bias',
-              'Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel',
-              'Transformer/encoderblock_1/MlpBlock_3/Dense_1/bias']:
+  for key in [
+      'embedding/kernel',
+      'cls',
+      'head/kernel',
+      'Transformer/encoder_norm/scale',
+      'Transformer/posembed_input/pos_embedding',
+      'Transformer/encoderblock_0/LayerNorm_0/scale',
+      'Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel',
+      'Transformer/encoderblock_0/MultiHeadDotProductAttention_1/out/kernel',
+      'Transformer/encoderblock_0/LayerNorm_2/bias',
+      'Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel',
+      'Transformer/encoderblock_1/MlpBlock_3/Dense_1/bias',
+  ]:
     assert key in keys, key
 
 
@@ -262,8 +281,10 @@ def test_load_pretrained_same_config_gives_identical_logits(saved_vit):
   for key, value in flat(saved).items():
     np.testing.assert_array_equal(flat(loaded)[key], value, err_msg=key)
   x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
-  np.testing.assert_array_equal(model.apply({'params': loaded}, x, train=False),
-                                model.apply({'params': saved}, x, train=False))
+  np.testing.assert_array_equal(
+      model.apply({'params': loaded}, x, train=False),
+      model.apply({'params': saved}, x, train=False),
+  )
 
 
 def test_load_pretrained_keeps_the_given_head_for_another_class_count(saved_vit):

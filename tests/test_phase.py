@@ -71,21 +71,21 @@ def test_preprocess_matches_reference(x64, method):
 
 
 CASES = [
-  ((4, 64), 'detrend', 0),
-  ((3, 101), 'demean', 5),
-  ((2, 5, 512), 'detrend', 32),
-  ((3, 101), 'diff', 3),
+    ((4, 64), 'detrend', 0),
+    ((3, 101), 'demean', 5),
+    ((2, 5, 512), 'detrend', 32),
+    ((3, 101), 'diff', 3),
 ]
 
 
 def _all_metrics(x, method, edge):
   # One outer jit per case: one compilation instead of three, and it exercises jit-ability.
   return jax.jit(
-    lambda v: (
-      phase.kuramoto_order(v, method),
-      phase.synchrony(v, method, edge),
-      phase.metastability(v, method, edge),
-    )
+      lambda v: (
+          phase.kuramoto_order(v, method),
+          phase.synchrony(v, method, edge),
+          phase.metastability(v, method, edge),
+      )
   )(x)
 
 
@@ -170,8 +170,9 @@ def test_constant_taps_excluded_from_phase_metrics():
   x[[1, 3]] = 0.25
   for f in (phase.synchrony, phase.metastability):
     np.testing.assert_allclose(f(x), f(x[[0, 2, 4]]), rtol=1e-6)
-  np.testing.assert_allclose(phase.synchrony(x), ref_sync_meta(x[[0, 2, 4]], 'detrend', 0)[0],
-                             rtol=1e-4)
+  np.testing.assert_allclose(
+      phase.synchrony(x), ref_sync_meta(x[[0, 2, 4]], 'detrend', 0)[0], rtol=1e-4
+  )
   # All-constant taps gave synchrony 1 and metastability 0, "perfect synchrony".
   const = np.full((4, 64), 3.0, np.float32)
   assert np.isnan(phase.synchrony(const)) and np.isnan(phase.metastability(const))
@@ -188,6 +189,7 @@ def test_nan_tap_makes_phase_metrics_nan():
   assert np.all(np.isnan(phase.kuramoto_order(x)[0]))
   # The same rule as integration: a diverged tap is not averaged away.
   from dynamics import dfa
+
   for method in ('per_layer_mean', 'mean_field'):
     assert np.isnan(dfa.integration(x[0], (4, 8, 16), method=method))
 
@@ -222,5 +224,5 @@ def test_invalid_arguments_name_the_field():
     phase.metastability(x, 'diff', edge=-1)
   with pytest.raises(ValueError, match='dynamics.phase_edge'):
     phase.metastability(x, 'diff', edge=1.5)
-  with pytest.raises(ValueError, match=r"\[\.\.\., L, N\]"):
+  with pytest.raises(ValueError, match=r'\[\.\.\., L, N\]'):
     phase.kuramoto_order(np.zeros(16))

@@ -71,8 +71,9 @@ def _compilation_cache(tmp_path_factory):
   jax.config.update('jax_compilation_cache_dir', folder)
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
   compilation_cache.reset_cache()  # JAX decides once per process whether to use the cache
-  _CACHE_ENV.update(JAX_COMPILATION_CACHE_DIR=folder,
-                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  _CACHE_ENV.update(
+      JAX_COMPILATION_CACHE_DIR=folder, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0'
+  )
   yield
   _CACHE_ENV.clear()
   for name, value in saved.items():
@@ -87,8 +88,13 @@ def _start_train(workdir, log_path, overrides=None, extra_flags=(), env=None):
   cmd = [sys.executable, 'train.py', '--config=configs/tiny.py', f'--workdir={workdir}']
   cmd += [f'--config.{k}={v}' for k, v in overrides.items()] + list(extra_flags)
   with open(log_path, 'w') as log:
-    return subprocess.Popen(cmd, cwd=ROOT, env=dict(env or os.environ, **_CACHE_ENV),
-                            stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=dict(env or os.environ, **_CACHE_ENV),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _tail(path, n=3000):
@@ -108,8 +114,9 @@ def _wait_for_checkpoint(workdir, proc, log_path, step, timeout=400):
   deadline = time.time() + timeout
   while not any(s >= step for s in _committed_steps(workdir)):
     if proc.poll() is not None:
-      pytest.fail(f'train.py exited ({proc.returncode}) before checkpoint {step}:\n'
-                  f'{_tail(log_path)}')
+      pytest.fail(
+          f'train.py exited ({proc.returncode}) before checkpoint {step}:\n' f'{_tail(log_path)}'
+      )
     if time.time() > deadline:
       proc.kill()
       pytest.fail(f'no checkpoint {step} after {timeout} s:\n{_tail(log_path)}')
@@ -131,8 +138,10 @@ def _read_checkpoint(workdir, step):
   path = os.path.join(workdir, 'checkpoints', str(step), 'default')
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   with ocp.StandardCheckpointer() as reader:
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                          reader.metadata(path).item_metadata)
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        reader.metadata(path).item_metadata,
+    )
     return jax.device_get(reader.restore(path, target))
 
 
@@ -145,8 +154,10 @@ def _assert_same_run(ref_dir, ref_state, workdir, state):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
       np.testing.assert_array_equal(x, y, err_msg=part)
   np.testing.assert_equal(_records(workdir), _records(ref_dir))  # NaN == NaN here
-  with np.load(os.path.join(ref_dir, 'dynamics.npz')) as a, \
-       np.load(os.path.join(workdir, 'dynamics.npz')) as b:
+  with (
+      np.load(os.path.join(ref_dir, 'dynamics.npz')) as a,
+      np.load(os.path.join(workdir, 'dynamics.npz')) as b,
+  ):
     assert sorted(a.files) == sorted(b.files)
     for key in a.files:
       np.testing.assert_array_equal(a[key], b[key], err_msg=key)
@@ -217,8 +228,9 @@ def test_sigterm_saves_at_the_current_step_and_resumes_exactly(reference, tmp_pa
   _wait_for_checkpoint(workdir, proc, log, step=8)
   proc.send_signal(signal.SIGTERM)
   assert proc.wait(timeout=300) == 143, _tail(log)  # 128 + SIGTERM: "not finished"
-  match = re.search(r'Preempted \(SIGTERM\) at step (\d+)/(\d+): checkpoint saved',
-                    _tail(log, 10**6))
+  match = re.search(
+      r'Preempted \(SIGTERM\) at step (\d+)/(\d+): checkpoint saved', _tail(log, 10**6)
+  )
   assert match, _tail(log)
   stopped = int(match.group(1))
   assert 8 <= stopped < TOTAL and int(match.group(2)) == TOTAL
@@ -245,8 +257,11 @@ def test_divergence_stops_naming_step_and_quantity_and_keeps_last_good_checkpoin
   with pytest.raises(FloatingPointError) as info:
     loop.train_and_evaluate(config, workdir)
   message = str(info.value)
-  match = re.match(r'(train/loss = \S+|train/grad_norm = \S+|NaN/Inf in \S+) .*at step (\d+): '
-                   r'training diverged', message)
+  match = re.match(
+      r'(train/loss = \S+|train/grad_norm = \S+|NaN/Inf in \S+) .*at step (\d+): '
+      r'training diverged',
+      message,
+  )
   assert match, message
   bad_step = int(match.group(2))
   assert 1 < bad_step <= config.num_train_steps
@@ -322,13 +337,19 @@ def _garble_digests(step_dir):
 
 
 DAMAGE = {  # case: (damage step 24, what the warning must say about it)
-    'files truncated': (lambda d: _damage(d, 'truncate', spare=[checkpoint.DIGESTS_FILE]),
-                        r'has \d+ bytes, \d+ when it was saved'),
+    'files truncated': (
+        lambda d: _damage(d, 'truncate', spare=[checkpoint.DIGESTS_FILE]),
+        r'has \d+ bytes, \d+ when it was saved',
+    ),
     'bytes overwritten, size unchanged': (_overwrite_largest, r'bytes of default/.* changed'),
-    'bytes flipped in every file': (lambda d: _damage(d, 'flip'),  # digests.json too
-                                    r'digests\.json cannot be read'),
+    'bytes flipped in every file': (
+        lambda d: _damage(d, 'flip'),  # digests.json too
+        r'digests\.json cannot be read',
+    ),
     'bytes flipped in every data file': (
-        lambda d: _damage(d, 'flip', spare=[checkpoint.DIGESTS_FILE]), r'bytes of .* changed'),
+        lambda d: _damage(d, 'flip', spare=[checkpoint.DIGESTS_FILE]),
+        r'bytes of .* changed',
+    ),
     'default folder removed': (_remove_default, r'default/\S+ is missing'),
     'default folder emptied': (_empty_default, r'default/\S+ is missing'),
     'digests.json garbled': (_garble_digests, r'digests\.json itself was changed'),
@@ -336,8 +357,11 @@ DAMAGE = {  # case: (damage step 24, what the warning must say about it)
 
 
 def _snapshot(folder):
-  return {os.path.relpath(os.path.join(d, n), folder): os.path.getsize(os.path.join(d, n))
-          for d, _, files in os.walk(folder) for n in files}
+  return {
+      os.path.relpath(os.path.join(d, n), folder): os.path.getsize(os.path.join(d, n))
+      for d, _, files in os.walk(folder)
+      for n in files
+  }
 
 
 def _contents(folder):
@@ -350,7 +374,8 @@ def _contents(folder):
 
 @pytest.mark.parametrize('case', sorted(DAMAGE))
 def test_damaged_newest_checkpoint_is_moved_aside_and_the_previous_one_resumes(
-    case, reference, tmp_path, caplog):
+    case, reference, tmp_path, caplog
+):
   damage, says = DAMAGE[case]
   workdir = _copy_run(reference, tmp_path / 'run')
   bad_dir = os.path.join(workdir, 'checkpoints', '24')
@@ -382,13 +407,17 @@ def test_every_committed_step_has_digests_of_all_its_files(reference):
     assert record['config'] == json.loads(_config().to_json_best_effort(sort_keys=True))
     on_disk = {os.path.relpath(p, folder) for p in _step_files(folder)}
     # Orbax writes these two at the commit, after the digests: metadata, no array data.
-    assert set(record['files']) == on_disk - {'digests.json', '_CHECKPOINT_METADATA',
-                                              'commit_success.txt'}
+    assert set(record['files']) == on_disk - {
+        'digests.json',
+        '_CHECKPOINT_METADATA',
+        'commit_success.txt',
+    }
     assert any(name.startswith('default/') for name in record['files'])
 
 
 def test_a_step_without_digests_older_format_is_restored_with_a_warning(
-    reference, tmp_path, caplog):
+    reference, tmp_path, caplog
+):
   workdir = _copy_run(reference, tmp_path / 'run')
   for name in ('summary.json', 'dynamics.npz'):  # the run died after its final checkpoint
     os.remove(os.path.join(workdir, name))
@@ -404,8 +433,9 @@ def test_no_readable_checkpoint_stops_with_a_clear_error(reference, tmp_path):
   for step, how in zip((8, 16, 24), ('flip', 'empty', 'truncate')):
     _damage(os.path.join(workdir, 'checkpoints', str(step)), how)
   before = _snapshot(workdir)
-  with pytest.raises(checkpoint.CheckpointError,
-                     match=r'None of the checkpoints .* can be read') as info:
+  with pytest.raises(
+      checkpoint.CheckpointError, match=r'None of the checkpoints .* can be read'
+  ) as info:
     loop.train_and_evaluate(_config(), workdir)
   for step in (8, 16, 24):
     assert os.path.join(workdir, 'checkpoints', str(step)) in str(info.value)
@@ -425,9 +455,12 @@ def test_workdir_of_another_config_is_refused_or_moved_aside(reference, tmp_path
   config.dynamics.enabled = False
   with pytest.raises(ValueError, match='different config') as info:
     loop.train_and_evaluate(config, workdir)
-  for field in (f'learning_rate: {_config().learning_rate!r} -> 0.02',
-                f'num_train_steps: {TOTAL} -> 2', 'dynamics.enabled: True -> False',
-                '--overwrite'):
+  for field in (
+      f'learning_rate: {_config().learning_rate!r} -> 0.02',
+      f'num_train_steps: {TOTAL} -> 2',
+      'dynamics.enabled: True -> False',
+      '--overwrite',
+  ):
     assert field in str(info.value)
   assert _snapshot(workdir) == before
 
@@ -474,8 +507,9 @@ def test_workdir_in_use_is_refused_and_ctrl_c_saves_and_resumes_exactly(referenc
   _wait_for_checkpoint(workdir, proc, log, step=8)
   # A second run on the same workdir stops at once, naming the first, and touches nothing.
   t0 = time.time()
-  with pytest.raises(workdir_lib.WorkdirLockedError,
-                     match=rf'in use by process {proc.pid} on host'):
+  with pytest.raises(
+      workdir_lib.WorkdirLockedError, match=rf'in use by process {proc.pid} on host'
+  ):
     loop.train_and_evaluate(_config(), workdir)
   assert time.time() - t0 < 5
   assert os.path.exists(workdir_lib.lock_path(workdir))  # still the first run's
@@ -483,8 +517,11 @@ def test_workdir_in_use_is_refused_and_ctrl_c_saves_and_resumes_exactly(referenc
   proc.send_signal(signal.SIGINT)  # Ctrl-C
   assert proc.wait(timeout=300) == 130, _tail(log)  # 128 + SIGINT
   text = _tail(log, 10**6)
-  match = re.search(r'Interrupted \(SIGINT\) at step (\d+)/(\d+): checkpoint saved.*Run the '
-                    r'same command again to resume from step (\d+)', text)
+  match = re.search(
+      r'Interrupted \(SIGINT\) at step (\d+)/(\d+): checkpoint saved.*Run the '
+      r'same command again to resume from step (\d+)',
+      text,
+  )
   assert match and 'Traceback' not in text, _tail(log)
   stopped = int(match.group(1))
   assert 8 <= stopped < TOTAL and _committed_steps(workdir)[-1] == stopped
@@ -497,7 +534,8 @@ def test_workdir_in_use_is_refused_and_ctrl_c_saves_and_resumes_exactly(referenc
 
 
 def test_stale_lock_is_taken_over_and_a_corrupt_metrics_line_is_moved_aside(
-    reference, tmp_path, caplog):
+    reference, tmp_path, caplog
+):
   workdir = _copy_run(reference, tmp_path / 'run')
   shutil.rmtree(os.path.join(workdir, 'checkpoints', '24'))  # resumes from 16
   for name in ('summary.json', 'dynamics.npz'):
@@ -518,8 +556,11 @@ def test_stale_lock_is_taken_over_and_a_corrupt_metrics_line_is_moved_aside(
 
   assert result['finished']
   assert re.search(rf'stale lock .*process {dead} .*no longer running', caplog.text)
-  assert re.search(rf'metrics\.jsonl: line\(s\) {bad_line} are not valid JSON records; moved '
-                   r'to .*metrics\.jsonl\.bad', caplog.text), caplog.text[-2000:]
+  assert re.search(
+      rf'metrics\.jsonl: line\(s\) {bad_line} are not valid JSON records; moved '
+      r'to .*metrics\.jsonl\.bad',
+      caplog.text,
+  ), caplog.text[-2000:]
   with open(path + '.bad') as f:
     assert f.read() == f'metrics.jsonl:{bad_line}: {lines[bad_line - 1]}'
   expected = _records(reference[0])
@@ -532,8 +573,9 @@ def test_lock_of_another_host_is_refused_naming_it(tmp_path):
   workdir = str(tmp_path / 'run')
   with open(workdir_lib.lock_path(workdir), 'w') as f:
     json.dump({'pid': 1234, 'host': 'node-17', 'started': 'earlier', 'command': 'train.py'}, f)
-  with pytest.raises(workdir_lib.WorkdirLockedError,
-                     match=r"process 1234 on host 'node-17'.*delete .*run\.lock"):
+  with pytest.raises(
+      workdir_lib.WorkdirLockedError, match=r"process 1234 on host 'node-17'.*delete .*run\.lock"
+  ):
     workdir_lib.WorkdirLock(workdir).acquire()
 
 
@@ -553,8 +595,9 @@ def _resumable_copy(reference, dest):
 def _assert_no_space_error(info, workdir):
   message = str(info.value)
   assert info.value.errno == errno.ENOSPC
-  assert re.match(r'No space left on the disk of \S+/checkpoints: the checkpoint of step 24 ',
-                  message), message
+  assert re.match(
+      r'No space left on the disk of \S+/checkpoints: the checkpoint of step 24 ', message
+  ), message
   assert 'The last good checkpoint (step 16) is intact' in message
   assert _committed_steps(workdir) == [8, 16]
   for step in (8, 16):
@@ -563,7 +606,8 @@ def _assert_no_space_error(info, workdir):
 
 
 def test_full_disk_stops_with_one_message_and_keeps_the_last_checkpoint(
-    reference, tmp_path, monkeypatch):
+    reference, tmp_path, monkeypatch
+):
   workdir = _resumable_copy(reference, tmp_path / 'run')
   monkeypatch.setattr(checkpoint, 'free_bytes', lambda path: 100 * 2**10)
   with pytest.raises(checkpoint.NoSpaceError) as info:
@@ -578,8 +622,9 @@ def test_full_disk_for_real(when, reference, tmp_path, monkeypatch):
   mount = tmp_path / 'small'
   mount.mkdir()
   need = sum(_snapshot(os.path.join(reference[0], 'checkpoints', '16')).values())
-  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={8 * need}', 'tmpfs',
-                            str(mount)], capture_output=True)
+  mounted = subprocess.run(
+      ['mount', '-t', 'tmpfs', '-o', f'size={8 * need}', 'tmpfs', str(mount)], capture_output=True
+  )
   if mounted.returncode != 0:
     pytest.skip(f'cannot mount a tmpfs here: {mounted.stderr.decode().strip()}')
   try:
@@ -609,12 +654,12 @@ BAD_FIELDS = {  # field=value: what "allowed" must say
     'data.num_classes=1': r'an integer >= 2',
     'crop_padding=100': r'an integer in \[0, 31\]',  # the synthetic images are 32x32
     'crop_padding=-1': r'an integer in \[0, 31\]',
-    "learning_rate=inf": r'a finite number > 0',
+    'learning_rate=inf': r'a finite number > 0',
     'image_size=-1': r"an integer in \[0, 4096\] \(0 keeps the dataset's size\)",
     'model_args.width=-8': r"an integer >= 0 \(0 keeps the model's own\)",
     'seed=-1': r'an integer in \[0, 4294967295\]',
     "init_checkpoint='weights.npz'": r"'' for model 'resnet18_tiny', which has no "
-                                     r"pretrained-weights loader \(models with one: vit\*\)",
+    r'pretrained-weights loader \(models with one: vit\*\)',
     'dynamics.convergence_rho=1.0': r'a finite number in \(0, 1\)',
     'dynamics.every_steps=0': r'an integer >= 1',
 }
@@ -629,6 +674,7 @@ def test_value_out_of_range_is_refused_before_loading_anything(case, tmp_path, m
 
   def no_loading(*args, **kwargs):
     raise AssertionError('data were loaded before the config was checked')
+
   monkeypatch.setattr(loop.data_lib, 'load', no_loading)
   workdir = str(tmp_path / 'run')
   with pytest.raises(ValueError) as info:
@@ -705,10 +751,13 @@ BAD_DATA = {  # case: (make the folder, error, what the message must name, confi
     'unreadable image': (_unreadable_image, ValueError, r'broken\.png', {}),
     'no split folders': (_no_split_folders, ValueError, r'images.*train', {}),
     'wrong image size': (_wrong_image_size, ValueError, r'9\.png.*16x16', {}),
-    'one class only': (_one_class, ValueError, r"1 class\(es\) \(only\); .* at least two", {}),
+    'one class only': (_one_class, ValueError, r'1 class\(es\) \(only\); .* at least two', {}),
     'crop padding as wide as the images': (
-        _folder, ValueError, r'crop_padding=8 is not allowed for 8x8 images; allowed: an '
-        r'integer in \[0, 7\]', {'crop_padding': 8}),
+        _folder,
+        ValueError,
+        r'crop_padding=8 is not allowed for 8x8 images; allowed: an ' r'integer in \[0, 7\]',
+        {'crop_padding': 8},
+    ),
 }
 
 
@@ -731,8 +780,10 @@ def test_probe_batch_larger_than_its_split(tmp_path):
   config = tiny.get_config()
   config.dynamics.probe_split = 'test'
   config.dynamics.probe_size = config.data.test_size + 32
-  pattern = (rf'dynamics\.probe_size={config.dynamics.probe_size} .*test split '
-             rf'\({config.data.test_size} images\)')
+  pattern = (
+      rf'dynamics\.probe_size={config.dynamics.probe_size} .*test split '
+      rf'\({config.data.test_size} images\)'
+  )
   with pytest.raises(ValueError, match=pattern):
     loop.train_and_evaluate(config, str(tmp_path / 'run'))
 
@@ -764,24 +815,32 @@ def _cli_no_readable_checkpoint(tmp, reference):
   workdir = _copy_run(reference, tmp / 'run')
   for step in (8, 16, 24):
     _damage(os.path.join(workdir, 'checkpoints', str(step)), 'truncate')
-  return workdir, ['--config=configs/tiny.py'] + [f'--config.{k}={v}'
-                                                  for k, v in OVERRIDES.items()]
+  return workdir, ['--config=configs/tiny.py'] + [f'--config.{k}={v}' for k, v in OVERRIDES.items()]
 
 
 def _cli_missing_data(tmp, reference):
   del reference
-  return str(tmp / 'run'), ['--config=configs/tiny.py', '--config.data.source=image_folder',
-                            f'--config.data.path={tmp}/nowhere']
+  return str(tmp / 'run'), [
+      '--config=configs/tiny.py',
+      '--config.data.source=image_folder',
+      f'--config.data.path={tmp}/nowhere',
+  ]
 
 
 CLI_ERRORS = {  # case: (set up, the message)
-    'missing config file': (_cli_missing_config, r'--config=configs/nope\.py: there is no file '
-                                                 r'\S+/configs/nope\.py'),
-    'value out of range': (_cli_value, r'label_smoothing=2\.0 is not allowed; allowed: a '
-                                       r'finite number in \[0, 1\)'),
+    'missing config file': (
+        _cli_missing_config,
+        r'--config=configs/nope\.py: there is no file ' r'\S+/configs/nope\.py',
+    ),
+    'value out of range': (
+        _cli_value,
+        r'label_smoothing=2\.0 is not allowed; allowed: a ' r'finite number in \[0, 1\)',
+    ),
     'workdir in use': (_cli_in_use, rf'workdir \S+ is in use by process {os.getpid()} on host'),
-    'no readable checkpoint': (_cli_no_readable_checkpoint,
-                               r'None of the checkpoints in \S+ can be read'),
+    'no readable checkpoint': (
+        _cli_no_readable_checkpoint,
+        r'None of the checkpoints in \S+ can be read',
+    ),
     'missing data': (_cli_missing_data, r"data\.path='\S+/nowhere' \(\S+\) does not exist"),
 }
 
@@ -797,8 +856,16 @@ def cli_runs(reference, tmp_path_factory):
     log = str(tmp / 'train.log')
     with open(log, 'w') as out:
       cmd = [sys.executable, 'train.py', f'--workdir={workdir}'] + flags
-      procs[case] = (subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, **_CACHE_ENV),
-                                      stdout=out, stderr=subprocess.STDOUT), log)
+      procs[case] = (
+          subprocess.Popen(
+              cmd,
+              cwd=ROOT,
+              env=dict(os.environ, **_CACHE_ENV),
+              stdout=out,
+              stderr=subprocess.STDOUT,
+          ),
+          log,
+      )
   results = {}
   for case, (proc, log) in procs.items():
     code = proc.wait(timeout=600)
@@ -812,8 +879,9 @@ def test_command_line_user_error_is_one_message_without_traceback(case, cli_runs
   code, output = cli_runs[case]
   assert code == 1, output[-3000:]
   assert 'Traceback' not in output, output[-3000:]
-  match = re.search(r'\nError: (.*)\n(\(traceback in (\S+); --verbose prints it here\)\n)?$',
-                    output)
+  match = re.search(
+      r'\nError: (.*)\n(\(traceback in (\S+); --verbose prints it here\)\n)?$', output
+  )
   assert match, output[-3000:]
   assert re.search(CLI_ERRORS[case][1], match.group(1)), match.group(1)
   if case != 'missing config file':  # raised nothing, so there is no traceback to keep
@@ -838,8 +906,12 @@ def _free_port():
     return s.getsockname()[1]
 
 
-MULTI = {'num_train_steps': 10, 'log_every_steps': 1, 'checkpoint_every_steps': 2,
-         'dynamics.probe_mode': False}
+MULTI = {
+    'num_train_steps': 10,
+    'log_every_steps': 1,
+    'checkpoint_every_steps': 2,
+    'dynamics.probe_mode': False,
+}
 
 
 def _run_pair(workdir, tmp_path, tag):
@@ -868,8 +940,14 @@ def test_two_processes_train_like_one_and_stop_together_on_sigterm(tmp_path):
   # One after the other, not side by side: on 2 cores, 3 compiling processes could keep the
   # pair apart for longer than gloo waits for a peer to connect.
   env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=4')
-  (code,) = _wait_all([(_start_train(single, str(tmp_path / 'single.log'), MULTI, (), env),
-                        str(tmp_path / 'single.log'))])
+  (code,) = _wait_all(
+      [
+          (
+              _start_train(single, str(tmp_path / 'single.log'), MULTI, (), env),
+              str(tmp_path / 'single.log'),
+          )
+      ]
+  )
   assert code == 0, _tail(str(tmp_path / 'single.log'))
 
   pair = _run_pair(multi, tmp_path, 'first')

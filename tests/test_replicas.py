@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import test_reliability as rel
+
 from configs import tiny
 from training import loop, replicas, steps
 
@@ -32,8 +32,14 @@ SEED, N = 3, 2  # replicas train seeds 3 and 4: a bug using k instead of seed + 
 # within 2e-3, the tap signals within 1e-3 and the window metrics (DFA alphas over 10 steps)
 # within 1e-2 (measured, seed 4; the tolerances below are about twice that). A wrong seed,
 # batch or key is off by percents from the first step.
-OVERRIDES = {'num_train_steps': 12, 'log_every_steps': 1, 'checkpoint_every_steps': 4,
-             'learning_rate': 0.001, 'data.train_size': 128, 'dynamics.window': 10}
+OVERRIDES = {
+    'num_train_steps': 12,
+    'log_every_steps': 1,
+    'checkpoint_every_steps': 4,
+    'learning_rate': 0.001,
+    'data.train_size': 128,
+    'dynamics.window': 10,
+}
 
 
 def _config(**fields):
@@ -83,18 +89,25 @@ def test_replica_k_equals_the_run_with_seed_plus_k(runs):
       np.testing.assert_allclose(b, a, rtol=rtol, err_msg=f'replica {k}: {key}')
     # Test accuracy after every epoch: the same predictions.
     for key in ('eval/accuracy', 'eval/loss'):
-      np.testing.assert_allclose(_series(folder, key)[1], _series(single, key)[1], rtol=5e-5,
-                                 err_msg=f'replica {k}: {key}')
+      np.testing.assert_allclose(
+          _series(folder, key)[1], _series(single, key)[1], rtol=5e-5, err_msg=f'replica {k}: {key}'
+      )
     # The dynamics series: the tap signals of every step and of every probe, and the metrics.
-    with np.load(os.path.join(single, 'dynamics.npz')) as a, \
-         np.load(os.path.join(folder, 'dynamics.npz')) as b:
+    with (
+        np.load(os.path.join(single, 'dynamics.npz')) as a,
+        np.load(os.path.join(folder, 'dynamics.npz')) as b,
+    ):
       assert sorted(a.files) == sorted(b.files)
       for key in a.files:
         if a[key].dtype.kind in 'fc':
           # The tap signals to 1e-3; the window metrics (DFA over 10 samples) amplify it.
           tol = 1e-3 if key.endswith('signals') else 2e-2
-          np.testing.assert_allclose(b[key], a[key], rtol=tol, atol=1e-4,
-                                     err_msg=f'replica {k}: {key}')
+          # A surrogate p counts the null draws at or above the value (steps of 1/40): a
+          # round-off-sized change of the value can move a few draws across it.
+          atol = 4 / 40 if key.endswith('_p') else 1e-4
+          np.testing.assert_allclose(
+              b[key], a[key], rtol=tol, atol=atol, err_msg=f'replica {k}: {key}'
+          )
           assert np.array_equal(np.isnan(a[key]), np.isnan(b[key])), key
         else:
           np.testing.assert_array_equal(b[key], a[key], err_msg=f'replica {k}: {key}')
@@ -141,8 +154,9 @@ def test_vmap_and_map_steps_equal_single_steps():
     config.replica_impl = impl
     rmesh = replicas.make_mesh(config)
     exp = loop.build(config, 4, (32, 32, 3), mean, std, 4, 12, rmesh)
-    state = jax.device_put(replicas.stack([exp.init_state(SEED + k) for k in range(N)]),
-                           exp.state_sharding)
+    state = jax.device_put(
+        replicas.stack([exp.init_state(SEED + k) for k in range(N)]), exp.state_sharding
+    )
     losses = []
     for _ in range(3):
       state, m = exp.train_step(state, indices, images, labels)
@@ -150,8 +164,9 @@ def test_vmap_and_map_steps_equal_single_steps():
     assert exp.train_step._cache_size() == 1  # one compilation for all replicas and steps
     for k, (want, params) in enumerate(expected):
       np.testing.assert_allclose([l[k] for l in losses], want, rtol=2e-5, err_msg=impl)
-      for a, b in zip(jax.tree.leaves(params),
-                      jax.tree.leaves(jax.device_get(replicas.take(state, k).params))):
+      for a, b in zip(
+          jax.tree.leaves(params), jax.tree.leaves(jax.device_get(replicas.take(state, k).params))
+      ):
         # Parameters near zero (BatchNorm biases after 3 small steps, ~1e-4, updated by sums
         # that cancel) carry absolute round-off (measured 4e-6), not relative.
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5, err_msg=impl)
@@ -173,16 +188,22 @@ def test_kill_then_resume_is_exact_for_every_replica(runs, tmp_path):
   assert resumed['finished']
   for k in range(N):
     # State, every record and every dynamics series of each replica, bitwise.
-    rel._assert_same_run(replicas.replica_dir(packed, k), result['state'],
-                         replicas.replica_dir(workdir, k), resumed['state'])
+    rel._assert_same_run(
+        replicas.replica_dir(packed, k),
+        result['state'],
+        replicas.replica_dir(workdir, k),
+        resumed['state'],
+    )
 
 
 def test_bad_replica_input_names_the_field(runs, tmp_path):
   packed, _, _ = runs
-  for fields, pattern in [({'replicas': 0}, r'replicas=0 must be an integer >= 1'),
-                          ({'replicas': 3, 'replica_devices': 2}, r'replica_devices=2'),
-                          ({'replicas': 2, 'replica_impl': 'pmap'}, r'replica_impl'),
-                          ({'replicas': 1, 'replica_devices': 2}, r'replica_devices=2')]:
+  for fields, pattern in [
+      ({'replicas': 0}, r'replicas=0 must be an integer >= 1'),
+      ({'replicas': 3, 'replica_devices': 2}, r'replica_devices=2'),
+      ({'replicas': 2, 'replica_impl': 'pmap'}, r'replica_impl'),
+      ({'replicas': 1, 'replica_devices': 2}, r'replica_devices=2'),
+  ]:
     with pytest.raises(ValueError, match=pattern):
       loop.train_and_evaluate(_config(**fields), str(tmp_path / 'never'))
   assert not os.path.exists(tmp_path / 'never' / 'config.json')
@@ -231,11 +252,11 @@ def test_replicas_over_two_devices_and_data_over_two_match_one_device(runs, tmp_
       loop.train_and_evaluate(config, sys.argv[1], stop_after=4)
       print(jax.device_count(), dict(loop.replicas_lib.make_mesh(config).shape))
   """)
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
-             JAX_PLATFORMS='cpu')
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
   workdir = str(tmp_path / 'mesh')
-  out = subprocess.run([sys.executable, '-c', script, workdir], env=env, capture_output=True,
-                       text=True, timeout=900)
+  out = subprocess.run(
+      [sys.executable, '-c', script, workdir], env=env, capture_output=True, text=True, timeout=900
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.strip().splitlines()[-1] == "4 {'replica': 2, 'data': 2}"
   for k in range(N):
@@ -247,9 +268,17 @@ def test_replicas_over_two_devices_and_data_over_two_match_one_device(runs, tmp_
 
 
 def test_stack_take_and_checkpoint_replica_count():
-  states = [steps.TrainState(step=jnp.zeros((), jnp.int32), params={'w': jnp.full(3, k)},
-                             batch_stats={}, opt_state=(), rng=jnp.full(2, k, jnp.uint32),
-                             dynamics={}) for k in range(3)]
+  states = [
+      steps.TrainState(
+          step=jnp.zeros((), jnp.int32),
+          params={'w': jnp.full(3, k)},
+          batch_stats={},
+          opt_state=(),
+          rng=jnp.full(2, k, jnp.uint32),
+          dynamics={},
+      )
+      for k in range(3)
+  ]
   stacked = replicas.stack(states)
   assert stacked.step.shape == () and stacked.params['w'].shape == (3, 3)
   np.testing.assert_array_equal(replicas.take(stacked, 2).params['w'], [2, 2, 2])
@@ -259,11 +288,13 @@ def test_stack_take_and_checkpoint_replica_count():
 
 def test_sweep_packs_consecutive_seeds_into_replicas(tmp_path):
   import sweep  # pylint: disable=g-import-not-at-top
+
   assert sweep.seed_groups([3, 0, 1, 2, 4], 2) == [(0, 2), (2, 2), (4, 1)]
   with pytest.raises(ValueError, match=r'consecutive .*replicas_per_run=2'):
     sweep.seed_groups([0, 2], 2)
-  (job,) = sweep.plan(['resnet18'], ['cifar10'], [0, 1, 2, 3], 'cpu', str(tmp_path),
-                      replicas_per_run=4)
+  (job,) = sweep.plan(
+      ['resnet18'], ['cifar10'], [0, 1, 2, 3], 'cpu', str(tmp_path), replicas_per_run=4
+  )
   assert job.name == 'cifar10_resnet18_s0-3' and job.replicas == 4
   assert job.command[-1] == '--config.replicas=4' and 'seed=0' in job.command[2]
   singles = sweep.plan(['resnet18'], ['cifar10'], [0, 1], 'cpu', str(tmp_path))
@@ -273,6 +304,7 @@ def test_sweep_packs_consecutive_seeds_into_replicas(tmp_path):
 
 def test_analysis_reads_each_replica_as_a_seed(runs, tmp_path):
   from analysis import report, runs as runs_lib  # pylint: disable=g-import-not-at-top
+
   packed, _, _ = runs
   found = runs_lib.find_runs([packed])
   assert found == [replicas.replica_dir(packed, k) for k in range(N)]
@@ -284,9 +316,14 @@ def test_analysis_reads_each_replica_as_a_seed(runs, tmp_path):
   text = open(report.build_report([packed], str(tmp_path / 'study'))).read()
   assert '| packed/replica_0 |' in text and '| packed/replica_1 |' in text
   # analyze.py --workdir: each replica's report, and the seeds with their spread.
-  out = subprocess.run([sys.executable, 'analyze.py', f'--workdir={packed}'], cwd=ROOT,
-                       capture_output=True, text=True, timeout=600,
-                       env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  out = subprocess.run(
+      [sys.executable, 'analyze.py', f'--workdir={packed}'],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'),
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   accuracies = [float(r.test_accuracy[-1]) for r in loaded]
   mean, std = np.mean(accuracies), np.std(accuracies, ddof=1)

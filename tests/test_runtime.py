@@ -41,6 +41,7 @@ def test_flags_follow_the_model_family():
 
 def test_refuses_to_come_after_the_backend_started():
   import jax
+
   jax.numpy.zeros(()).block_until_ready()  # the backend is up (conftest set the flags before)
   saved = os.environ.get('XLA_FLAGS')
   os.environ['XLA_FLAGS'] = ''
@@ -54,7 +55,7 @@ def test_refuses_to_come_after_the_backend_started():
       os.environ['XLA_FLAGS'] = saved
 
 
-_STEPS = r'''
+_STEPS = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
 from training import runtime
@@ -75,7 +76,7 @@ for _ in range(4):
   state, m = exp.train_step(state, images, labels)
   losses.append(float(m['train/loss']))
 print(json.dumps(losses))
-'''
+"""
 
 
 def _losses(tuned: bool, xla_flags=None):
@@ -84,8 +85,9 @@ def _losses(tuned: bool, xla_flags=None):
   if xla_flags:
     env['XLA_FLAGS'] = xla_flags
   env[runtime.OPT_OUT] = '1' if tuned else '0'
-  out = subprocess.run([sys.executable, '-c', _STEPS, ROOT], env=env, capture_output=True,
-                       text=True, timeout=600)
+  out = subprocess.run(
+      [sys.executable, '-c', _STEPS, ROOT], env=env, capture_output=True, text=True, timeout=600
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads(out.stdout.strip().splitlines()[-1])
 

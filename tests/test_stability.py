@@ -59,7 +59,7 @@ def test_stability_index_forms():
   i, m = rng.uniform(0.3, 1.5, 7), rng.uniform(0, 0.5, 7)
   np.testing.assert_allclose(stability.stability_index(i, m), i * (1 - m), rtol=1e-6)
   np.testing.assert_allclose(
-    stability.stability_index(i, m, 'linear', 2.0, 0.5), 2.0 * i - 0.5 * m, rtol=1e-6
+      stability.stability_index(i, m, 'linear', 2.0, 0.5), 2.0 * i - 0.5 * m, rtol=1e-6
   )
   jitted = jax.jit(stability.stability_index, static_argnums=2)(i, m, 'linear', 2.0, 0.5)
   np.testing.assert_allclose(jitted, 2.0 * i - 0.5 * m, rtol=1e-6)
@@ -124,7 +124,7 @@ def test_convergence_matches_loop_on_random_sequences():
   batch[rng.uniform(size=batch.shape) < 0.05] = np.nan
   for rho, patience, warmup in [(0.25, 3, 0), (0.5, 1, 5), (0.1, 4, 2)]:
     got = jax.jit(stability.convergence_signal, static_argnums=(2, 3))(
-      batch.astype(np.float32), rho, patience, warmup
+        batch.astype(np.float32), rho, patience, warmup
     )
     want = [ref_convergence(row, rho, patience, warmup) for row in batch.astype(np.float32)]
     assert got.dtype == jnp.int32 and got.shape == (32,)
@@ -161,13 +161,13 @@ def test_accuracy_plateau_hand_built_and_random():
   assert int(stability.accuracy_plateau(np.full(4, np.nan))) == -1
   rng = np.random.default_rng(5)
   curves = 100 * (1 - np.exp(-np.arange(30) / rng.uniform(2, 10, (16, 1)))) + rng.normal(
-    0, 0.5, (16, 30)
+      0, 0.5, (16, 30)
   )
   got = jax.jit(stability.accuracy_plateau)(curves.astype(np.float32), 1.0)
   assert got.dtype == jnp.int32
   np.testing.assert_array_equal(got, [ref_plateau(c, 1.0) for c in curves.astype(np.float32)])
   lead = stability.accuracy_plateau(acc) - stability.convergence_signal(
-    stability.rolling_volatility(acc, 3)
+      stability.rolling_volatility(acc, 3)
   )
   assert lead.dtype == jnp.int32
 
@@ -176,17 +176,23 @@ def test_accuracy_plateau_hand_built_and_random():
 
 
 @pytest.mark.parametrize(
-  'call, field',
-  [
-    (lambda: stability.stability_index(1.0, 0.1, form='ratio'), 'dynamics.dsi_form'),
-    (lambda: stability.rolling_volatility(np.ones(5), 0), 'dynamics.volatility_window'),
-    (lambda: stability.rolling_volatility(np.ones(5), 2.5), 'dynamics.volatility_window'),
-    (lambda: stability.convergence_signal(np.ones(5), rho=0.0), 'dynamics.convergence_rho'),
-    (lambda: stability.convergence_signal(np.ones(5), rho=1.5), 'dynamics.convergence_rho'),
-    (lambda: stability.convergence_signal(np.ones(5), patience=0), 'dynamics.convergence_patience'),
-    (lambda: stability.convergence_signal(np.ones(5), warmup=-1), 'dynamics.convergence_warmup'),
-    (lambda: stability.accuracy_plateau(np.ones(5), delta=-1.0), 'dynamics.plateau_delta'),
-  ],
+    'call, field',
+    [
+        (lambda: stability.stability_index(1.0, 0.1, form='ratio'), 'dynamics.dsi_form'),
+        (lambda: stability.rolling_volatility(np.ones(5), 0), 'dynamics.volatility_window'),
+        (lambda: stability.rolling_volatility(np.ones(5), 2.5), 'dynamics.volatility_window'),
+        (lambda: stability.convergence_signal(np.ones(5), rho=0.0), 'dynamics.convergence_rho'),
+        (lambda: stability.convergence_signal(np.ones(5), rho=1.5), 'dynamics.convergence_rho'),
+        (
+            lambda: stability.convergence_signal(np.ones(5), patience=0),
+            'dynamics.convergence_patience',
+        ),
+        (
+            lambda: stability.convergence_signal(np.ones(5), warmup=-1),
+            'dynamics.convergence_warmup',
+        ),
+        (lambda: stability.accuracy_plateau(np.ones(5), delta=-1.0), 'dynamics.plateau_delta'),
+    ],
 )
 def test_invalid_arguments_name_the_field(call, field):
   with pytest.raises(ValueError, match=field):

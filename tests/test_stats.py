@@ -38,8 +38,9 @@ def test_welch_matches_scipy_and_ci_covers():
 def test_permutation_calibrated_under_null():
   rng = np.random.default_rng(1)
   trials = 400
-  p = np.asarray([stats.two_sample(rng.standard_normal(4), rng.standard_normal(4))['p']
-                  for _ in range(trials)])
+  p = np.asarray(
+      [stats.two_sample(rng.standard_normal(4), rng.standard_normal(4))['p'] for _ in range(trials)]
+  )
   # Exact test: P(p <= 0.1) <= 0.1 (discrete: with 70 splits, p takes multiples of 2/70).
   assert np.mean(p <= 0.1) < 0.1 + 3 * math.sqrt(0.09 / trials)
   assert np.mean(p <= 0.5) > 0.3  # not degenerate
@@ -66,8 +67,10 @@ def test_classification_calibrated_under_null():
   rng = np.random.default_rng(3)
   labels = np.repeat(['a', 'b'], 4)
   trials = 60
-  hits = sum(stats.classification_test(rng.standard_normal((8, 4)), labels, num=99,
-                                       seed=t)['distinct'] for t in range(trials))
+  hits = sum(
+      stats.classification_test(rng.standard_normal((8, 4)), labels, num=99, seed=t)['distinct']
+      for t in range(trials)
+  )
   assert hits / trials < 0.05 + 3 * math.sqrt(0.05 * 0.95 / trials)
 
 

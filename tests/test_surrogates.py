@@ -18,8 +18,17 @@ def _noise(shape, seed=0):
   return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 
 
-@pytest.mark.parametrize('method,n', [('shuffle', 64), ('phase', 64), ('phase', 65),
-                                      ('phase_joint', 65), ('iaaft', 64), ('shift', 65)])
+@pytest.mark.parametrize(
+    'method,n',
+    [
+        ('shuffle', 64),
+        ('phase', 64),
+        ('phase', 65),
+        ('phase_joint', 65),
+        ('iaaft', 64),
+        ('shift', 65),
+    ],
+)
 def test_shape_dtype_and_determinism(method, n):
   x = _noise((2, 3, n))
   y = dynamics.surrogates(KEY, x, 4, method)
@@ -29,8 +38,9 @@ def test_shape_dtype_and_determinism(method, n):
   np.testing.assert_array_equal(y[:2], dynamics.surrogates(KEY, x, 2, method))
   assert not np.array_equal(np.asarray(y[0]), np.asarray(y[1]))
   # A different key gives different surrogates; the data are changed.
-  assert not np.array_equal(np.asarray(y), np.asarray(dynamics.surrogates(jax.random.key(1), x,
-                                                                          4, method)))
+  assert not np.array_equal(
+      np.asarray(y), np.asarray(dynamics.surrogates(jax.random.key(1), x, 4, method))
+  )
   assert not np.array_equal(np.asarray(y[0]), np.asarray(x))
 
 
@@ -41,8 +51,9 @@ def test_jit_and_vmap(method):
   f = jax.jit(jax.vmap(lambda k, s: surr.surrogates(k, s, 2, method)))
   out = f(keys, x)
   for i in range(3):
-    np.testing.assert_allclose(out[i], surr.surrogates(keys[i], x[i], 2, method),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        out[i], surr.surrogates(keys[i], x[i], 2, method), rtol=1e-6, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize('n', [64, 65, 7, 8])
@@ -53,10 +64,16 @@ def test_phase_keeps_amplitudes_and_mean(n):
   a, b = np.abs(np.fft.rfft(xs)), np.abs(np.fft.rfft(y))
   # 1e-5 of the row's spectral scale (a bin near zero has no meaningful relative error).
   assert np.all(np.abs(b - a) < 1e-5 * a.max(-1, keepdims=True)), np.abs(b - a).max()
-  np.testing.assert_allclose(y.mean(-1), np.broadcast_to(xs.mean(-1), y.shape[:-1]),
-                             rtol=0, atol=4 * np.finfo(np.float32).eps * np.abs(xs).max())
+  np.testing.assert_allclose(
+      y.mean(-1),
+      np.broadcast_to(xs.mean(-1), y.shape[:-1]),
+      rtol=0,
+      atol=4 * np.finfo(np.float32).eps * np.abs(xs).max(),
+  )
   # Phases do change (apart from DC and Nyquist), independently per signal.
-  angles = np.angle(np.fft.rfft(y)[..., 1:(n - 1) // 2 + 1]) - np.angle(np.fft.rfft(xs)[..., 1:(n - 1) // 2 + 1])
+  angles = np.angle(np.fft.rfft(y)[..., 1 : (n - 1) // 2 + 1]) - np.angle(
+      np.fft.rfft(xs)[..., 1 : (n - 1) // 2 + 1]
+  )
   assert np.std(np.angle(np.exp(1j * (angles[:, 0] - angles[:, 1])))) > 0.5
 
 
@@ -93,8 +110,9 @@ def test_sorted_values_kept_exactly(method, n):
 
 def test_iaaft_approaches_spectrum():
   rng = np.random.default_rng(4)
-  x = jnp.asarray(np.exp(np.stack([fgn_davies_harte(256, 0.9, rng) for _ in range(3)])),
-                  jnp.float32)
+  x = jnp.asarray(
+      np.exp(np.stack([fgn_davies_harte(256, 0.9, rng) for _ in range(3)])), jnp.float32
+  )
   a = np.abs(np.fft.rfft(np.asarray(x, np.float64)))
 
   def err(y):
@@ -122,10 +140,10 @@ def test_shuffle_destroys_long_range_correlation():
   x = jnp.asarray(np.stack([fgn_davies_harte(n, 0.9, rng) for _ in range(8)]), jnp.float32)
   scales = dynamics.default_scales(n)
   original = float(jnp.mean(dynamics.dfa_exponent(x, scales)))
-  shuffled = float(jnp.mean(dynamics.dfa_exponent(dynamics.surrogates(KEY, x, 16, 'shuffle'),
-                                                  scales)))
-  phased = float(jnp.mean(dynamics.dfa_exponent(dynamics.surrogates(KEY, x, 16, 'phase'),
-                                                scales)))
+  shuffled = float(
+      jnp.mean(dynamics.dfa_exponent(dynamics.surrogates(KEY, x, 16, 'shuffle'), scales))
+  )
+  phased = float(jnp.mean(dynamics.dfa_exponent(dynamics.surrogates(KEY, x, 16, 'phase'), scales)))
   assert abs(original - 0.9) < 0.1
   assert abs(shuffled - 0.5) < 0.05
   # Phase randomisation keeps the spectrum and therefore alpha: the wrong null for integration.
@@ -177,8 +195,9 @@ def test_calibration_on_independent_noise():
   trials, num = 400, 99
   x = _noise((trials, 8, 64), seed=8)
   keys = jax.random.split(jax.random.key(9), trials)
-  test = jax.jit(jax.vmap(lambda k, s: surr.surrogate_test(dynamics.synchrony, s, k, num,
-                                                           'phase')['p']))
+  test = jax.jit(
+      jax.vmap(lambda k, s: surr.surrogate_test(dynamics.synchrony, s, k, num, 'phase')['p'])
+  )
   p = np.asarray(test(keys, x))
   rate = np.mean(p <= 0.05)
   assert abs(rate - 0.05) < 3 * np.sqrt(0.05 * 0.95 / trials), rate
@@ -190,8 +209,9 @@ def test_power_on_phase_locked_sinusoids():
   rng = np.random.default_rng(10)
   t = np.arange(256)
   lags = rng.uniform(0, 0.5, (8, 1))
-  x = jnp.asarray(np.sin(2 * np.pi * t / 32 + lags) + 0.5 * rng.standard_normal((8, 256)),
-                  jnp.float32)
+  x = jnp.asarray(
+      np.sin(2 * np.pi * t / 32 + lags) + 0.5 * rng.standard_normal((8, 256)), jnp.float32
+  )
   for method in ('phase', 'shift'):
     out = dynamics.surrogate_test(dynamics.synchrony, x, KEY, 199, method)
     assert float(out['p']) <= 0.01 and float(out['z']) > 3, (method, out)

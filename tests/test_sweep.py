@@ -29,23 +29,37 @@ def test_plan_workdirs_commands_and_hosts(tmp_path):
   (root / 'cifar100_vgg16_s1').mkdir(parents=True)
   (root / 'cifar100_vgg16_s1' / 'summary.json').write_text('{}')
   (root / 'cifar10_resnet18_s0' / 'checkpoints' / '40').mkdir(parents=True)
-  jobs = sweep.plan(MODELS, DATASETS, SEEDS, 'cpu', str(root), str(data_dir),
-                    overrides=['num_epochs=2', 'config.dynamics.dsi_form=linear'],
-                    python='PY')
+  jobs = sweep.plan(
+      MODELS,
+      DATASETS,
+      SEEDS,
+      'cpu',
+      str(root),
+      str(data_dir),
+      overrides=['num_epochs=2', 'config.dynamics.dsi_form=linear'],
+      python='PY',
+  )
   assert len(jobs) == len(MODELS) * len(DATASETS) * len(SEEDS)
   seen = set()
   for job in jobs:
     seen.add((job.model, job.dataset, job.seed))
     assert job.workdir == os.path.join(str(root), f'{job.dataset}_{job.model}_s{job.seed}')
     assert job.command[:2] == ['PY', 'train.py']
-    assert job.command[2] == (f'--config=configs/study.py:model={job.model},'
-                              f'dataset={job.dataset},scale=cpu,seed={job.seed}')
+    assert job.command[2] == (
+        f'--config=configs/study.py:model={job.model},'
+        f'dataset={job.dataset},scale=cpu,seed={job.seed}'
+    )
     assert f'--workdir={job.workdir}' in job.command
     assert '--config.data.source=image_folder' in job.command
     assert f'--config.data.path={data_dir / job.dataset}.tar.gz' in job.command
     assert job.command[-2:] == ['--config.num_epochs=2', '--config.dynamics.dsi_form=linear']
-    expected = ('finished' if job.name == 'cifar100_vgg16_s1' else
-                'resume' if job.name == 'cifar10_resnet18_s0' else 'new')
+    expected = (
+        'finished'
+        if job.name == 'cifar100_vgg16_s1'
+        else 'resume'
+        if job.name == 'cifar10_resnet18_s0'
+        else 'new'
+    )
     assert job.status == expected, job.name
   assert len(seen) == len(jobs)
 
@@ -53,8 +67,9 @@ def test_plan_workdirs_commands_and_hosts(tmp_path):
   for num_hosts in (1, 3, 5):
     names = []
     for host in range(num_hosts):
-      split = sweep.plan(MODELS, DATASETS, SEEDS, 'cpu', str(root), num_hosts=num_hosts,
-                         host_index=host)
+      split = sweep.plan(
+          MODELS, DATASETS, SEEDS, 'cpu', str(root), num_hosts=num_hosts, host_index=host
+      )
       mine = [j.name for i, j in enumerate(split) if j.host == host]
       assert mine == [j.name for i, j in enumerate(jobs) if i % num_hosts == host]
       names += mine
@@ -63,10 +78,12 @@ def test_plan_workdirs_commands_and_hosts(tmp_path):
   # Without --data_dir the runs use the config's source (TFDS).
   job = sweep.plan(['vgg16'], ['cifar10'], [0], 'paper', str(root))[0]
   assert not any(a.startswith('--config.data') for a in job.command)
-  for kwargs, message in [(dict(models=['resnet99']), 'unknown model'),
-                          (dict(datasets=['mnist']), 'unknown dataset'),
-                          (dict(host_index=2, num_hosts=2), 'host_index'),
-                          (dict(data_dir=str(tmp_path)), 'no cifar10.tar.gz')]:
+  for kwargs, message in [
+      (dict(models=['resnet99']), 'unknown model'),
+      (dict(datasets=['mnist']), 'unknown dataset'),
+      (dict(host_index=2, num_hosts=2), 'host_index'),
+      (dict(data_dir=str(tmp_path)), 'no cifar10.tar.gz'),
+  ]:
     args = dict(models=MODELS, datasets=DATASETS, seeds=[0], scale='cpu', root=str(root))
     args.update(kwargs)
     with pytest.raises((ValueError, FileNotFoundError), match=message):
@@ -75,8 +92,14 @@ def test_plan_workdirs_commands_and_hosts(tmp_path):
 
 def _sweep(*args):
   env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
-  return subprocess.run([sys.executable, os.path.join(ROOT, 'sweep.py'), *args], cwd=ROOT,
-                        env=env, capture_output=True, text=True, timeout=600)
+  return subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'sweep.py'), *args],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
 
 
 def _status(stdout, name):
@@ -90,8 +113,14 @@ def test_dry_run_skips_finished_and_runs_nothing(tmp_path):
   root = tmp_path / 'runs'
   (root / 'cifar10_vgg16_s0').mkdir(parents=True)
   (root / 'cifar10_vgg16_s0' / 'summary.json').write_text('{}')
-  proc = _sweep('--models=resnet18,vgg16', '--datasets=cifar10', '--seeds=0', f'--root={root}',
-                f'--data_dir={data_dir}', '--dry_run')
+  proc = _sweep(
+      '--models=resnet18,vgg16',
+      '--datasets=cifar10',
+      '--seeds=0',
+      f'--root={root}',
+      f'--data_dir={data_dir}',
+      '--dry_run',
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert _status(proc.stdout, 'cifar10_vgg16_s0').startswith('finished (skipped')
   assert _status(proc.stdout, 'cifar10_resnet18_s0') == 'would start'
@@ -115,8 +144,16 @@ def _image_folder_archive(path, classes=4, per_class=(8, 4), size=8):
 
 # Shrinks the study config to seconds: tiny model, 32 images, one epoch of 2 steps, no tracker
 # (the sweep is under test here, not the metrics).
-TINY = ['model=resnet18_tiny', 'model_args.width=0', 'data.train_subset=0', 'data.test_subset=0',
-        'num_epochs=1', 'batch_size=16', 'eval_batch_size=16', 'dynamics.enabled=false']
+TINY = [
+    'model=resnet18_tiny',
+    'model_args.width=0',
+    'data.train_subset=0',
+    'data.test_subset=0',
+    'num_epochs=1',
+    'batch_size=16',
+    'eval_batch_size=16',
+    'dynamics.enabled=false',
+]
 
 
 def test_sweep_trains_skips_and_survives_a_crash(tmp_path):
@@ -125,8 +162,13 @@ def test_sweep_trains_skips_and_survives_a_crash(tmp_path):
   _image_folder_archive(data_dir / 'cifar10.tar.gz')
   (data_dir / 'cifar100.tar.gz').write_bytes(b'not a gzip archive')  # this run crashes
   root = tmp_path / 'runs'
-  args = ['--models=resnet18', '--seeds=0', f'--root={root}', f'--data_dir={data_dir}',
-          f'--override=data.cache_dir={tmp_path / "cache"}'] + [f'--override={o}' for o in TINY]
+  args = [
+      '--models=resnet18',
+      '--seeds=0',
+      f'--root={root}',
+      f'--data_dir={data_dir}',
+      f'--override=data.cache_dir={tmp_path / "cache"}',
+  ] + [f'--override={o}' for o in TINY]
   proc = _sweep('--datasets=cifar100,cifar10', *args)
   assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
   assert _status(proc.stdout, 'cifar100_resnet18_s0').startswith('failed (exit')

@@ -52,8 +52,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
     np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)
   for key in a.dynamics:
-    np.testing.assert_allclose(a.dynamics[key], b.dynamics[key], rtol=1e-6, atol=1e-6,
-                               err_msg=key)
+    np.testing.assert_allclose(a.dynamics[key], b.dynamics[key], rtol=1e-6, atol=1e-6, err_msg=key)
   logged_straight = np.asarray(_losses(str(tmp_path / 'straight')))
   logged_resumed = np.asarray(_losses(str(tmp_path / 'resumed')))
   np.testing.assert_array_equal(logged_straight[:, 0], logged_resumed[:, 0])
@@ -76,11 +75,19 @@ def test_four_devices_match_one(tmp_path):
   """)
   losses = {}
   for devices in (1, 4):
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-               JAX_PLATFORMS='cpu')
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+        JAX_PLATFORMS='cpu',
+    )
     workdir = str(tmp_path / f'd{devices}')
-    out = subprocess.run([sys.executable, '-c', script, workdir], env=env, capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, '-c', script, workdir],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == str(devices)
     losses[devices] = [l for _, l in _losses(workdir)]
@@ -88,19 +95,22 @@ def test_four_devices_match_one(tmp_path):
   np.testing.assert_allclose(losses[4], losses[1], rtol=2e-4)
 
 
-@pytest.mark.parametrize('field,value,devices,match', [
-    ('model', 'resnet1000', 1, 'model'),
-    ('data.source', 'ftp', 1, 'data.source'),
-    ('data.name', 'mnist', 1, 'data.name'),
-    ('batch_size', 30, 4, 'batch_size'),
-    ('eval_batch_size', 10, 4, 'eval_batch_size'),
-    ('optimizer', 'lion', 1, 'optimizer'),
-    ('learning_rate', -0.1, 1, 'learning_rate'),
-    ('dynamics.window', 8, 1, 'dynamics.window'),
-    ('dynamics.dfa_scales', '4,8,64', 1, 'dynamics.dfa_scales'),  # 64 > the window of 16
-    ('dynamics.reduction', 'median', 1, 'dynamics.reduction'),
-    ('dynamics.probe_size', 30, 4, 'dynamics.probe_size'),
-])
+@pytest.mark.parametrize(
+    'field,value,devices,match',
+    [
+        ('model', 'resnet1000', 1, 'model'),
+        ('data.source', 'ftp', 1, 'data.source'),
+        ('data.name', 'mnist', 1, 'data.name'),
+        ('batch_size', 30, 4, 'batch_size'),
+        ('eval_batch_size', 10, 4, 'eval_batch_size'),
+        ('optimizer', 'lion', 1, 'optimizer'),
+        ('learning_rate', -0.1, 1, 'learning_rate'),
+        ('dynamics.window', 8, 1, 'dynamics.window'),
+        ('dynamics.dfa_scales', '4,8,64', 1, 'dynamics.dfa_scales'),  # 64 > the window of 16
+        ('dynamics.reduction', 'median', 1, 'dynamics.reduction'),
+        ('dynamics.probe_size', 30, 4, 'dynamics.probe_size'),
+    ],
+)
 def test_bad_config_names_the_field(field, value, devices, match):
   config = tiny.get_config()
   if field == 'data.name':

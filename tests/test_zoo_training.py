@@ -22,8 +22,16 @@ def test_family_trains_with_the_tracker_in_the_compiled_step(name):
   config.dynamics.dfa_scales = '3,4,5,6'
   config.dynamics.volatility_window_steps = 2
   steps = 8
-  exp = loop.build(config, 4, (32, 32, 3), jnp.full(3, 120.0), jnp.full(3, 60.0),
-                   steps_per_epoch=steps, total_steps=steps, mesh=loop.make_mesh())
+  exp = loop.build(
+      config,
+      4,
+      (32, 32, 3),
+      jnp.full(3, 120.0),
+      jnp.full(3, 60.0),
+      steps_per_epoch=steps,
+      total_steps=steps,
+      mesh=loop.make_mesh(),
+  )
   state = exp.init_state(0)
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 255, (16, 32, 32, 3), np.uint8))
@@ -61,12 +69,12 @@ def test_vit_fine_tunes_from_pretrained_weights_at_a_larger_input(tmp_path):
   result = loop.train_and_evaluate(config, str(tmp_path / 'run'))
   params = result['state'].params
   src = variables['params']
-  np.testing.assert_allclose(params['embedding']['kernel'], src['embedding']['kernel'],
-                             atol=1e-6)
+  np.testing.assert_allclose(params['embedding']['kernel'], src['embedding']['kernel'], atol=1e-6)
   pos = params['Transformer']['posembed_input']['pos_embedding']
   assert pos.shape[1] == 1 + (48 // 4) ** 2
-  np.testing.assert_allclose(pos[:, 0], src['Transformer']['posembed_input']['pos_embedding'][:, 0],
-                             atol=1e-6)
+  np.testing.assert_allclose(
+      pos[:, 0], src['Transformer']['posembed_input']['pos_embedding'][:, 0], atol=1e-6
+  )
   assert params['head']['kernel'].shape[-1] == 4
 
 
@@ -74,8 +82,16 @@ def test_bfloat16_compute_trains():
   config = tiny.get_config()
   config.dtype = 'bfloat16'
   config.dynamics.enabled = False
-  exp = loop.build(config, 4, (32, 32, 3), jnp.full(3, 120.0), jnp.full(3, 60.0),
-                   steps_per_epoch=4, total_steps=4, mesh=loop.make_mesh())
+  exp = loop.build(
+      config,
+      4,
+      (32, 32, 3),
+      jnp.full(3, 120.0),
+      jnp.full(3, 60.0),
+      steps_per_epoch=4,
+      total_steps=4,
+      mesh=loop.make_mesh(),
+  )
   state = exp.init_state(0)
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 255, (16, 32, 32, 3), np.uint8))

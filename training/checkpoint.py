@@ -103,8 +103,11 @@ def _record_digest(record: Dict[str, Any]) -> str:
 def write_digests(folder: str, step: int, config: Optional[Dict[str, Any]]):
   """Writes `<folder>/digests.json`: {format, step, config, files: {path: [bytes, sha256]},
   sha256 (of the rest)}."""
-  files = {rel: [os.path.getsize(os.path.join(folder, rel)), _sha256(os.path.join(folder, rel))]
-           for rel in _files(folder) if rel not in _NOT_DIGESTED}
+  files = {
+      rel: [os.path.getsize(os.path.join(folder, rel)), _sha256(os.path.join(folder, rel))]
+      for rel in _files(folder)
+      if rel not in _NOT_DIGESTED
+  }
   record = {'format': DIGESTS_FORMAT, 'step': step, 'config': config, 'files': files}
   record['sha256'] = _record_digest(record)
   path = os.path.join(folder, DIGESTS_FILE)
@@ -163,13 +166,14 @@ class Manager(ocp.CheckpointManager):
     self._config = config
     self._saving: Optional[int] = None  # the step of the save in flight
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True,
-        async_options=ocp.AsyncOptions(post_finalization_callback=self._write_digests))
+        max_to_keep=keep,
+        create=True,
+        async_options=ocp.AsyncOptions(post_finalization_callback=self._write_digests),
+    )
     # A single item, said so here: left to guess, Orbax decides from the first step it restores
     # whether the checkpoints hold one item or several, and a newest step without its
     # `default` folder made every older one fail with "Must provide args of type Composite".
-    super().__init__(directory, options=options,
-                     item_handlers=ocp.StandardCheckpointHandler())
+    super().__init__(directory, options=options, item_handlers=ocp.StandardCheckpointHandler())
 
   def _write_digests(self):
     # Orbax's callback, on process 0 only, once every process has written its files, before
@@ -184,14 +188,18 @@ class Manager(ocp.CheckpointManager):
 
   def _no_space(self, step: int, needed: Optional[int], free: int) -> NoSpaceError:
     last = self.latest_step()
-    kept = (f'The last good checkpoint (step {last}) is intact; run the same command again '
-            f'to resume from it' if last is not None else 'No checkpoint was saved before; '
-            'run the same command again to start afresh')
+    kept = (
+        f'The last good checkpoint (step {last}) is intact; run the same command again '
+        f'to resume from it'
+        if last is not None
+        else 'No checkpoint was saved before; ' 'run the same command again to start afresh'
+    )
     size = f'needs about {_megabytes(needed)}, ' if needed else ''
     return NoSpaceError(
         f'No space left on the disk of {self.directory}: the checkpoint of step {step} '
         f'{size}{_megabytes(free)} are free. {kept} once space is freed (or with a --workdir '
-        'on a disk with room).')
+        'on a disk with room).'
+    )
 
   def _translate(self, e: BaseException, step: Optional[int]):
     if _is_no_space(e):
@@ -259,7 +267,8 @@ def _step_dir(manager: ocp.CheckpointManager, step: int) -> str:
 def _restore_step(manager, step: int, template, sharding):
   target = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-      flax.serialization.to_state_dict(template))
+      flax.serialization.to_state_dict(template),
+  )
   restored = manager.restore(step, args=ocp.args.StandardRestore(target))
   saved_step = int(np.asarray(jax.device_get(restored['step'])))
   if saved_step != step:  # e.g. a step directory copied or renamed by hand
@@ -288,6 +297,7 @@ def _check_config(manager, step: int, record: Dict[str, Any]):
   if saved is None or new is None:
     return
   from training import loop  # pylint: disable=import-outside-toplevel  # loop imports us
+
   differences = loop.config_differences(saved, new)
   if differences:
     shown = '; '.join(differences[:12]) + ('; ...' if len(differences) > 12 else '')
@@ -295,7 +305,8 @@ def _check_config(manager, step: int, record: Dict[str, Any]):
         f'{_step_dir(manager, step)} was written by a run with a different config '
         f'({len(differences)} field(s), checkpoint -> now: {shown}). Resume it with its own '
         'config, or move the checkpoints folder away (or choose a new --workdir) to start '
-        'afresh.')
+        'afresh.'
+    )
 
 
 def restore_latest(manager: ocp.CheckpointManager, template, sharding) -> Optional[object]:
@@ -320,9 +331,12 @@ def restore_latest(manager: ocp.CheckpointManager, template, sharding) -> Option
       if record is not None:
         _check_config(manager, step, record)
       else:
-        logging.warning('Checkpoint %s has no %s (written by an older version): its bytes '
-                        'cannot be verified, only what Orbax checks.',
-                        _step_dir(manager, step), DIGESTS_FILE)
+        logging.warning(
+            'Checkpoint %s has no %s (written by an older version): its bytes '
+            'cannot be verified, only what Orbax checks.',
+            _step_dir(manager, step),
+            DIGESTS_FILE,
+        )
       try:
         state = _restore_step(manager, step, template, sharding)
       except Exception as e:  # pylint: disable=broad-except
@@ -330,23 +344,35 @@ def restore_latest(manager: ocp.CheckpointManager, template, sharding) -> Option
         # failure to read this step means "try the previous one".
         problem = f'{type(e).__name__}: {_first_line(e)}'
     if problem is not None:
-      logging.warning('Checkpoint %s is damaged (%s); trying the previous one.',
-                      _step_dir(manager, step), problem)
+      logging.warning(
+          'Checkpoint %s is damaged (%s); trying the previous one.',
+          _step_dir(manager, step),
+          problem,
+      )
       failures.append((step, problem))
       continue
     if failures:
       moved = _move_aside(manager, [s for s, _ in failures])
-      logging.warning('Resuming from step %d, the newest intact checkpoint. The damaged '
-                      'checkpoint(s) were moved, not deleted: %s', step, ', '.join(moved))
-    logging.info('Restored checkpoint at step %d from %s (%s)', step, manager.directory,
-                 'bytes verified' if record is not None else 'unverified')
+      logging.warning(
+          'Resuming from step %d, the newest intact checkpoint. The damaged '
+          'checkpoint(s) were moved, not deleted: %s',
+          step,
+          ', '.join(moved),
+      )
+    logging.info(
+        'Restored checkpoint at step %d from %s (%s)',
+        step,
+        manager.directory,
+        'bytes verified' if record is not None else 'unverified',
+    )
     return state
   if failures:
     listing = '; '.join(f'{_step_dir(manager, s)}: {p}' for s, p in failures)
     raise CheckpointError(
         f'None of the checkpoints in {manager.directory} can be read ({listing}). They are '
         'left in place. To start this run again from step 0, move them out of that folder; '
-        'or use a fresh --workdir.')
+        'or use a fresh --workdir.'
+    )
   return None
 
 
@@ -389,8 +415,7 @@ class PreemptionWatcher:
     self._previous = {}
     self._multi_process = jax.process_count() > 1
     # signal.signal only works in the main thread; elsewhere the signals keep their effect.
-    if (not self._multi_process
-        and threading.current_thread() is threading.main_thread()):
+    if not self._multi_process and threading.current_thread() is threading.main_thread():
       for signum in _STOP_SIGNALS:
         self._previous[signum] = signal.signal(signum, self._on_signal)
 
@@ -405,8 +430,10 @@ class PreemptionWatcher:
     if self.signum is None:
       self.signum = _last_signal = signum
       if signum == signal.SIGINT:
-        logging.warning('Ctrl-C: saving a checkpoint at the end of this step, then stopping '
-                        '(press Ctrl-C again to stop at once without saving).')
+        logging.warning(
+            'Ctrl-C: saving a checkpoint at the end of this step, then stopping '
+            '(press Ctrl-C again to stop at once without saving).'
+        )
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
   def reached(self, step: int) -> bool:

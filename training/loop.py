@@ -19,9 +19,15 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import data as data_lib
 import models
 from dynamics import tracker as tracker_lib
-from training import checkpoint, optim, replicas as replicas_lib, steps, validate
-from training import workdir as workdir_lib
-from training import writers as writers_lib
+from training import (
+    checkpoint,
+    optim,
+    replicas as replicas_lib,
+    steps,
+    validate,
+    workdir as workdir_lib,
+    writers as writers_lib,
+)
 
 
 class _QuietOrbax(pylogging.Filter):
@@ -29,8 +35,11 @@ class _QuietOrbax(pylogging.Filter):
   (and, with --verbose, everything), drop the chatter."""
 
   def filter(self, record):
-    return (record.levelno >= pylogging.WARNING or logging.get_verbosity() >= logging.DEBUG
-            or not ('/orbax/' in record.pathname or record.pathname.endswith('xla_bridge.py')))
+    return (
+        record.levelno >= pylogging.WARNING
+        or logging.get_verbosity() >= logging.DEBUG
+        or not ('/orbax/' in record.pathname or record.pathname.endswith('xla_bridge.py'))
+    )
 
 
 logging.get_absl_handler().addFilter(_QuietOrbax())
@@ -39,14 +48,16 @@ logging.get_absl_handler().addFilter(_QuietOrbax())
 def make_mesh():
   """A 1-D ('data',) mesh over every device of every process; Auto axes let XLA insert the
   collectives (BatchNorm statistics and gradients over the global batch)."""
-  return jax.make_mesh((jax.device_count(),), ('data',),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.make_mesh((jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def _format_seconds(seconds: float) -> str:
   seconds = int(seconds)
-  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m' if seconds >= 3600 else (
-      f'{seconds // 60}m{seconds % 60:02d}s')
+  return (
+      f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
+      if seconds >= 3600
+      else (f'{seconds // 60}m{seconds % 60:02d}s')
+  )
 
 
 def _save_config(config, workdir: str):
@@ -80,8 +91,11 @@ def config_differences(saved: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
   """'field: saved -> new' for every dotted field that differs between two config dicts."""
   a, b = _flatten(saved), _flatten(new)
   missing = '<absent>'
-  return [f'{k}: {a.get(k, missing)!r} -> {b.get(k, missing)!r}'
-          for k in sorted(set(a) | set(b)) if a.get(k, missing) != b.get(k, missing)]
+  return [
+      f'{k}: {a.get(k, missing)!r} -> {b.get(k, missing)!r}'
+      for k in sorted(set(a) | set(b))
+      if a.get(k, missing) != b.get(k, missing)
+  ]
 
 
 def _move_run_aside(workdir: str) -> str:
@@ -124,11 +138,16 @@ def _prepare_workdir(config, workdir: str, overwrite: bool):
             f'{workdir} holds a run with a different config ({len(differences)} field(s), '
             f'saved -> now: {shown}). Resume it with its own config, choose a new --workdir, '
             'or pass --overwrite (train_and_evaluate(..., overwrite=True)) to move the old run '
-            f'to {os.path.abspath(workdir)}.old-<timestamp> and start afresh.')
+            f'to {os.path.abspath(workdir)}.old-<timestamp> and start afresh.'
+        )
       aside = _move_run_aside(workdir)
-      logging.warning('--overwrite: the previous run in %s (config differs in %s) was moved to '
-                      '%s; starting afresh.', workdir,
-                      ', '.join(d.split(':')[0] for d in differences[:12]), aside)
+      logging.warning(
+          '--overwrite: the previous run in %s (config differs in %s) was moved to '
+          '%s; starting afresh.',
+          workdir,
+          ', '.join(d.split(':')[0] for d in differences[:12]),
+          aside,
+      )
   os.makedirs(workdir, exist_ok=True)
 
 
@@ -168,17 +187,20 @@ def _device_batch(sharding, local_array, global_batch):
 
 
 def _diverged(what: str, step: int, workdir: str, last_saved: Optional[int]):
-  kept = (f'The last good checkpoint (step {last_saved}) is kept in '
-          f'{os.path.join(workdir, "checkpoints")}' if last_saved is not None
-          else 'No checkpoint was saved')
+  kept = (
+      f'The last good checkpoint (step {last_saved}) is kept in '
+      f'{os.path.join(workdir, "checkpoints")}'
+      if last_saved is not None
+      else 'No checkpoint was saved'
+  )
   return FloatingPointError(
       f'{what} at step {step}: training diverged. {kept}; lower learning_rate (or set '
       'grad_clip_norm) and run again in a fresh workdir (or with --overwrite, which moves '
-      'this one aside).')
+      'this one aside).'
+  )
 
 
-def _check_finite(values: Dict[str, float], step: int, workdir: str, last_saved,
-                  where: str = ''):
+def _check_finite(values: Dict[str, float], step: int, workdir: str, last_saved, where: str = ''):
   for key in ('train/loss', 'train/grad_norm'):
     if key in values and not math.isfinite(values[key]):
       raise _diverged(f'{key} = {values[key]}{where}', step, workdir, last_saved)
@@ -196,8 +218,7 @@ def _check_state_finite(state: steps.TrainState, step: int, workdir: str, last_s
   so a finite loss does not prove that the state about to be saved is finite. (The dynamics
   buffers hold NaN by design where nothing was computed, so they are not checked.)
   """
-  tree = {'params': state.params, 'batch_stats': state.batch_stats,
-          'opt_state': state.opt_state}
+  tree = {'params': state.params, 'batch_stats': state.batch_stats, 'opt_state': state.opt_state}
   flat, _ = jax.tree_util.tree_flatten_with_path(jax.device_get(_finite_leaves(tree)))
   bad = [jax.tree_util.keystr(path, simple=True, separator='/') for path, ok in flat if not ok]
   if bad:
@@ -207,6 +228,7 @@ def _check_state_finite(state: steps.TrainState, step: int, workdir: str, last_s
 
 class Experiment(NamedTuple):
   """Everything a run compiles, built from the config alone (no data, no workdir)."""
+
   model: Any
   schedule: Any
   tx: Any
@@ -222,8 +244,9 @@ class Experiment(NamedTuple):
   state_sharding: Any = None
 
 
-def build(config, num_classes: int, image_shape, mean, std, steps_per_epoch: int,
-          total_steps: int, mesh) -> Experiment:
+def build(
+    config, num_classes: int, image_shape, mean, std, steps_per_epoch: int, total_steps: int, mesh
+) -> Experiment:
   """Model, optimiser, tracker and the jitted steps with their shardings.
 
   image_shape: (H, W, 3) as the model sees it; mean, std: f32[3] in 0..255 units.
@@ -242,35 +265,66 @@ def build(config, num_classes: int, image_shape, mean, std, steps_per_epoch: int
   tracker = None
   if config.dynamics.enabled:
     image = jnp.zeros((1,) + tuple(image_shape))
-    tap_shapes = jax.eval_shape(lambda: models.apply_with_taps(model, model.init(
-        {'params': jax.random.key(0), 'dropout': jax.random.key(0)}, image, train=False), image,
-        train=False)[1])
+    tap_shapes = jax.eval_shape(
+        lambda: models.apply_with_taps(
+            model,
+            model.init(
+                {'params': jax.random.key(0), 'dropout': jax.random.key(0)}, image, train=False
+            ),
+            image,
+            train=False,
+        )[1]
+    )
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     tracker = tracker_lib.make_tracker(
-        config.dynamics, {k: v.shape for k, v in tap_shapes.items()}, total_steps, num_epochs,
-        seed=config.seed)
-  create = functools.partial(steps.create_train_state, model=model, tx=tx, tracker=tracker,
-                             image_shape=image_shape)
+        config.dynamics,
+        {k: v.shape for k, v in tap_shapes.items()},
+        total_steps,
+        num_epochs,
+        seed=config.seed,
+    )
+  create = functools.partial(
+      steps.create_train_state, model=model, tx=tx, tracker=tracker, image_shape=image_shape
+  )
   step_kwargs = dict(model=model, mean=mean, std=std, out_size=out_size)
-  train_fn = functools.partial(steps.train_step, tx=tx, tracker=tracker, config=config,
-                               num_classes=num_classes, **step_kwargs)
+  train_fn = functools.partial(
+      steps.train_step,
+      tx=tx,
+      tracker=tracker,
+      config=config,
+      num_classes=num_classes,
+      **step_kwargs,
+  )
   eval_fn = functools.partial(steps.eval_step, num_classes=num_classes, **step_kwargs)
-  probe_fn = (functools.partial(steps.probe_signals, tracker=tracker, **step_kwargs)
-              if tracker is not None and config.dynamics.probe_mode else None)
+  probe_fn = (
+      functools.partial(steps.probe_signals, tracker=tracker, **step_kwargs)
+      if tracker is not None and config.dynamics.probe_mode
+      else None
+  )
   create = jax.jit(create, out_shardings=replicated)
-  common = dict(model=model, schedule=schedule, tx=tx, tracker=tracker,
-                init_state=lambda seed: create(jax.random.PRNGKey(seed)))
+  common = dict(
+      model=model,
+      schedule=schedule,
+      tx=tx,
+      tracker=tracker,
+      init_state=lambda seed: create(jax.random.PRNGKey(seed)),
+  )
   if config.replicas > 1:
-    return Experiment(**common, **_jit_replicated(config, mesh, create, train_fn, eval_fn,
-                                                  probe_fn))
-  train_step = jax.jit(train_fn, in_shardings=(replicated, batch_sharding, batch_sharding),
-                       out_shardings=(replicated, replicated), donate_argnums=0)
-  eval_step = jax.jit(eval_fn, in_shardings=(replicated,) + (batch_sharding,) * 3,
-                      out_shardings=replicated)
+    return Experiment(
+        **common, **_jit_replicated(config, mesh, create, train_fn, eval_fn, probe_fn)
+    )
+  train_step = jax.jit(
+      train_fn,
+      in_shardings=(replicated, batch_sharding, batch_sharding),
+      out_shardings=(replicated, replicated),
+      donate_argnums=0,
+  )
+  eval_step = jax.jit(
+      eval_fn, in_shardings=(replicated,) + (batch_sharding,) * 3, out_shardings=replicated
+  )
   probe = None
   if probe_fn is not None:
-    probe = jax.jit(probe_fn, in_shardings=(replicated, batch_sharding),
-                    out_shardings=replicated)
+    probe = jax.jit(probe_fn, in_shardings=(replicated, batch_sharding), out_shardings=replicated)
   return Experiment(**common, train_step=train_step, eval_step=eval_step, probe=probe)
 
 
@@ -285,35 +339,52 @@ def _jit_replicated(config, mesh, create, train_fn, eval_fn, probe_fn) -> Dict[s
   per_replica = NamedSharding(mesh, P(replicas_lib.REPLICA_AXIS))
   batch_sharding = NamedSharding(mesh, P(replicas_lib.DATA_AXIS))
   train_step = jax.jit(
-      functools.partial(replicas_lib.train_step, single_step=train_fn, impl=impl,
-                        groups=groups),
-      in_shardings=(state_sharding,
-                    NamedSharding(mesh, P(replicas_lib.REPLICA_AXIS, replicas_lib.DATA_AXIS)),
-                    replicated, replicated),
-      out_shardings=(state_sharding, per_replica), donate_argnums=0)
-  eval_step = jax.jit(replicas_lib.shared_input_step(eval_fn, impl, groups),
-                      in_shardings=(state_sharding,) + (batch_sharding,) * 3,
-                      out_shardings=per_replica)
+      functools.partial(replicas_lib.train_step, single_step=train_fn, impl=impl, groups=groups),
+      in_shardings=(
+          state_sharding,
+          NamedSharding(mesh, P(replicas_lib.REPLICA_AXIS, replicas_lib.DATA_AXIS)),
+          replicated,
+          replicated,
+      ),
+      out_shardings=(state_sharding, per_replica),
+      donate_argnums=0,
+  )
+  eval_step = jax.jit(
+      replicas_lib.shared_input_step(eval_fn, impl, groups),
+      in_shardings=(state_sharding,) + (batch_sharding,) * 3,
+      out_shardings=per_replica,
+  )
   probe = None
   if probe_fn is not None:
     # Each replica's own probe batch (a run draws it from its seed): u8[N, P, H, W, 3].
-    probe = jax.jit(replicas_lib.per_replica_input_step(probe_fn, impl, groups),
-                    in_shardings=(state_sharding, NamedSharding(
-                        mesh, P(replicas_lib.REPLICA_AXIS, replicas_lib.DATA_AXIS))),
-                    out_shardings=per_replica)
-  logging.info('%d replicas (seeds %d..%d) in one program: %s over a %s mesh.',
-               config.replicas, config.seed, config.seed + config.replicas - 1, impl,
-               dict(mesh.shape))
-  return dict(train_step=train_step, eval_step=eval_step, probe=probe,
-              state_sharding=state_sharding)
+    probe = jax.jit(
+        replicas_lib.per_replica_input_step(probe_fn, impl, groups),
+        in_shardings=(
+            state_sharding,
+            NamedSharding(mesh, P(replicas_lib.REPLICA_AXIS, replicas_lib.DATA_AXIS)),
+        ),
+        out_shardings=per_replica,
+    )
+  logging.info(
+      '%d replicas (seeds %d..%d) in one program: %s over a %s mesh.',
+      config.replicas,
+      config.seed,
+      config.seed + config.replicas - 1,
+      impl,
+      dict(mesh.shape),
+  )
+  return dict(
+      train_step=train_step, eval_step=eval_step, probe=probe, state_sharding=state_sharding
+  )
 
 
 def _probe_batch(config, dataset, batch_sharding):
   """The fixed probe batch (probe_size images of probe_split, chosen by the seed), sharded."""
-  split_images = (dataset.test_images if config.dynamics.probe_split == 'test'
-                  else dataset.train_images)
+  split_images = (
+      dataset.test_images if config.dynamics.probe_split == 'test' else dataset.train_images
+  )
   pick = np.random.default_rng(config.seed).permutation(len(split_images))
-  pick = np.sort(pick[:config.dynamics.probe_size])
+  pick = np.sort(pick[: config.dynamics.probe_size])
   local = np.array_split(split_images[pick], jax.process_count())[jax.process_index()]
   return _device_batch(batch_sharding, local, config.dynamics.probe_size)
 
@@ -322,12 +393,21 @@ def _probe_images(config, dataset, mesh, batch_sharding):
   """The probe batch; with N replicas u8[N, P, ...], replica k's drawn from seed + k."""
   if config.replicas == 1:
     return _probe_batch(config, dataset, batch_sharding)
-  split_images = (dataset.test_images if config.dynamics.probe_split == 'test'
-                  else dataset.train_images)
-  picks = [np.sort(np.random.default_rng(config.seed + k).permutation(len(split_images))[
-      :config.dynamics.probe_size]) for k in range(config.replicas)]
-  return _global_array(NamedSharding(mesh, P(replicas_lib.REPLICA_AXIS, replicas_lib.DATA_AXIS)),
-                       np.stack([split_images[pick] for pick in picks]))
+  split_images = (
+      dataset.test_images if config.dynamics.probe_split == 'test' else dataset.train_images
+  )
+  picks = [
+      np.sort(
+          np.random.default_rng(config.seed + k).permutation(len(split_images))[
+              : config.dynamics.probe_size
+          ]
+      )
+      for k in range(config.replicas)
+  ]
+  return _global_array(
+      NamedSharding(mesh, P(replicas_lib.REPLICA_AXIS, replicas_lib.DATA_AXIS)),
+      np.stack([split_images[pick] for pick in picks]),
+  )
 
 
 def _check_probe_size(config, dataset):
@@ -338,11 +418,13 @@ def _check_probe_size(config, dataset):
   if config.dynamics.probe_size > size:
     raise ValueError(
         f'dynamics.probe_size={config.dynamics.probe_size} is larger than the {split} split '
-        f'({size} images); lower dynamics.probe_size or use the other dynamics.probe_split.')
+        f'({size} images); lower dynamics.probe_size or use the other dynamics.probe_split.'
+    )
 
 
 class _Sink(NamedTuple):
   """Where one replica's records go: the workdir itself with one replica, replica_<k>/ else."""
+
   workdir: str
   writer: Any
   jsonl: Optional[writers_lib.JsonlWriter]
@@ -382,27 +464,38 @@ def _initial_state(config, exp: Experiment, replicated):
     state = exp.init_state(seed)
     if 'surrogate_key' in state.dynamics:  # the tracker was built with config.seed
       # Replica k draws its surrogates as the 1-replica run of seed + k would.
-      state = state.replace(dynamics=dict(
-          state.dynamics, surrogate_key=jax.device_put(
-              jax.random.key_data(jax.random.key(seed)),
-              state.dynamics['surrogate_key'].sharding)))
+      state = state.replace(
+          dynamics=dict(
+              state.dynamics,
+              surrogate_key=jax.device_put(
+                  jax.random.key_data(jax.random.key(seed)),
+                  state.dynamics['surrogate_key'].sharding,
+              ),
+          )
+      )
     if config.init_checkpoint:
       # Every replica gets the same pretrained weights; what the release does not hold (the
       # new head) keeps replica k's own initialisation from seed + k.
       init_params = models.load_pretrained(config.model, state.params, config.init_checkpoint)
-      state = jax.device_put(state.replace(params=init_params,
-                                           opt_state=exp.tx.init(init_params)), replicated)
+      state = jax.device_put(
+          state.replace(params=init_params, opt_state=exp.tx.init(init_params)), replicated
+      )
     return state
 
   if config.replicas == 1:
     return one(config.seed)
   if config.init_checkpoint:
-    logging.info('init_checkpoint with %d replicas: all start from %s; the heads are '
-                 'initialised per replica (seeds %d..%d).', config.replicas,
-                 config.init_checkpoint, config.seed, config.seed + config.replicas - 1)
-  return jax.device_put(replicas_lib.stack([one(config.seed + k)
-                                            for k in range(config.replicas)]),
-                        exp.state_sharding)
+    logging.info(
+        'init_checkpoint with %d replicas: all start from %s; the heads are '
+        'initialised per replica (seeds %d..%d).',
+        config.replicas,
+        config.init_checkpoint,
+        config.seed,
+        config.seed + config.replicas - 1,
+    )
+  return jax.device_put(
+      replicas_lib.stack([one(config.seed + k) for k in range(config.replicas)]), exp.state_sharding
+  )
 
 
 def _check_checkpoint_replicas(manager, config):
@@ -423,7 +516,8 @@ def _check_checkpoint_replicas(manager, config):
         f'The checkpoints in {manager.directory} hold a {saved}-replica state but this run has '
         f'replicas={config.replicas} (config field `replicas`). Resume it with '
         f'--config.replicas={saved}, or start the {config.replicas}-replica run in a fresh '
-        '--workdir.')
+        '--workdir.'
+    )
 
 
 def _global_array(sharding, host_array: np.ndarray):
@@ -440,25 +534,40 @@ def _train_feed(config, dataset, mesh, batch_sharding) -> Callable[[int], tuple]
   """
   if config.replicas == 1:
     # The epoch order depends on the run seed, so seeds differ in data order as well as init.
-    batches = data_lib.TrainBatches(dataset.train_images, dataset.train_labels, config.seed,
-                                    config.batch_size, jax.process_index(), jax.process_count())
+    batches = data_lib.TrainBatches(
+        dataset.train_images,
+        dataset.train_labels,
+        config.seed,
+        config.batch_size,
+        jax.process_index(),
+        jax.process_count(),
+    )
 
     def feed(step):
       images, labels = batches.batch(step)
-      return (_device_batch(batch_sharding, images, config.batch_size),
-              _device_batch(batch_sharding, labels, config.batch_size))
+      return (
+          _device_batch(batch_sharding, images, config.batch_size),
+          _device_batch(batch_sharding, labels, config.batch_size),
+      )
 
     return feed
-  batches = [data_lib.TrainBatches(dataset.train_images, dataset.train_labels, config.seed + k,
-                                   config.batch_size) for k in range(config.replicas)]
+  batches = [
+      data_lib.TrainBatches(
+          dataset.train_images, dataset.train_labels, config.seed + k, config.batch_size
+      )
+      for k in range(config.replicas)
+  ]
   replicated = NamedSharding(mesh, P())
   images = _global_array(replicated, np.asarray(dataset.train_images))
   labels = _global_array(replicated, np.asarray(dataset.train_labels, np.int32))
   index_sharding = NamedSharding(mesh, P(replicas_lib.REPLICA_AXIS, replicas_lib.DATA_AXIS))
 
   def feed(step):
-    return (_global_array(index_sharding, replicas_lib.train_indices(batches, step)), images,
-            labels)
+    return (
+        _global_array(index_sharding, replicas_lib.train_indices(batches, step)),
+        images,
+        labels,
+    )
 
   return feed
 
@@ -471,16 +580,18 @@ def _spread(values: Sequence[float], digits: int = 4) -> str:
   return f'{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}'
 
 
-def train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
-                       overwrite: bool = False) -> Dict[str, Any]:
+def train_and_evaluate(
+    config, workdir: str, stop_after: Optional[int] = None, overwrite: bool = False
+) -> Dict[str, Any]:
   """_train_and_evaluate (below) holding the workdir's lock: a second run on the same workdir
   stops at once with WorkdirLockedError naming the first one (training/workdir.py)."""
   with workdir_lib.locked(workdir):
     return _train_and_evaluate(config, workdir, stop_after, overwrite)
 
 
-def _train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
-                        overwrite: bool = False) -> Dict[str, Any]:
+def _train_and_evaluate(
+    config, workdir: str, stop_after: Optional[int] = None, overwrite: bool = False
+) -> Dict[str, Any]:
   """Trains config.model on config.data, evaluating every epoch; writes to workdir.
 
   Resumes from the newest readable checkpoint in workdir (unreadable ones are moved to
@@ -511,32 +622,48 @@ def _train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
   batch_sharding = NamedSharding(mesh, P('data'))
 
   t_load = time.time()
-  logging.info('Loading the data: %s ...', config.data.source + (
-      f' {config.data.path}' if config.data.source == 'image_folder' else
-      f' {config.data.name}' if config.data.source == 'tfds' else ''))
+  logging.info(
+      'Loading the data: %s ...',
+      config.data.source
+      + (
+          f' {config.data.path}'
+          if config.data.source == 'image_folder'
+          else f' {config.data.name}'
+          if config.data.source == 'tfds'
+          else ''
+      ),
+  )
   dataset = data_lib.load(config.data)
   validate.validate_data(config, dataset)
-  logging.info('Data: %s, %d training and %d test images of %s (%.1f s).', dataset.name,
-               len(dataset.train_labels), len(dataset.test_labels),
-               'x'.join(map(str, dataset.train_images.shape[1:])), time.time() - t_load)
+  logging.info(
+      'Data: %s, %d training and %d test images of %s (%.1f s).',
+      dataset.name,
+      len(dataset.train_labels),
+      len(dataset.test_labels),
+      'x'.join(map(str, dataset.train_images.shape[1:])),
+      time.time() - t_load,
+  )
   if train_size is None:  # an image folder: its size is known now, still before compiling
     config = _fit_to_run(config, len(dataset.train_labels))
   _check_probe_size(config, dataset)
   num_classes = dataset.num_classes
   steps_per_epoch = data_lib.steps_per_epoch(len(dataset.train_labels), config.batch_size)
-  total_steps = (config.num_train_steps if config.num_train_steps > 0
-                 else steps_per_epoch * config.num_epochs)
+  total_steps = (
+      config.num_train_steps if config.num_train_steps > 0 else steps_per_epoch * config.num_epochs
+  )
   num_epochs = math.ceil(total_steps / steps_per_epoch)
   out_size = config.image_size or None
-  image_shape = ((out_size, out_size, 3) if out_size else dataset.train_images.shape[1:])
+  image_shape = (out_size, out_size, 3) if out_size else dataset.train_images.shape[1:]
   mean = jnp.asarray(dataset.mean, jnp.float32)
   std = jnp.asarray(dataset.std, jnp.float32)
 
-  exp = build(config, num_classes, image_shape, mean, std, steps_per_epoch, total_steps,
-              mesh)
+  exp = build(config, num_classes, image_shape, mean, std, steps_per_epoch, total_steps, mesh)
   tracker, schedule = exp.tracker, exp.schedule
-  state = _initial_state(config, exp._replace(
-      init_state=_announce_first_call(exp.init_state, 'initial state')), replicated)
+  state = _initial_state(
+      config,
+      exp._replace(init_state=_announce_first_call(exp.init_state, 'initial state')),
+      replicated,
+  )
 
   manager = checkpoint.make_manager(workdir, config.keep_checkpoints, given)
   try:
@@ -565,24 +692,48 @@ def _train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
     """Test loss and accuracy of each replica."""
     totals = [{'loss': 0.0, 'correct': 0.0, 'count': 0.0} for _ in range(n)]
     # A bar on a terminal only (disable=None); the epoch line gives the time.
-    for images, labels, mask in tqdm.tqdm(data_lib.eval_batches(
-        dataset.test_images, dataset.test_labels, config.eval_batch_size,
-        jax.process_index(), jax.process_count()), desc='evaluating', unit='batch',
-        total=math.ceil(len(dataset.test_labels) / config.eval_batch_size), disable=None,
-        leave=False):
-      sums = eval_step(state, _device_batch(batch_sharding, images, config.eval_batch_size),
-                       _device_batch(batch_sharding, labels, config.eval_batch_size),
-                       _device_batch(batch_sharding, mask, config.eval_batch_size))
+    for images, labels, mask in tqdm.tqdm(
+        data_lib.eval_batches(
+            dataset.test_images,
+            dataset.test_labels,
+            config.eval_batch_size,
+            jax.process_index(),
+            jax.process_count(),
+        ),
+        desc='evaluating',
+        unit='batch',
+        total=math.ceil(len(dataset.test_labels) / config.eval_batch_size),
+        disable=None,
+        leave=False,
+    ):
+      sums = eval_step(
+          state,
+          _device_batch(batch_sharding, images, config.eval_batch_size),
+          _device_batch(batch_sharding, labels, config.eval_batch_size),
+          _device_batch(batch_sharding, mask, config.eval_batch_size),
+      )
       for total, part in zip(totals, _split(jax.device_get(sums), n)):
         for k, v in part.items():
           total[k] += float(v)
-    return [{'eval/loss': t['loss'] / t['count'],
-             'eval/accuracy': 100.0 * t['correct'] / t['count']} for t in totals]
+    return [
+        {'eval/loss': t['loss'] / t['count'], 'eval/accuracy': 100.0 * t['correct'] / t['count']}
+        for t in totals
+    ]
 
-  logging.info('Training %s on %s (%d classes): %d steps, %d per epoch, batch %d on %d '
-               'device(s) in %d process(es); workdir %s', config.model, dataset.name,
-               num_classes, total_steps, steps_per_epoch, config.batch_size,
-               jax.device_count(), jax.process_count(), workdir)
+  logging.info(
+      'Training %s on %s (%d classes): %d steps, %d per epoch, batch %d on %d '
+      'device(s) in %d process(es); workdir %s',
+      config.model,
+      dataset.name,
+      num_classes,
+      total_steps,
+      steps_per_epoch,
+      config.batch_size,
+      jax.device_count(),
+      jax.process_count(),
+      workdir,
+  )
+
   # The periodic work of the loop below, each a named action.
   def log_train(step, metrics, interval_steps, interval_start, epoch_end):
     """Every log_every_steps and at each epoch end: the values of the logged step itself (not
@@ -594,8 +745,9 @@ def _train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
     steps_per_sec = interval_steps / max(time.time() - interval_start, 1e-9)
     logged = []
     for k, (sink, replica) in enumerate(zip(sinks, _split(fetched, n))):
-      values = {key: float(replica[key])
-                for key in ('train/loss', 'train/accuracy', 'train/grad_norm')}
+      values = {
+          key: float(replica[key]) for key in ('train/loss', 'train/accuracy', 'train/grad_norm')
+      }
       _check_finite(values, done, workdir, last_saved, f' (replica {k})' if n > 1 else '')
       if tracker is not None:
         values.update(tracker.summarize_step(replica))
@@ -604,16 +756,27 @@ def _train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
       sink.writer.write_scalars(done, values)
       logged.append(values)
     eta = (total_steps - done) / max(steps_per_sec, 1e-9)
-    speed = (f'{steps_per_sec:.2f} steps/s  {steps_per_sec * config.batch_size * n:.0f} img/s  '
-             f'ETA {_format_seconds(eta)}')
+    speed = (
+        f'{steps_per_sec:.2f} steps/s  {steps_per_sec * config.batch_size * n:.0f} img/s  '
+        f'ETA {_format_seconds(eta)}'
+    )
     if n == 1:
       train = f'loss {logged[0]["train/loss"]:.4f}  acc {logged[0]["train/accuracy"]:.1f}%'
     else:
-      train = (f'loss {_spread([v["train/loss"] for v in logged])}  acc '
-               f'{_spread([v["train/accuracy"] for v in logged])}% (mean ± std of {n} replicas)')
+      train = (
+          f'loss {_spread([v["train/loss"] for v in logged])}  acc '
+          f'{_spread([v["train/accuracy"] for v in logged])}% (mean ± std of {n} replicas)'
+      )
     if not epoch_end:
-      logging.info('step %d/%d  epoch %.2f/%d  %s  | %s', done, total_steps,
-                   done / steps_per_epoch, num_epochs, train, speed)
+      logging.info(
+          'step %d/%d  epoch %.2f/%d  %s  | %s',
+          done,
+          total_steps,
+          done / steps_per_epoch,
+          num_epochs,
+          train,
+          speed,
+      )
     return f'train {train}', speed
 
   def end_epoch(state, done, progress):
@@ -626,10 +789,14 @@ def _train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
     for sink, values in zip(sinks, eval_metrics):
       values['epoch'] = epoch
       sink.writer.write_scalars(done, values)
-    test = (f'loss {_spread([v["eval/loss"] for v in eval_metrics])}  acc '
-            f'{_spread([v["eval/accuracy"] for v in eval_metrics], 2)}%')
-    line = (f'epoch {epoch}/{num_epochs} (step {done}/{total_steps}): {progress[0]}  | test '
-            f'{test} ({time.time() - t_eval:.1f} s)  | {progress[1]}')
+    test = (
+        f'loss {_spread([v["eval/loss"] for v in eval_metrics])}  acc '
+        f'{_spread([v["eval/accuracy"] for v in eval_metrics], 2)}%'
+    )
+    line = (
+        f'epoch {epoch}/{num_epochs} (step {done}/{total_steps}): {progress[0]}  | test '
+        f'{test} ({time.time() - t_eval:.1f} s)  | {progress[1]}'
+    )
     if probe is not None:
       signals = probe(state, probe_images)
       if n == 1:
@@ -669,8 +836,9 @@ def _train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
       sink.writer.flush()  # metrics.jsonl holds every record of a checkpointed step
     losses = np.asarray(jax.device_get(metrics['train/loss'])).reshape(-1)
     for k, loss in enumerate(losses):
-      _check_finite({'train/loss': float(loss)}, done, workdir, last_saved,
-                    f' (replica {k})' if n > 1 else '')
+      _check_finite(
+          {'train/loss': float(loss)}, done, workdir, last_saved, f' (replica {k})' if n > 1 else ''
+      )
     _check_state_finite(state, done, workdir, last_saved)
     checkpoint.save(manager, state)
 
@@ -697,15 +865,20 @@ def _train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
       # point resumes from a checkpoint whose records are all in metrics.jsonl.
       preempted = watcher.reached(done) and done < total_steps  # the end is saved anyway
       stopping = preempted or (stop_after is not None and done >= stop_after)
-      if (done % config.checkpoint_every_steps == 0 or done == total_steps or epoch_end
-          or stopping):
+      if done % config.checkpoint_every_steps == 0 or done == total_steps or epoch_end or stopping:
         save_checkpoint(state, done, metrics)
         last_saved = done
       if preempted:
         manager.wait_until_finished()
-        logging.warning('%s at step %d/%d: checkpoint saved in %s. Run the same command '
-                        'again to resume from step %d.', watcher.reason, done, total_steps,
-                        manager.directory, done)
+        logging.warning(
+            '%s at step %d/%d: checkpoint saved in %s. Run the same command '
+            'again to resume from step %d.',
+            watcher.reason,
+            done,
+            total_steps,
+            manager.directory,
+            done,
+        )
         break
       if stopping:
         logging.info('Stopping after step %d as asked; the run resumes from here.', done)
@@ -721,32 +894,67 @@ def _train_and_evaluate(config, workdir: str, stop_after: Optional[int] = None,
     manager.wait_until_finished()
     manager.close()
 
-  return _finish(config, workdir, state, exp, sinks, eval_metrics, evaluate, start_step,
-                 total_steps, steps_per_epoch, preempted, t_start)
+  return _finish(
+      config,
+      workdir,
+      state,
+      exp,
+      sinks,
+      eval_metrics,
+      evaluate,
+      start_step,
+      total_steps,
+      steps_per_epoch,
+      preempted,
+      t_start,
+  )
 
 
 def _eval_fields(eval_metrics: List[Dict[str, float]], n: int) -> Dict[str, Any]:
   """eval_accuracy / eval_loss of a summary: numbers with one replica, lists over replicas."""
   rows = eval_metrics or [{}] * n
-  fields = {'eval_accuracy': [m.get('eval/accuracy') for m in rows],
-            'eval_loss': [m.get('eval/loss') for m in rows]}
+  fields = {
+      'eval_accuracy': [m.get('eval/accuracy') for m in rows],
+      'eval_loss': [m.get('eval/loss') for m in rows],
+  }
   return fields if n > 1 else {k: v[0] for k, v in fields.items()}
 
 
-def _finish(config, workdir, state, exp, sinks, eval_metrics, evaluate, start_step,
-            total_steps, steps_per_epoch, preempted, t_start) -> Dict[str, Any]:
+def _finish(
+    config,
+    workdir,
+    state,
+    exp,
+    sinks,
+    eval_metrics,
+    evaluate,
+    start_step,
+    total_steps,
+    steps_per_epoch,
+    preempted,
+    t_start,
+) -> Dict[str, Any]:
   """dynamics.npz and summary.json of each replica (and of the whole run); the result."""
   n, tracker = config.replicas, exp.tracker
   where = '' if n == 1 else 'replica_*'
-  outputs = {'workdir': os.path.abspath(workdir),
-             'tensorboard': os.path.abspath(workdir),
-             'metrics': os.path.abspath(os.path.join(workdir, where, 'metrics.jsonl')),
-             'checkpoints': os.path.abspath(os.path.join(workdir, 'checkpoints'))}
+  outputs = {
+      'workdir': os.path.abspath(workdir),
+      'tensorboard': os.path.abspath(workdir),
+      'metrics': os.path.abspath(os.path.join(workdir, where, 'metrics.jsonl')),
+      'checkpoints': os.path.abspath(os.path.join(workdir, 'checkpoints')),
+  }
   final_step = int(jax.device_get(state.step))
   if preempted:  # exit fast: the scheduler's grace period is short
-    return dict(final_step=final_step, total_steps=total_steps, finished=False,
-                preempted=True, **_eval_fields(eval_metrics, n),
-                seconds=time.time() - t_start, state=state, outputs=outputs)
+    return dict(
+        final_step=final_step,
+        total_steps=total_steps,
+        finished=False,
+        preempted=True,
+        **_eval_fields(eval_metrics, n),
+        seconds=time.time() - t_start,
+        state=state,
+        outputs=outputs,
+    )
   if tracker is not None and jax.process_index() == 0:
     outputs['dynamics'] = os.path.abspath(os.path.join(workdir, where, 'dynamics.npz'))
     for sink, dyn in zip(sinks, _split(jax.device_get(state.dynamics), n)):
@@ -758,12 +966,18 @@ def _finish(config, workdir, state, exp, sinks, eval_metrics, evaluate, start_st
   if final_step >= total_steps and not eval_metrics and not os.path.exists(summary_path):
     # Killed after its final checkpoint but before summary.json: report the final state.
     eval_metrics = evaluate(state)
-  summary = {'final_step': final_step, 'total_steps': total_steps,
-             'finished': final_step >= total_steps, **_eval_fields(eval_metrics, n),
-             'seconds': time.time() - t_start}
+  summary = {
+      'final_step': final_step,
+      'total_steps': total_steps,
+      'finished': final_step >= total_steps,
+      **_eval_fields(eval_metrics, n),
+      'seconds': time.time() - t_start,
+  }
   if n > 1:  # each replica's own summary.json, as its 1-replica run would write it
-    summary['replicas'] = [dict(summary, seed=config.seed + k, **_eval_fields([m], 1))
-                           for k, m in enumerate(eval_metrics or [{}] * n)]
+    summary['replicas'] = [
+        dict(summary, seed=config.seed + k, **_eval_fields([m], 1))
+        for k, m in enumerate(eval_metrics or [{}] * n)
+    ]
   if start_step >= total_steps and os.path.exists(summary_path):
     with open(summary_path) as f:  # a finished run restarted: nothing new to report
       summary = json.load(f)

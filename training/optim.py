@@ -11,13 +11,18 @@ def make_schedule(config, steps_per_epoch: int, total_steps: int):
   warmup = min(warmup, max(total_steps - 1, 0))
   if config.schedule == 'cosine':
     return optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, warmup, max(total_steps, warmup + 1))
+        0.0, config.learning_rate, warmup, max(total_steps, warmup + 1)
+    )
   if config.schedule == 'constant':
     if warmup == 0:
       return optax.constant_schedule(config.learning_rate)
     return optax.join_schedules(
-        [optax.linear_schedule(0.0, config.learning_rate, warmup),
-         optax.constant_schedule(config.learning_rate)], [warmup])
+        [
+            optax.linear_schedule(0.0, config.learning_rate, warmup),
+            optax.constant_schedule(config.learning_rate),
+        ],
+        [warmup],
+    )
   raise ValueError(f'schedule={config.schedule!r}; allowed: {", ".join(SCHEDULES)}.')
 
 

@@ -66,7 +66,8 @@ def mesh_shape(replicas: int, replica_devices: int, num_devices: int) -> Tuple[i
         f'replica_devices={replica_devices} does not fit replicas={replicas} on {num_devices} '
         f'device(s): the replicas are spread evenly over replica_devices devices, so it must '
         f'divide both replicas and the device count. Use 0 (gcd(replicas, devices) = '
-        f'{math.gcd(replicas, num_devices)}) or a common divisor.')
+        f'{math.gcd(replicas, num_devices)}) or a common divisor.'
+    )
   return r, num_devices // r
 
 
@@ -74,32 +75,44 @@ def validate(config, num_devices: int):
   """The replica fields, each error naming its field (called from train_and_evaluate)."""
   n = config.replicas
   if not isinstance(n, int) or n < 1:
-    raise ValueError(f'replicas={n!r} must be an integer >= 1 (1 is an ordinary run; N > 1 '
-                     'trains seeds seed .. seed + N - 1 together).')
+    raise ValueError(
+        f'replicas={n!r} must be an integer >= 1 (1 is an ordinary run; N > 1 '
+        'trains seeds seed .. seed + N - 1 together).'
+    )
   if config.replica_impl not in IMPLS:
     raise ValueError(f'replica_impl={config.replica_impl!r}; allowed: {", ".join(IMPLS)}.')
   if config.replica_devices < 0:
     raise ValueError(f'replica_devices={config.replica_devices} must be >= 0 (0: automatic).')
   if n == 1:
     if config.replica_devices > 1:
-      raise ValueError(f'replica_devices={config.replica_devices} needs replicas > 1 '
-                       '(replicas=1); set replica_devices=0.')
+      raise ValueError(
+          f'replica_devices={config.replica_devices} needs replicas > 1 '
+          '(replicas=1); set replica_devices=0.'
+      )
     return
   r, d = mesh_shape(n, config.replica_devices, num_devices)
   for field in ('batch_size', 'eval_batch_size'):
     if config[field] % d:
-      raise ValueError(f'{field}={config[field]} must be a multiple of the {d} device(s) '
-                       f'along the data axis ({num_devices} devices / replica_devices={r}).')
+      raise ValueError(
+          f'{field}={config[field]} must be a multiple of the {d} device(s) '
+          f'along the data axis ({num_devices} devices / replica_devices={r}).'
+      )
   if config.dynamics.enabled and config.dynamics.probe_mode and config.dynamics.probe_size % d:
-    raise ValueError(f'dynamics.probe_size={config.dynamics.probe_size} must be a multiple '
-                     f'of the {d} device(s) along the data axis.')
+    raise ValueError(
+        f'dynamics.probe_size={config.dynamics.probe_size} must be a multiple '
+        f'of the {d} device(s) along the data axis.'
+    )
 
 
 def make_mesh(config, devices=None) -> jax.sharding.Mesh:
   devices = jax.devices() if devices is None else devices
   r, d = mesh_shape(config.replicas, config.replica_devices, len(devices))
-  return jax.make_mesh((r, d), (REPLICA_AXIS, DATA_AXIS), devices=devices,
-                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  return jax.make_mesh(
+      (r, d),
+      (REPLICA_AXIS, DATA_AXIS),
+      devices=devices,
+      axis_types=(jax.sharding.AxisType.Auto,) * 2,
+  )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,8 +234,7 @@ def probe_update(tracker, dynamics: Dict[str, Any], signals) -> Dict[str, Any]:
   the host to pick its compiled history length."""
   count = dynamics['probe_count'][0]
   rest = {k: v for k, v in dynamics.items() if k != 'probe_count'}
-  return jax.vmap(lambda r, s: tracker.probe_update(dict(r, probe_count=count), s))(
-      rest, signals)
+  return jax.vmap(lambda r, s: tracker.probe_update(dict(r, probe_count=count), s))(rest, signals)
 
 
 def train_indices(batches: Sequence[Any], step: int) -> np.ndarray:
@@ -233,6 +245,7 @@ def train_indices(batches: Sequence[Any], step: int) -> np.ndarray:
 def replica_config(config, k: int) -> Dict[str, Any]:
   """Replica k's config.json: the 1-replica run it equals (seed + k), plus a marker."""
   import json  # pylint: disable=g-import-not-at-top
+
   saved = json.loads(config.to_json_best_effort(sort_keys=True))
   saved.update(seed=config.seed + k, replicas=1, replica_devices=0)
   saved[MARKER] = {'replica': k, 'replicas': config.replicas, 'base_seed': config.seed}
@@ -248,7 +261,8 @@ def check_not_replica(saved: Dict[str, Any], workdir: str):
         f'run in {os.path.dirname(os.path.abspath(workdir))} (seed {saved.get("seed")}); its '
         'checkpoints live in that run. Resume the whole run with --workdir='
         f'{os.path.dirname(os.path.abspath(workdir))}, or train seed {saved.get("seed")} alone '
-        'in a new --workdir.')
+        'in a new --workdir.'
+    )
 
 
 def replica_summaries(values: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -257,6 +271,9 @@ def replica_summaries(values: List[Dict[str, Any]]) -> Dict[str, Any]:
   for key in values[0]:
     v = np.asarray([x[key] for x in values if x.get(key) is not None], np.float64)
     if v.size and v.dtype.kind == 'f':
-      out[key] = (float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else float('nan'),
-                  int(v.size))
+      out[key] = (
+          float(v.mean()),
+          float(v.std(ddof=1)) if v.size > 1 else float('nan'),
+          int(v.size),
+      )
   return out

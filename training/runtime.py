@@ -32,7 +32,8 @@ YNN_FUSION = 'xla_cpu_experimental_ynn_fusion_type'
 CPU_FLAGS: Dict[str, str] = {YNN_FUSION: 'dot,eltwise,reduce'}
 # Registry-name prefix -> the flags that differ from CPU_FLAGS for that model family.
 MODEL_CPU_FLAGS: Dict[str, Dict[str, str]] = {
-    prefix: {YNN_FUSION: 'dot,reduce'} for prefix in ('vgg', 'densenet', 'mobilenetv2')}
+    prefix: {YNN_FUSION: 'dot,reduce'} for prefix in ('vgg', 'densenet', 'mobilenetv2')
+}
 MIN_JAXLIB = (0, 10)
 OPT_OUT = 'DYNAMICS_XLA_CPU_TUNING'
 
@@ -68,12 +69,17 @@ def configure_xla_cpu(environ=os.environ, model: Optional[str] = None) -> List[s
   if version is None or version < MIN_JAXLIB:
     return []
   existing = environ.get('XLA_FLAGS', '')
-  added = [f'--{name}={value}' for name, value in cpu_flags(model).items()
-           if f'--{name}=' not in existing]
+  added = [
+      f'--{name}={value}'
+      for name, value in cpu_flags(model).items()
+      if f'--{name}=' not in existing
+  ]
   if added and environ is os.environ and _backend_started():
-    raise RuntimeError(f'training.runtime.configure_xla_cpu({model!r}) ran after JAX started its '
-                       f'backend, so {" ".join(added)} would have no effect: call it before the '
-                       'first JAX computation.')
+    raise RuntimeError(
+        f'training.runtime.configure_xla_cpu({model!r}) ran after JAX started its '
+        f'backend, so {" ".join(added)} would have no effect: call it before the '
+        'first JAX computation.'
+    )
   if added:
     environ['XLA_FLAGS'] = ' '.join([existing] + added).strip()
   return added

@@ -1,6 +1,6 @@
 """Train state and the pure step functions (jitted with shardings in training/loop.py)."""
 
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Dict, Optional
 
 import flax
 import jax
@@ -18,6 +18,7 @@ class TrainState:
   `rng` is a raw uint32[2] key that never changes; every step folds in its step number, so
   the randomness of step s is the same whether or not the run was interrupted before s.
   """
+
   step: jnp.ndarray
   params: Any
   batch_stats: Any
@@ -29,8 +30,11 @@ class TrainState:
 def create_train_state(rng, model, tx, tracker, image_shape, init_params=None) -> TrainState:
   """rng: raw key; image_shape: (H, W, 3) as the model sees it (after resizing)."""
   init_rng, state_rng = jax.random.split(rng)
-  variables = model.init({'params': init_rng, 'dropout': init_rng},
-                         jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
+  variables = model.init(
+      {'params': init_rng, 'dropout': init_rng},
+      jnp.zeros((1,) + tuple(image_shape), jnp.float32),
+      train=False,
+  )
   params = variables['params'] if init_params is None else init_params
   return TrainState(
       step=jnp.zeros((), jnp.int32),
@@ -38,7 +42,8 @@ def create_train_state(rng, model, tx, tracker, image_shape, init_params=None) -
       batch_stats=variables.get('batch_stats', {}),
       opt_state=tx.init(params),
       rng=state_rng,
-      dynamics=tracker.init() if tracker is not None else {})
+      dynamics=tracker.init() if tracker is not None else {},
+  )
 
 
 def cross_entropy(logits, labels, num_classes, label_smoothing=0.0):
@@ -46,8 +51,20 @@ def cross_entropy(logits, labels, num_classes, label_smoothing=0.0):
   return optax.softmax_cross_entropy(logits, targets)
 
 
-def train_step(state: TrainState, images, labels, *, model, tx, tracker, config, mean, std,
-               num_classes: int, out_size: Optional[int]):
+def train_step(
+    state: TrainState,
+    images,
+    labels,
+    *,
+    model,
+    tx,
+    tracker,
+    config,
+    mean,
+    std,
+    num_classes: int,
+    out_size: Optional[int],
+):
   """One SGD step on a global batch. images: u8[B, H, W, 3], labels: i32[B].
 
   Returns the new state and metrics (loss, accuracy, grad norm, learning-rate-free scalars
@@ -55,18 +72,31 @@ def train_step(state: TrainState, images, labels, *, model, tx, tracker, config,
   """
   rng = jax.random.fold_in(state.rng, state.step)
   aug_rng, dropout_rng = jax.random.split(rng)
-  x = augment_lib.augment(aug_rng, images, mean, std, crop_padding=config.crop_padding,
-                          flip=config.flip, out_size=out_size)
+  x = augment_lib.augment(
+      aug_rng,
+      images,
+      mean,
+      std,
+      crop_padding=config.crop_padding,
+      flip=config.flip,
+      out_size=out_size,
+  )
 
   def loss_fn(params):
     (logits, taps), new_vars = apply_with_taps(
-        model, {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
-        mutable=['batch_stats'], rngs={'dropout': dropout_rng})
+        model,
+        {'params': params, 'batch_stats': state.batch_stats},
+        x,
+        train=True,
+        mutable=['batch_stats'],
+        rngs={'dropout': dropout_rng},
+    )
     loss = jnp.mean(cross_entropy(logits, labels, num_classes, config.label_smoothing))
     return loss, (logits, taps, new_vars.get('batch_stats', {}))
 
   (loss, (logits, taps, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params)
+      state.params
+  )
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {
@@ -78,27 +108,40 @@ def train_step(state: TrainState, images, labels, *, model, tx, tracker, config,
   if tracker is not None:
     dynamics, dyn_metrics = tracker.record_step(dynamics, taps, state.step)
     metrics.update(dyn_metrics)
-  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                            opt_state=opt_state, dynamics=dynamics)
+  new_state = state.replace(
+      step=state.step + 1,
+      params=params,
+      batch_stats=batch_stats,
+      opt_state=opt_state,
+      dynamics=dynamics,
+  )
   return new_state, metrics
 
 
-def eval_step(state: TrainState, images, labels, mask, *, model, mean, std, num_classes: int,
-              out_size: Optional[int]) -> Dict[str, jnp.ndarray]:
+def eval_step(
+    state: TrainState,
+    images,
+    labels,
+    mask,
+    *,
+    model,
+    mean,
+    std,
+    num_classes: int,
+    out_size: Optional[int],
+) -> Dict[str, jnp.ndarray]:
   """Sums over one padded batch; mask f32[B] is 0 on padding."""
   x = augment_lib.normalize(images, mean, std, out_size=out_size)
-  logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, x,
-                       train=False)
+  logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, x, train=False)
   loss = cross_entropy(logits, labels, num_classes)
   correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-  return {'loss': jnp.sum(loss * mask), 'correct': jnp.sum(correct * mask),
-          'count': jnp.sum(mask)}
+  return {'loss': jnp.sum(loss * mask), 'correct': jnp.sum(correct * mask), 'count': jnp.sum(mask)}
 
 
-def probe_signals(state: TrainState, images, *, model, tracker, mean, std,
-                  out_size: Optional[int]):
+def probe_signals(state: TrainState, images, *, model, tracker, mean, std, out_size: Optional[int]):
   """The probe batch in inference mode -> tap signals f32[S]."""
   x = augment_lib.normalize(images, mean, std, out_size=out_size)
-  _, taps = apply_with_taps(model, {'params': state.params, 'batch_stats': state.batch_stats},
-                            x, train=False)
+  _, taps = apply_with_taps(
+      model, {'params': state.params, 'batch_stats': state.batch_stats}, x, train=False
+  )
   return tracker.reduce(taps)

@@ -33,6 +33,7 @@ def _require(ok: bool, message: str):
 class Number(NamedTuple):
   """A finite number (an integer if `integer`) in [lo, hi] (or (lo, ...) / (..., hi) when
   open); hi may be a function of the config."""
+
   lo: Optional[float] = None
   hi: Any = None  # None, a number or config -> number
   lo_open: bool = False
@@ -60,8 +61,10 @@ class Number(NamedTuple):
     hi = self._hi(config)
     fmt = lambda v: f'{v:g}' if isinstance(v, float) else str(v)
     if self.lo is not None and hi is not None:
-      text = (f'{kind} in {"(" if self.lo_open else "["}{fmt(self.lo)}, {fmt(hi)}'
-              f'{")" if self.hi_open else "]"}')
+      text = (
+          f'{kind} in {"(" if self.lo_open else "["}{fmt(self.lo)}, {fmt(hi)}'
+          f'{")" if self.hi_open else "]"}'
+      )
     elif self.lo is not None:
       text = f'{kind} {">" if self.lo_open else ">="} {fmt(self.lo)}'
     elif hi is not None:
@@ -86,6 +89,7 @@ class OneOf(NamedTuple):
 
 class Rule(NamedTuple):
   """Anything else: `ok(value, config)`, described by `text` (a string or config -> string)."""
+
   ok: Callable[[Any, Any], bool]
   text: Any
 
@@ -115,8 +119,10 @@ def _crop_limit(config):
   return None if side is None else max(side - 1, 0)
 
 
-_CROP_NOTE = ('pixels of padding before the random crop; below the image side, else a crop '
-              'can be all padding')
+_CROP_NOTE = (
+    'pixels of padding before the random crop; below the image side, else a crop '
+    'can be all padding'
+)
 
 
 def _has_loader(value, config) -> bool:
@@ -124,8 +130,10 @@ def _has_loader(value, config) -> bool:
 
 
 def _loader_text(config) -> str:
-  return (f"'' for model {config.model!r}, which has no pretrained-weights loader (models with "
-          f'one: {", ".join(p + "*" for p in models.pretrained_families())})')
+  return (
+      f"'' for model {config.model!r}, which has no pretrained-weights loader (models with "
+      f'one: {", ".join(p + "*" for p in models.pretrained_families())})'
+  )
 
 
 def _exists(value, config) -> bool:
@@ -144,8 +152,11 @@ FIELDS = (  # field, constraint, applies when
     ('model', OneOf(lambda c: models.names()), _always),
     ('data.source', OneOf(DATA_SOURCES), _always),
     ('data.name', OneOf(TFDS_NAMES), lambda c: c.data.source == 'tfds'),
-    ('data.num_classes', Number(2, integer=True, note='a classifier needs two classes'),
-     _synthetic),
+    (
+        'data.num_classes',
+        Number(2, integer=True, note='a classifier needs two classes'),
+        _synthetic,
+    ),
     ('data.train_size', POS_INT, _synthetic),
     ('data.test_size', POS_INT, _synthetic),
     ('data.image_size', POS_INT, _synthetic),
@@ -208,8 +219,11 @@ DYNAMICS_FIELDS = (
     ('convergence_warmup_epochs', NONNEG_INT, _always),
     ('convergence_warmup_steps', NONNEG_INT, _always),
     ('plateau_delta', Number(0), _always),
-    ('surrogates', Number(0, integer=True, note='surrogates per metric evaluation; 0 = no null '
-                          'models'), _always),
+    (
+        'surrogates',
+        Number(0, integer=True, note='surrogates per metric evaluation; 0 = no null ' 'models'),
+        _always,
+    ),
 )
 
 
@@ -231,22 +245,29 @@ def check_fields(table, config, prefix: str = ''):
     except (KeyError, AttributeError):
       continue  # a config from before the field existed: its default applies
     if not constraint.check(value, config):
-      raise ValueError(f'{prefix}{field}={value!r} is not allowed; allowed: '
-                       f'{constraint.allowed(config)}.')
+      raise ValueError(
+          f'{prefix}{field}={value!r} is not allowed; allowed: ' f'{constraint.allowed(config)}.'
+      )
 
 
 def validate_config(config, num_devices: int, num_processes: int = 1):
   """Raises ValueError with the offending field for any config this run cannot honour."""
   check_fields(FIELDS, config)
-  _require(config.num_epochs > 0 or config.num_train_steps > 0,
-           'Set num_epochs > 0 (or num_train_steps > 0).')
+  _require(
+      config.num_epochs > 0 or config.num_train_steps > 0,
+      'Set num_epochs > 0 (or num_train_steps > 0).',
+  )
   for field in ('batch_size', 'eval_batch_size'):
     value = config[field]
-    _require(value > 0 and value % num_devices == 0,
-             f'{field}={value} must be a positive multiple of the device count '
-             f'({num_devices}); the global batch is split evenly across devices.')
-    _require(value % num_processes == 0,
-             f'{field}={value} must be divisible by the process count ({num_processes}).')
+    _require(
+        value > 0 and value % num_devices == 0,
+        f'{field}={value} must be a positive multiple of the device count '
+        f'({num_devices}); the global batch is split evenly across devices.',
+    )
+    _require(
+        value % num_processes == 0,
+        f'{field}={value} must be divisible by the process count ({num_processes}).',
+    )
   if config.dynamics.enabled:
     validate_dynamics(config.dynamics, num_devices)
 
@@ -255,12 +276,16 @@ def validate_data(config, dataset):
   """The checks that need the loaded data (image folders tell their size and classes only
   then); still before anything is compiled."""
   side = min(dataset.train_images.shape[1:3])
-  _require(config.crop_padding < side,
-           f'crop_padding={config.crop_padding} is not allowed for {side}x{side} images; '
-           f'allowed: an integer in [0, {side - 1}] ({_CROP_NOTE}).')
-  _require(dataset.num_classes >= 2,
-           f'The dataset {dataset.name!r} has {dataset.num_classes} class(es) '
-           f'({", ".join(dataset.class_names)}); a classifier needs at least two.')
+  _require(
+      config.crop_padding < side,
+      f'crop_padding={config.crop_padding} is not allowed for {side}x{side} images; '
+      f'allowed: an integer in [0, {side - 1}] ({_CROP_NOTE}).',
+  )
+  _require(
+      dataset.num_classes >= 2,
+      f'The dataset {dataset.name!r} has {dataset.num_classes} class(es) '
+      f'({", ".join(dataset.class_names)}); a classifier needs at least two.',
+  )
 
 
 def validate_dynamics(dcfg, num_devices: int):
@@ -268,36 +293,49 @@ def validate_dynamics(dcfg, num_devices: int):
   signals.parse_reduction(dcfg.reduction)
   spec = tracker_lib.MetricSpec.from_config(dcfg)
   nulls.parse_methods(dcfg.surrogate_methods)
-  smallest = (min(tracker_lib.resolve_scales(dcfg, 2**31, strict=True)) if dcfg.dfa_scales
-              else dcfg.dfa_min_scale)
-  _require(smallest >= dcfg.dfa_order + 2,
-           f'dynamics.dfa_order={dcfg.dfa_order} needs DFA scales >= {dcfg.dfa_order + 2} (more '
-           f'points per window than polynomial coefficients); the smallest is {smallest} '
-           '(dynamics.dfa_scales / dfa_min_scale).')
+  smallest = (
+      min(tracker_lib.resolve_scales(dcfg, 2**31, strict=True))
+      if dcfg.dfa_scales
+      else dcfg.dfa_min_scale
+  )
+  _require(
+      smallest >= dcfg.dfa_order + 2,
+      f'dynamics.dfa_order={dcfg.dfa_order} needs DFA scales >= {dcfg.dfa_order + 2} (more '
+      f'points per window than polynomial coefficients); the smallest is {smallest} '
+      '(dynamics.dfa_scales / dfa_min_scale).',
+  )
   _require(dcfg.phase_edge >= 0, f'dynamics.phase_edge={dcfg.phase_edge} must be >= 0.')
-  _require(dcfg.volatility_window_steps == AUTO or dcfg.volatility_window_steps >= 2,
-           f'dynamics.volatility_window_steps={dcfg.volatility_window_steps} must be >= 2, or 0 '
-           '(auto).')
+  _require(
+      dcfg.volatility_window_steps == AUTO or dcfg.volatility_window_steps >= 2,
+      f'dynamics.volatility_window_steps={dcfg.volatility_window_steps} must be >= 2, or 0 '
+      '(auto).',
+  )
   if dcfg.step_mode:
     # window = 0 (auto) is sized to the run by fit_to_run, once the run's length is known.
     _require(dcfg.window >= 0, f'dynamics.window={dcfg.window} must be >= 1, or 0 (auto).')
     if dcfg.window:
       minimum = 3 + (1 if spec.phase_preprocess == 'diff' else 0)
-      _require(dcfg.window >= minimum,
-               f'dynamics.window={dcfg.window} is too short for the phase metrics (they need '
-               f'{minimum} samples); allowed: >= {minimum}, or 0 (auto).')
-      _require(dcfg.window >= tracker_lib.min_phase_samples(spec),
-               f'dynamics.phase_edge={dcfg.phase_edge} drops {2 * dcfg.phase_edge} of the '
-               f'{dcfg.window} samples of dynamics.window, leaving fewer than the 3 the phase '
-               f'metrics need; allowed: 0 .. {(dcfg.window - minimum) // 2}.')
+      _require(
+          dcfg.window >= minimum,
+          f'dynamics.window={dcfg.window} is too short for the phase metrics (they need '
+          f'{minimum} samples); allowed: >= {minimum}, or 0 (auto).',
+      )
+      _require(
+          dcfg.window >= tracker_lib.min_phase_samples(spec),
+          f'dynamics.phase_edge={dcfg.phase_edge} drops {2 * dcfg.phase_edge} of the '
+          f'{dcfg.window} samples of dynamics.window, leaving fewer than the 3 the phase '
+          f'metrics need; allowed: 0 .. {(dcfg.window - minimum) // 2}.',
+      )
       try:
         tracker_lib.resolve_scales(dcfg, dcfg.window, strict=True)
       except ValueError as e:
         raise ValueError(f'dynamics.window={dcfg.window} does not fit the DFA scales: {e}') from e
   if dcfg.probe_mode:
-    _require(dcfg.probe_size % num_devices == 0,
-             f'dynamics.probe_size={dcfg.probe_size} must be a positive multiple of the '
-             f'device count ({num_devices}).')
+    _require(
+        dcfg.probe_size % num_devices == 0,
+        f'dynamics.probe_size={dcfg.probe_size} must be a positive multiple of the '
+        f'device count ({num_devices}).',
+    )
 
 
 # --- Run length against what each metric needs ---------------------------------------------
@@ -313,6 +351,7 @@ CIFAR_TRAIN_SIZE = 50_000  # CIFAR-10 and CIFAR-100 alike
 class RunFit(NamedTuple):
   """What fit_to_run decided: the config to run (every `auto` field resolved), the choices it
   made (info lines) and what the run will not compute (warning lines)."""
+
   config: Any
   notes: List[str]
   warnings: List[str]
@@ -333,8 +372,9 @@ def known_train_size(config) -> Optional[int]:
 def run_length(config, train_size: int) -> Tuple[int, int]:
   """(total_steps, steps_per_epoch) exactly as the loop computes them."""
   steps_per_epoch = max(train_size // config.batch_size, 1)
-  total = (config.num_train_steps if config.num_train_steps > 0
-           else steps_per_epoch * config.num_epochs)
+  total = (
+      config.num_train_steps if config.num_train_steps > 0 else steps_per_epoch * config.num_epochs
+  )
   return total, steps_per_epoch
 
 
@@ -344,8 +384,10 @@ min_dfa_length = tracker_lib.min_dfa_length
 def _scales_text(dcfg) -> str:
   if dcfg.dfa_scales:
     return f'dynamics.dfa_scales={dcfg.dfa_scales!r}'
-  return (f'3 DFA scales from dynamics.dfa_min_scale={dcfg.dfa_min_scale} to '
-          f'N // dynamics.dfa_max_divisor={dcfg.dfa_max_divisor}')
+  return (
+      f'3 DFA scales from dynamics.dfa_min_scale={dcfg.dfa_min_scale} to '
+      f'N // dynamics.dfa_max_divisor={dcfg.dfa_max_divisor}'
+  )
 
 
 def _short_scales(dcfg) -> bool:
@@ -383,10 +425,12 @@ def fit_to_run(config, total_steps: int, steps_per_epoch: int) -> RunFit:
     with config.unlocked():
       _fit_window(dcfg, total, needed, dfa_min, run, notes, warnings)
     window = int(dcfg.window)
-    _require(phase_min <= window,
-             f'dynamics.phase_edge={dcfg.phase_edge} drops {2 * dcfg.phase_edge} of the '
-             f'{window} samples of the step window (dynamics.window), leaving fewer than the 3 '
-             f'the phase metrics need; allowed: 0 .. {max((window - 3 - diff) // 2, 0)}.')
+    _require(
+        phase_min <= window,
+        f'dynamics.phase_edge={dcfg.phase_edge} drops {2 * dcfg.phase_edge} of the '
+        f'{window} samples of the step window (dynamics.window), leaving fewer than the 3 '
+        f'the phase metrics need; allowed: 0 .. {max((window - 3 - diff) // 2, 0)}.',
+    )
     computed = tracker_lib.computed_windows(total, window, int(dcfg.every_steps))
     with config.unlocked():
       _fit_volatility(dcfg, computed, window, notes, warnings)
@@ -398,11 +442,13 @@ def fit_to_run(config, total_steps: int, steps_per_epoch: int) -> RunFit:
         warnings.append(
             f'step-mode convergence signal: {left} volatility value(s) (from step {first} on) '
             f'but dynamics.convergence_patience={dcfg.convergence_patience}; it cannot fire. '
-            'Lower the patience or train longer.')
+            'Lower the patience or train longer.'
+        )
       if dcfg.convergence_warmup_steps >= total:
         warnings.append(
             f'dynamics.convergence_warmup_steps={dcfg.convergence_warmup_steps} but {run}: the '
-            'step-mode convergence signal cannot fire; lower it below the run length.')
+            'step-mode convergence signal cannot fire; lower it below the run length.'
+        )
   if dcfg.probe_mode:
     _check_epochs(dcfg, epochs, dfa_min, phase_min, warnings)
   return RunFit(config, notes, warnings)
@@ -411,29 +457,44 @@ def fit_to_run(config, total_steps: int, steps_per_epoch: int) -> RunFit:
 def _fit_window(dcfg, total, needed, dfa_min, run, notes, warnings):
   """Resolves dynamics.window = auto, or checks an explicit one against the run."""
   if dfa_min is None:
-    raise ValueError(f'{_scales_text(dcfg)} are not defined on any series length; fix '
-                     'dynamics.dfa_scales.')
+    raise ValueError(
+        f'{_scales_text(dcfg)} are not defined on any series length; fix ' 'dynamics.dfa_scales.'
+    )
   if dcfg.window == AUTO:
     dcfg.window = tracker_lib.auto_window(dcfg, total)
     if total < needed:
       warnings.append(
           f'step-mode metrics need a window of at least {needed} steps ({_scales_text(dcfg)}) '
           f'but {run}: they will not be computed (the signals are still saved). Train at '
-          f'least {needed} steps (num_train_steps or num_epochs)' + (
-              '.' if _short_scales(dcfg) else ', or for shorter runs use '
-              '--config.dynamics.dfa_min_scale=3 --config.dynamics.dfa_max_divisor=2.'))
+          f'least {needed} steps (num_train_steps or num_epochs)'
+          + (
+              '.'
+              if _short_scales(dcfg)
+              else ', or for shorter runs use '
+              '--config.dynamics.dfa_min_scale=3 --config.dynamics.dfa_max_divisor=2.'
+          )
+      )
     else:
       standard = AUTO_DEFAULTS['window']
-      notes.append(f'dynamics.window=auto -> {dcfg.window} steps'
-                   + ('' if dcfg.window == standard else f' ({run}; the standard 256 needs '
-                      f'{2 * standard})'))
+      notes.append(
+          f'dynamics.window=auto -> {dcfg.window} steps'
+          + (
+              ''
+              if dcfg.window == standard
+              else f' ({run}; the standard 256 needs ' f'{2 * standard})'
+          )
+      )
   elif dcfg.window > total:
-    hint = (f'use --config.dynamics.window={max(needed, total // 2)} (allowed: {needed} .. '
-            f'{total}) or 0 (auto)' if total >= needed else
-            f'no window fits: the metrics need at least {needed} steps ({_scales_text(dcfg)})')
+    hint = (
+        f'use --config.dynamics.window={max(needed, total // 2)} (allowed: {needed} .. '
+        f'{total}) or 0 (auto)'
+        if total >= needed
+        else f'no window fits: the metrics need at least {needed} steps ({_scales_text(dcfg)})'
+    )
     raise ValueError(
         f'dynamics.window={dcfg.window} but {run}: step-mode metrics would never be computed; '
-        f'{hint}, or train longer.')
+        f'{hint}, or train longer.'
+    )
 
 
 def _fit_volatility(dcfg, computed, window, notes, warnings):
@@ -447,53 +508,66 @@ def _fit_volatility(dcfg, computed, window, notes, warnings):
         warnings.append(
             f'step-mode DSI volatility: only {computed} window(s) are computed (dynamics.window='
             f'{window}, every_steps={every}); the volatility needs 2 and the convergence signal '
-            'more. Train longer or lower dynamics.window.')
+            'more. Train longer or lower dynamics.window.'
+        )
       return
     if dcfg.volatility_window_steps != standard:
-      notes.append(f'dynamics.volatility_window_steps=auto -> {dcfg.volatility_window_steps} '
-                   f'(the run computes {computed} step windows; the standard {standard} needs '
-                   f'{2 * standard})')
+      notes.append(
+          f'dynamics.volatility_window_steps=auto -> {dcfg.volatility_window_steps} '
+          f'(the run computes {computed} step windows; the standard {standard} needs '
+          f'{2 * standard})'
+      )
   elif computed and dcfg.volatility_window_steps > computed:
     raise ValueError(
         f'dynamics.volatility_window_steps={dcfg.volatility_window_steps} but the run computes '
         f'only {computed} step-mode DSI values (dynamics.window={window}, every_steps={every}): '
         f'the volatility would never be defined; allowed: 2 .. {computed}; use '
-        f'--config.dynamics.volatility_window_steps={max(computed // 2, 2)} or 0 (auto).')
+        f'--config.dynamics.volatility_window_steps={max(computed // 2, 2)} or 0 (auto).'
+    )
 
 
 def _check_epochs(dcfg, epochs, dfa_min, phase_min, warnings):
   """Warnings for the probe (epoch-mode) history: one sample per epoch."""
   fix_short = f'train for at least {dfa_min} epochs (num_epochs)'
   if not _short_scales(dcfg):
-    fix_short += (', or use --config.dynamics.dfa_min_scale=3 --config.dynamics.dfa_max_divisor=2 '
-                  '(defined from 10 epochs on)')
+    fix_short += (
+        ', or use --config.dynamics.dfa_min_scale=3 --config.dynamics.dfa_max_divisor=2 '
+        '(defined from 10 epochs on)'
+    )
   if epochs < phase_min:
-    warnings.append(f'epoch-mode synchrony and metastability need {phase_min} probe samples '
-                    f'(one per epoch; dynamics.phase_edge={dcfg.phase_edge}) but the run has '
-                    f'{epochs} epoch(s): they will not be computed.')
+    warnings.append(
+        f'epoch-mode synchrony and metastability need {phase_min} probe samples '
+        f'(one per epoch; dynamics.phase_edge={dcfg.phase_edge}) but the run has '
+        f'{epochs} epoch(s): they will not be computed.'
+    )
   if dfa_min is not None and epochs < dfa_min:
     warnings.append(
         f'epoch-mode integration, DSI and convergence need {dfa_min} probe samples (one per '
         f'epoch; {_scales_text(dcfg)}) but the run has {epochs} epoch(s): they will not be '
-        f'computed; {fix_short}.')
+        f'computed; {fix_short}.'
+    )
     return
   if dfa_min is not None and dcfg.sliding_epochs < dfa_min:
     warnings.append(
         f'dynamics.sliding_epochs={dcfg.sliding_epochs} is shorter than the {dfa_min} samples '
         f'the DFA scales need ({_scales_text(dcfg)}): the sliding-window integration and DSI '
-        f'will never be computed; use --config.dynamics.sliding_epochs={dfa_min} or more.')
+        f'will never be computed; use --config.dynamics.sliding_epochs={dfa_min} or more.'
+    )
   with_dsi = epochs - (dfa_min or 1) + 1  # epochs at which the expanding DSI is defined
   vol = dcfg.volatility_window_epochs
   if with_dsi < vol:
     warnings.append(
         f'epoch-mode DSI volatility needs dynamics.volatility_window_epochs={vol} DSI values, '
         f'the run has {with_dsi} (DSI defined from epoch {dfa_min or 1} of {epochs}): '
-        'volatility and convergence signal will not be computed; lower it or train longer.')
+        'volatility and convergence signal will not be computed; lower it or train longer.'
+    )
   elif with_dsi - vol + 1 < dcfg.convergence_patience:
     warnings.append(
         f'epoch-mode convergence signal: {with_dsi - vol + 1} volatility value(s) but '
-        f'dynamics.convergence_patience={dcfg.convergence_patience}; it cannot fire.')
+        f'dynamics.convergence_patience={dcfg.convergence_patience}; it cannot fire.'
+    )
   if dcfg.convergence_warmup_epochs >= epochs:
     warnings.append(
         f'dynamics.convergence_warmup_epochs={dcfg.convergence_warmup_epochs} but the run has '
-        f'{epochs} epoch(s): the epoch-mode convergence signal cannot fire.')
+        f'{epochs} epoch(s): the epoch-mode convergence signal cannot fire.'
+    )

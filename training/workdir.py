@@ -48,8 +48,10 @@ def _alive(holder: Dict[str, Any]) -> bool:
 
 
 def _describe(holder: Dict[str, Any]) -> str:
-  return (f'process {holder.get("pid")} on host {holder.get("host")!r} (started '
-          f'{holder.get("started", "?")}: {holder.get("command", "?")})')
+  return (
+      f'process {holder.get("pid")} on host {holder.get("host")!r} (started '
+      f'{holder.get("started", "?")}: {holder.get("command", "?")})'
+  )
 
 
 class WorkdirLock:
@@ -78,8 +80,13 @@ class WorkdirLock:
     if jax.process_index() != 0:
       return self
     os.makedirs(os.path.dirname(self.path), exist_ok=True)
-    me = {'pid': os.getpid(), 'host': socket.gethostname(), 'start_time': _start_time(os.getpid()),
-          'started': time.strftime('%Y-%m-%d %H:%M:%S'), 'command': ' '.join(sys.argv)}
+    me = {
+        'pid': os.getpid(),
+        'host': socket.gethostname(),
+        'start_time': _start_time(os.getpid()),
+        'started': time.strftime('%Y-%m-%d %H:%M:%S'),
+        'command': ' '.join(sys.argv),
+    }
     for _ in range(5):  # a few rounds of "create, else judge the holder", against races
       try:
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -97,12 +104,14 @@ class WorkdirLock:
           raise WorkdirLockedError(
               f'The workdir {self.path[:-5]} is in use by {_describe(holder)}, another host, '
               f'whose processes cannot be checked from here. Wait for that run to end, or use '
-              f'another --workdir; if it is no longer running, delete {self.path}.')
+              f'another --workdir; if it is no longer running, delete {self.path}.'
+          )
         elif _alive(holder):
           raise WorkdirLockedError(
               f'The workdir {self.path[:-5]} is in use by {_describe(holder)}: two runs in '
               'one workdir would mix their records and checkpoints. Wait for it to end (or '
-              'stop it), or use another --workdir.')
+              'stop it), or use another --workdir.'
+          )
         else:
           reason = f'{_describe(holder)}, which is no longer running'
         # Renamed, not deleted, so that of two runs taking over the same stale lock only one
@@ -125,8 +134,11 @@ class WorkdirLock:
     if self._mine is None:
       return
     holder = self._read()
-    if holder and holder.get('pid') == self._mine['pid'] and (
-        holder.get('started') == self._mine['started']):
+    if (
+        holder
+        and holder.get('pid') == self._mine['pid']
+        and (holder.get('started') == self._mine['started'])
+    ):
       os.remove(self.path)
     self._mine = None
 
@@ -172,9 +184,14 @@ def repair_metrics(path: str) -> List[int]:
   if not bad and not torn:
     return []
   if bad:
-    logging.warning('%s: line(s) %s are not valid JSON records; moved to %s, the %d valid '
-                    'record(s) are kept.', path, ', '.join(map(str, bad)), path + '.bad',
-                    len(kept))
+    logging.warning(
+        '%s: line(s) %s are not valid JSON records; moved to %s, the %d valid '
+        'record(s) are kept.',
+        path,
+        ', '.join(map(str, bad)),
+        path + '.bad',
+        len(kept),
+    )
   with open(path + '.tmp', 'wb') as f:
     f.write(b''.join(line + b'\n' for line in kept))
   os.replace(path + '.tmp', path)

@@ -76,6 +76,7 @@ class JsonlWriter:
 
 def _histogram_proto(values: np.ndarray, num_buckets: int):
   from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
+
   values = np.asarray(values, np.float64).ravel()
   values = values[np.isfinite(values)]
   lo, hi = (float(values.min()), float(values.max())) if len(values) else (0.0, 0.0)
@@ -83,9 +84,14 @@ def _histogram_proto(values: np.ndarray, num_buckets: int):
     hi = lo + 1e-12
   counts, edges = np.histogram(values, bins=num_buckets, range=(lo, hi))
   return summary_pb2.HistogramProto(
-      min=lo, max=hi, num=len(values), sum=float(values.sum()),
-      sum_squares=float((values ** 2).sum()), bucket_limit=edges[1:].tolist(),
-      bucket=counts.astype(np.float64).tolist())
+      min=lo,
+      max=hi,
+      num=len(values),
+      sum=float(values.sum()),
+      sum_squares=float((values**2).sum()),
+      bucket_limit=edges[1:].tolist(),
+      bucket=counts.astype(np.float64).tolist(),
+  )
 
 
 class TensorBoardWriter:
@@ -104,33 +110,52 @@ class TensorBoardWriter:
 
     from tensorboard.compat.proto import event_pb2
     from tensorboard.summary.writer.record_writer import RecordWriter
+
     os.makedirs(logdir, exist_ok=True)
     name = f'events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}'
     self._file = open(os.path.join(logdir, name), 'wb')
     self._records = RecordWriter(self._file)
-    self._records.write(event_pb2.Event(wall_time=time.time(),
-                                        file_version='brain.Event:2').SerializeToString())
+    self._records.write(
+        event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2').SerializeToString()
+    )
     self._file.flush()
 
   def _write(self, step: int, summary):
     from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
-    self._records.write(event_pb2.Event(wall_time=time.time(), step=int(step),
-                                        summary=summary).SerializeToString())
+
+    self._records.write(
+        event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary).SerializeToString()
+    )
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
-    self._write(step, summary_pb2.Summary(value=[
-        summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]))
+
+    self._write(
+        step,
+        summary_pb2.Summary(
+            value=[
+                summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()
+            ]
+        ),
+    )
 
   def write_histograms(self, step: int, arrays: Mapping[str, Any], num_buckets: int = 30):
     from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
-    self._write(step, summary_pb2.Summary(value=[
-        summary_pb2.Summary.Value(tag=k, histo=_histogram_proto(v, num_buckets))
-        for k, v in arrays.items()]))
+
+    self._write(
+        step,
+        summary_pb2.Summary(
+            value=[
+                summary_pb2.Summary.Value(tag=k, histo=_histogram_proto(v, num_buckets))
+                for k, v in arrays.items()
+            ]
+        ),
+    )
 
   def write_hparams(self, hparams: Mapping[str, Any]):
     """The run's top-level config fields, for TensorBoard's HParams dashboard."""
     from tensorboard.plugins.hparams import summary_v2  # pylint: disable=g-import-not-at-top
+
     kept = {k: v for k, v in hparams.items() if isinstance(v, (bool, int, float, str))}
     self._write(0, summary_v2.hparams_pb(kept))
 
@@ -152,8 +177,15 @@ class LoggingEcho:
     del num_buckets
     for key, value in arrays.items():
       value = np.asarray(value, np.float64)
-      logging.info('[%d] %s: %d values, min %.4g, mean %.4g, max %.4g', step, key, value.size,
-                   np.nanmin(value), np.nanmean(value), np.nanmax(value))
+      logging.info(
+          '[%d] %s: %d values, min %.4g, mean %.4g, max %.4g',
+          step,
+          key,
+          value.size,
+          np.nanmin(value),
+          np.nanmean(value),
+          np.nanmax(value),
+      )
 
   def write_hparams(self, hparams):
     logging.info('[hparams] %s', hparams)
@@ -193,7 +225,8 @@ def create_writers(workdir: str, verbose: Optional[bool] = None):
   is_main = jax.process_index() == 0
   jsonl = JsonlWriter(os.path.join(workdir, 'metrics.jsonl')) if is_main else None
   writers = ([TensorBoardWriter(workdir), jsonl] if is_main else []) + (
-      [LoggingEcho()] if verbose else [])
+      [LoggingEcho()] if verbose else []
+  )
   return MultiWriter(writers), jsonl
 
 
