@@ -105,6 +105,10 @@ def test_replica_k_equals_the_run_with_seed_plus_k(runs):
           # A surrogate p counts the null draws at or above the value (steps of 1/40): a
           # round-off-sized change of the value can move a few draws across it.
           atol = 4 / 40 if key.endswith('_p') else 1e-4
+          if key.endswith('_z'):
+            # z divides by the spread of 39 surrogates of 10 (step) or 3 (probe) samples,
+            # which amplifies the signals' round-off: measured 0.011 (step), 0.17 (probe).
+            atol = 0.25 if key.startswith('probe_') else 0.05
           np.testing.assert_allclose(
               b[key], a[key], rtol=tol, atol=atol, err_msg=f'replica {k}: {key}'
           )
