@@ -4,6 +4,7 @@ import ml_collections
 
 from data import default_config as data_default_config
 from dynamics.config import default_config as dynamics_default_config
+from training.early_stop import default_config as early_stop_default_config
 
 
 def parse_arg(arg, **defaults):
@@ -71,6 +72,8 @@ def base_config():
   config.keep_checkpoints = 3
 
   config.dynamics = dynamics_default_config()
+  # Stop (or decay the learning rate) when the convergence signal fires: training/early_stop.py.
+  config.early_stop = early_stop_default_config()
   return config
 
 

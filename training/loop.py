@@ -21,6 +21,7 @@ import models
 from dynamics import tracker as tracker_lib
 from training import (
     checkpoint,
+    early_stop as early_stop_lib,
     optim,
     replicas as replicas_lib,
     steps,
@@ -284,7 +285,12 @@ def build(
         seed=config.seed,
     )
   create = functools.partial(
-      steps.create_train_state, model=model, tx=tx, tracker=tracker, image_shape=image_shape
+      steps.create_train_state,
+      model=model,
+      tx=tx,
+      tracker=tracker,
+      image_shape=image_shape,
+      early_stop=early_stop_lib.init_state(config),
   )
   step_kwargs = dict(model=model, mean=mean, std=std, out_size=out_size)
   train_fn = functools.partial(
@@ -829,6 +835,45 @@ def _train_and_evaluate(
 
   dfa_epochs = tracker is not None and validate.min_dfa_length(config.dynamics)
 
+  def epoch_of(done):
+    return math.ceil(done / steps_per_epoch)
+
+  def early_stop(state, done):
+    """config.early_stop at an epoch end: records the epoch at which the rule acts for each
+    replica whose signal has fired (the state carries it, so a resume acts alike)."""
+    epoch = epoch_of(done)
+    acted_at = early_stop_lib.epochs_acted(state.early_stop, n)
+    dyn = _split(jax.device_get(state.dynamics), n)
+    now = early_stop_lib.check(config, dyn, acted_at, epoch)
+    if not now:
+      return state
+    for k in now:
+      acted_at[k] = epoch
+      what = (
+          'stopping'
+          if n == 1 and config.early_stop.action == 'stop'
+          else 'freezing this replica'
+          if config.early_stop.action == 'stop'
+          else f'learning rate x {config.early_stop.decay_factor:g} from here'
+      )
+      logging.info(
+          'Early stop%s: %s fired by epoch %d; %s.',
+          f' (replica {k}, seed {config.seed + k})' if n > 1 else '',
+          early_stop_lib.describe(config.early_stop),
+          epoch,
+          what,
+      )
+    marker = {'epoch': jnp.asarray(acted_at if n > 1 else acted_at[0], jnp.int32)}
+    state = state.replace(early_stop=marker)
+    return jax.device_put(state, exp.state_sharding if n > 1 else replicated)
+
+  def all_stopped(state) -> bool:
+    return (
+        early_stop_lib.enabled(config)
+        and config.early_stop.action == 'stop'
+        and bool(np.all(early_stop_lib.epochs_acted(state.early_stop, n) >= 0))
+    )
+
   def save_checkpoint(state, done, metrics):
     """A checkpoint of step `done`, after its records are written; never of a diverged state
     (the last good checkpoint must stay the newest)."""
@@ -848,8 +893,9 @@ def _train_and_evaluate(
   t_interval, steps_in_interval = time.time(), 0
   t_start = time.time()
   watcher = checkpoint.PreemptionWatcher(manager)
+  stopped_early = all_stopped(state)  # a stopped run restarted trains no further
   try:
-    for step in range(start_step, total_steps):
+    for step in range(start_step, total_steps if not stopped_early else start_step):
       state, metrics = train_step(state, *feed(step))
       steps_in_interval += 1
       if step == start_step:  # the compilation is not training throughput
@@ -861,10 +907,13 @@ def _train_and_evaluate(
         t_interval, steps_in_interval = time.time(), 0
       if epoch_end:
         state, eval_metrics = end_epoch(state, done, progress)
+        if early_stop_lib.enabled(config):
+          state = early_stop(state, done)
+          stopped_early = all_stopped(state)
       # Every record of step `done` is written before its checkpoint, so a run killed at any
       # point resumes from a checkpoint whose records are all in metrics.jsonl.
       preempted = watcher.reached(done) and done < total_steps  # the end is saved anyway
-      stopping = preempted or (stop_after is not None and done >= stop_after)
+      stopping = preempted or stopped_early or (stop_after is not None and done >= stop_after)
       if done % config.checkpoint_every_steps == 0 or done == total_steps or epoch_end or stopping:
         save_checkpoint(state, done, metrics)
         last_saved = done
@@ -879,6 +928,9 @@ def _train_and_evaluate(
             manager.directory,
             done,
         )
+        break
+      if stopped_early:
+        logging.info('Stopped early after step %d (epoch %d).', done, epoch_of(done))
         break
       if stopping:
         logging.info('Stopping after step %d as asked; the run resumes from here.', done)
@@ -907,6 +959,7 @@ def _train_and_evaluate(
       steps_per_epoch,
       preempted,
       t_start,
+      stopped_early,
   )
 
 
@@ -933,8 +986,11 @@ def _finish(
     steps_per_epoch,
     preempted,
     t_start,
+    stopped_early=False,
 ) -> Dict[str, Any]:
-  """dynamics.npz and summary.json of each replica (and of the whole run); the result."""
+  """dynamics.npz and summary.json of each replica (and of the whole run); the result.
+
+  A run that stopped early (every replica's early-stop rule acted) is finished."""
   n, tracker = config.replicas, exp.tracker
   where = '' if n == 1 else 'replica_*'
   outputs = {
@@ -963,22 +1019,33 @@ def _finish(
       export['steps_per_epoch'] = np.asarray(steps_per_epoch)
       np.savez(os.path.join(sink.workdir, 'dynamics.npz'), **export)
   summary_path = os.path.join(workdir, 'summary.json')
-  if final_step >= total_steps and not eval_metrics and not os.path.exists(summary_path):
+  complete = final_step >= total_steps or stopped_early
+  if complete and not eval_metrics and not os.path.exists(summary_path):
     # Killed after its final checkpoint but before summary.json: report the final state.
     eval_metrics = evaluate(state)
+  acted_at = early_stop_lib.epochs_acted(state.early_stop, n)
   summary = {
       'final_step': final_step,
       'total_steps': total_steps,
-      'finished': final_step >= total_steps,
+      'finished': complete,
       **_eval_fields(eval_metrics, n),
       'seconds': time.time() - t_start,
   }
-  if n > 1:  # each replica's own summary.json, as its 1-replica run would write it
+  if n == 1:
+    summary.update(early_stop_lib.summary_fields(config, int(acted_at[0])))
+  else:  # each replica's own summary.json, as its 1-replica run would write it
     summary['replicas'] = [
-        dict(summary, seed=config.seed + k, **_eval_fields([m], 1))
+        dict(
+            summary,
+            seed=config.seed + k,
+            **_eval_fields([m], 1),
+            **early_stop_lib.summary_fields(config, int(acted_at[k])),
+        )
         for k, m in enumerate(eval_metrics or [{}] * n)
     ]
-  if start_step >= total_steps and os.path.exists(summary_path):
+    if early_stop_lib.enabled(config):
+      summary['stop_epochs'] = [int(e) if e >= 0 else None for e in acted_at]
+  if (start_step >= total_steps or stopped_early) and os.path.exists(summary_path):
     with open(summary_path) as f:  # a finished run restarted: nothing new to report
       summary = json.load(f)
   elif jax.process_index() == 0 and summary['finished']:

@@ -9,6 +9,7 @@ import optax
 
 from data import augment as augment_lib
 from dynamics.taps import apply_with_taps
+from training import early_stop as early_stop_lib
 
 
 @flax.struct.dataclass
@@ -17,6 +18,7 @@ class TrainState:
 
   `rng` is a raw uint32[2] key that never changes; every step folds in its step number, so
   the randomness of step s is the same whether or not the run was interrupted before s.
+  `early_stop` is {} unless config.early_stop is enabled (training/early_stop.py).
   """
 
   step: jnp.ndarray
@@ -25,10 +27,14 @@ class TrainState:
   opt_state: Any
   rng: jnp.ndarray
   dynamics: Any
+  early_stop: Any = flax.struct.field(default_factory=dict)
 
 
-def create_train_state(rng, model, tx, tracker, image_shape, init_params=None) -> TrainState:
-  """rng: raw key; image_shape: (H, W, 3) as the model sees it (after resizing)."""
+def create_train_state(
+    rng, model, tx, tracker, image_shape, init_params=None, early_stop=None
+) -> TrainState:
+  """rng: raw key; image_shape: (H, W, 3) as the model sees it (after resizing);
+  early_stop: early_stop.init_state(config) ({} or None when off)."""
   init_rng, state_rng = jax.random.split(rng)
   variables = model.init(
       {'params': init_rng, 'dropout': init_rng},
@@ -43,6 +49,7 @@ def create_train_state(rng, model, tx, tracker, image_shape, init_params=None) -
       opt_state=tx.init(params),
       rng=state_rng,
       dynamics=tracker.init() if tracker is not None else {},
+      early_stop=early_stop or {},
   )
 
 
@@ -98,6 +105,7 @@ def train_step(
       state.params
   )
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  updates = early_stop_lib.apply_to_step(config, state, None, updates)  # action 'decay'
   params = optax.apply_updates(state.params, updates)
   metrics = {
       'train/loss': loss,
@@ -115,7 +123,8 @@ def train_step(
       opt_state=opt_state,
       dynamics=dynamics,
   )
-  return new_state, metrics
+  # action 'stop': a stopped replica of a multi-seed run keeps its state.
+  return early_stop_lib.apply_to_step(config, state, new_state), metrics
 
 
 def eval_step(

@@ -13,7 +13,7 @@ from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import models
 from dynamics import nulls, signals, tracker as tracker_lib
-from training import optim
+from training import early_stop as early_stop_lib, optim
 
 DATA_SOURCES = ('synthetic', 'tfds', 'image_folder')
 TFDS_NAMES = ('cifar10', 'cifar100')
@@ -185,6 +185,15 @@ FIELDS = (  # field, constraint, applies when
     ('log_every_steps', POS_INT, _always),
     ('checkpoint_every_steps', POS_INT, _always),
     ('keep_checkpoints', POS_INT, _always),
+    ('early_stop.signal', OneOf(early_stop_lib.SIGNALS), early_stop_lib.enabled),
+    ('early_stop.history', OneOf(early_stop_lib.HISTORIES), early_stop_lib.enabled),
+    ('early_stop.action', OneOf(early_stop_lib.ACTIONS), early_stop_lib.enabled),
+    ('early_stop.min_epochs', NONNEG_INT, early_stop_lib.enabled),
+    (
+        'early_stop.decay_factor',
+        Number(0, 1, lo_open=True, hi_open=True, note='the learning rate is multiplied by it'),
+        lambda c: early_stop_lib.enabled(c) and c.early_stop.action == 'decay',
+    ),
 )
 
 
@@ -270,6 +279,14 @@ def validate_config(config, num_devices: int, num_processes: int = 1):
     )
   if config.dynamics.enabled:
     validate_dynamics(config.dynamics, num_devices)
+  if early_stop_lib.enabled(config):
+    mode = 'step_mode' if config.early_stop.signal == 'step' else 'probe_mode'
+    _require(
+        config.dynamics.enabled and config.dynamics[mode],
+        f'early_stop.enabled with early_stop.signal={config.early_stop.signal!r} needs '
+        f'dynamics.enabled=True and dynamics.{mode}=True (the signal comes from there); '
+        f'turn them on or set early_stop.enabled=False.',
+    )
 
 
 def validate_data(config, dataset):
