@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/quickstart
 
-.PHONY: demo test bench clean-demo
+.PHONY: demo test bench study clean-demo
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,18 @@ bench: $(VENV)/.bench
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_layers.py
 	$(PY) benchmarks/bench_xla_flags.py
+
+# The CPU-scale study (results/cpu30, about 80 minutes on 2 cores): 3 families x 2 datasets x
+# 3 seeds, plus the constant-learning-rate control, one run per seed (on CPU, packing seeds
+# into replicas is slower: README "Several seeds in one program"); the same command resumes
+# an interrupted sweep, then regenerates the report from the finished runs.
+DATA_DIR ?= ../shared/data
+STUDY_ROOT ?= runs/cpu30
+study: $(VENV)/.runtime
+	$(PY) sweep.py --models=resnet18,vgg16,vit_tiny --datasets=cifar10,cifar100 --scale=cpu30 \
+	    --seeds=0,1,2 --controls=resnet18:cifar10 \
+	    --root=$(STUDY_ROOT) --data_dir=$(DATA_DIR)
+	$(PY) analyze.py --runs=$(STUDY_ROOT) --out=results/cpu30
 
 clean-demo:
 	rm -rf $(WORKDIR)

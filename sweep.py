@@ -47,12 +47,18 @@ def define_flags():
   """Command-line flags, defined only when run as a script (importing sweep defines none)."""
   flags.DEFINE_list('models', ['resnet18', 'vgg16', 'mobilenetv2'], 'configs/study.py models.')
   flags.DEFINE_list('datasets', ['cifar10', 'cifar100'], 'configs/study.py datasets.')
-  flags.DEFINE_enum('scale', 'cpu', ['cpu', 'paper'], 'configs/study.py scale.')
+  flags.DEFINE_enum('scale', 'cpu', ['cpu', 'cpu30', 'paper'], 'configs/study.py scale.')
   flags.DEFINE_list('seeds', ['0'], 'Seeds (integers).')
   flags.DEFINE_integer(
       'replicas_per_run',
       1,
       'Pack this many consecutive seeds into one run ' '(config.replicas); 1: one run per seed.',
+  )
+  flags.DEFINE_list(
+      'controls',
+      [],
+      'model:dataset cells also run as the constant-learning-rate control of finding 2 '
+      '(configs/study.py schedule=constant), with the same seeds, e.g. resnet18:cifar10.',
   )
   flags.DEFINE_string('root', None, 'Parent directory of the run workdirs.')
   flags.DEFINE_string(
@@ -89,12 +95,28 @@ class Job:
     return os.path.exists(os.path.join(self.workdir, 'summary.json'))
 
 
-def run_name(dataset: str, model: str, seed: int, replicas: int = 1) -> str:
-  return (
-      f'{dataset}_{model}_s{seed}'
-      if replicas == 1
-      else f'{dataset}_{model}_s{seed}-{seed + replicas - 1}'
-  )
+def run_name(
+    dataset: str, model: str, seed: int, replicas: int = 1, schedule: str = 'cosine'
+) -> str:
+  tag = '' if schedule == 'cosine' else f'_{schedule}lr'
+  seeds = f's{seed}' if replicas == 1 else f's{seed}-{seed + replicas - 1}'
+  return f'{dataset}_{model}{tag}_{seeds}'
+
+
+def parse_controls(controls: Sequence[str]) -> List[Tuple[str, str]]:
+  """'model:dataset' items -> [(dataset, model)], each checked against configs/study.py."""
+  from configs import study  # pylint: disable=g-import-not-at-top
+
+  cells = []
+  for item in controls:
+    model, sep, dataset = item.partition(':')
+    if not sep or model not in study.MODELS or dataset not in study.DATASETS:
+      raise ValueError(
+          f'--controls: {item!r} is not model:dataset with a configs/study.py model and '
+          f'dataset (e.g. resnet18:cifar10).'
+      )
+    cells.append((dataset, model))
+  return cells
 
 
 def seed_groups(seeds: Sequence[int], replicas_per_run: int) -> List[Tuple[int, int]]:
@@ -150,10 +172,13 @@ def plan(
     num_hosts: int = 1,
     python: str = sys.executable,
     replicas_per_run: int = 1,
+    controls: Sequence[str] = (),
 ) -> List[Job]:
-  """Every run of the sweep, in order (seed, then dataset, then model), with its command.
+  """Every run of the sweep, in order (seed, then dataset, then model, then the
+  constant-learning-rate controls), with its command.
 
-  With replicas_per_run > 1, consecutive seeds share a run (see seed_groups).
+  With replicas_per_run > 1, consecutive seeds share a run (see seed_groups). `controls`
+  ('model:dataset') adds those cells again with configs/study.py schedule=constant.
 
   Run i belongs to host i % num_hosts. Paths in the commands are absolute, except train.py
   and the config, which are relative to the repository root (the runs' working directory).
@@ -171,9 +196,10 @@ def plan(
   if num_hosts < 1 or not 0 <= host_index < num_hosts:
     raise ValueError(f'--host_index={host_index} must be in [0, --num_hosts={num_hosts}).')
   root = os.path.abspath(root)
+  control_cells = parse_controls(controls)
   data_flags = {}
   if data_dir:
-    for dataset in datasets:
+    for dataset in sorted(set(datasets) | {d for d, _ in control_cells}):
       archive = os.path.abspath(os.path.join(data_dir, f'{dataset}.tar.gz'))
       if not os.path.exists(archive):
         raise FileNotFoundError(f'--data_dir={data_dir}: no {dataset}.tar.gz there ({archive}).')
@@ -184,36 +210,38 @@ def plan(
   )
   jobs = []
   for seed, replicas in groups:
-    for dataset in datasets:
-      for model in models:
-        name = run_name(dataset, model, seed, replicas)
-        workdir = os.path.join(root, name)
-        command = (
-            [
-                python,
-                TRAIN,
-                f'--config={STUDY_CONFIG}:model={model},dataset={dataset},scale={scale},'
-                f'seed={seed}',
-                f'--workdir={workdir}',
-            ]
-            + data_flags.get(dataset, [])
-            + extra
-        )
-        if replicas > 1:
-          command.append(f'--config.replicas={replicas}')
-        jobs.append(
-            Job(
-                name,
-                model,
-                dataset,
-                int(seed),
-                workdir,
-                command,
-                host=len(jobs) % num_hosts,
-                status=workdir_state(workdir),
-                replicas=replicas,
-            )
-        )
+    cells = [(d, m, 'cosine') for d in datasets for m in models]
+    cells += [(d, m, 'constant') for d, m in control_cells]
+    for dataset, model, schedule in cells:
+      name = run_name(dataset, model, seed, replicas, schedule)
+      workdir = os.path.join(root, name)
+      schedule_arg = '' if schedule == 'cosine' else f',schedule={schedule}'
+      command = (
+          [
+              python,
+              TRAIN,
+              f'--config={STUDY_CONFIG}:model={model},dataset={dataset},scale={scale},'
+              f'seed={seed}{schedule_arg}',
+              f'--workdir={workdir}',
+          ]
+          + data_flags.get(dataset, [])
+          + extra
+      )
+      if replicas > 1:
+        command.append(f'--config.replicas={replicas}')
+      jobs.append(
+          Job(
+              name,
+              model,
+              dataset,
+              int(seed),
+              workdir,
+              command,
+              host=len(jobs) % num_hosts,
+              status=workdir_state(workdir),
+              replicas=replicas,
+          )
+      )
   return jobs
 
 
@@ -342,6 +370,7 @@ def main(argv):
         FLAGS.num_hosts,
         FLAGS.python,
         FLAGS.replicas_per_run,
+        FLAGS.controls,
     )
   except (ValueError, FileNotFoundError) as e:
     raise app.UsageError(str(e)) from None

@@ -19,7 +19,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-HISTORY_TITLES = {'': 'expanding history', 'sliding_': 'sliding window'}
+HISTORY_TITLES = {
+    '': 'expanding history',
+    'sliding_': 'sliding window',
+    'step_': 'step-mode window',
+}
 DPI = 110
 
 
@@ -105,7 +109,20 @@ def integration_bars(table: Dict[str, Dict[str, Dict[str, List[float]]]], path: 
         stds.append(values.std(ddof=1) if len(values) > 1 else 0.0)
         ns.append(len(values))
       x = np.arange(len(models)) + (j - (len(datasets) - 1) / 2) * width
-      ax.bar(x, means, width, yerr=stds, capsize=3, label=f'{dataset} (n = {max(ns)} seeds)')
+      bars = ax.bar(
+          x, means, width, yerr=stds, capsize=3, alpha=0.6, label=f'{dataset} (n = {max(ns)} seeds)'
+      )
+      for xi, model in zip(x, models):  # every seed as a point
+        values = np.asarray(by_model[model].get(dataset, []), np.float64)
+        ax.plot(
+            np.full(len(values), xi),
+            values,
+            '.',
+            color=bars.patches[0].get_facecolor(),
+            ms=6,
+            mec='k',
+            mew=0.4,
+        )
     ax.set_xticks(np.arange(len(models)), models, rotation=20)
     ax.set(
         ylabel='integration (mean DFA alpha, final epoch)',
@@ -191,24 +208,32 @@ def trajectories(views, prefix: str, path: str, title: str):
   fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 5), squeeze=False)
   for ax, dataset in zip(axes[0], datasets):
     labelled = set()
+    unit = 's' if prefix == 'step_' else 'e'  # annotations: step or epoch of the ends
     for view in (v for v in views if v.run.dataset_label == dataset):
-      integ = view.probe[prefix + 'integration']
-      meta = view.probe[prefix + 'metastability']
+      integ = view.series('integration', prefix)
+      meta = view.series('metastability', prefix)
       ok = np.isfinite(integ) & np.isfinite(meta)
       if not ok.any():
         continue
       color = colors[view.run.model]
       label = view.run.model if view.run.model not in labelled else None
       labelled.add(view.run.model)
-      ax.plot(meta[ok], integ[ok], color=color, marker='.', ms=4, lw=1.2, label=label)
+      ax.plot(
+          meta[ok],
+          integ[ok],
+          color=color,
+          lw=1.2 if unit == 'e' else 0.6,
+          label=label,
+          **(_marker(int(ok.sum())) if unit == 'e' else {}),
+      )
       ax.plot(meta[ok][0], integ[ok][0], 'o', color=color, mfc='white', ms=8)
       ax.plot(meta[ok][-1], integ[ok][-1], 's', color=color, ms=7)
       first, last = np.flatnonzero(ok)[[0, -1]]
-      ax.annotate(f'e{first + 1}', (meta[first], integ[first]), fontsize=7, color=color)
-      ax.annotate(f'e{last + 1}', (meta[last], integ[last]), fontsize=7, color=color)
+      ax.annotate(f'{unit}{first + 1}', (meta[first], integ[first]), fontsize=7, color=color)
+      ax.annotate(f'{unit}{last + 1}', (meta[last], integ[last]), fontsize=7, color=color)
     if not ax.lines:
       has = max(
-          (len(v.probe[prefix + 'integration']) for v in views if v.run.dataset_label == dataset),
+          (len(v.series('integration', prefix)) for v in views if v.run.dataset_label == dataset),
           default=0,
       )
       _undefined(ax, 'integration', _min_epochs(views[0].dcfg), has, 'epochs')
@@ -560,6 +585,7 @@ def run_alphas(run, path: str, min_epochs: int):
 
 def _band(ax, curves, label, color):
   """The seeds' curves (thin) and their mean with a +-1 sample-std band, over epochs."""
+  curves = [np.asarray(c, np.float64) for c in curves]
   length = max((len(c) for c in curves), default=0)
   if not length:
     return
@@ -593,4 +619,39 @@ def seeds(runs, path: str, title: str):
   for ax in axes:
     ax.grid(alpha=0.3)
     _legend(ax)
+  _save(fig, path)
+
+
+NULL_Z = 1.96  # |z| below this: within the central 95% of a normal null
+
+
+def seed_bands(views, path: str, title: str, prefix: str = ''):
+  """Per dataset (rows): integration and metastability over epochs, and their z-scores against
+  their surrogate nulls (shuffle, phase) with the null's central 95% shaded; one colour per
+  model, each seed thin and the seeds' mean with a +-1 sample-std band."""
+  datasets = sorted({v.run.dataset_label for v in views})
+  colors = _colors(sorted({v.run.model for v in views}))
+  panels = (
+      ('integration', 'integration (mean DFA alpha)'),
+      ('metastability', 'metastability (std of Kuramoto R)'),
+      ('integration_z', 'integration z vs shuffle null'),
+      ('metastability_z', 'metastability z vs phase null'),
+  )
+  fig, axes = plt.subplots(
+      len(datasets), len(panels), figsize=(4.6 * len(panels), 3.6 * len(datasets)), squeeze=False
+  )
+  for row, dataset in zip(axes, datasets):
+    chosen = [v for v in views if v.run.dataset_label == dataset]
+    for ax, (key, label) in zip(row, panels):
+      for model, color in colors.items():
+        curves = [v.series(key, prefix) for v in chosen if v.run.model == model]
+        if curves:
+          _band(ax, curves, model, color)
+      if key.endswith('_z'):
+        ax.axhspan(-NULL_Z, NULL_Z, color='gray', alpha=0.15, label='null: central 95%')
+      ax.set(xlabel='epoch', ylabel=label, title=f'{dataset}: {label}\n{HISTORY_TITLES[prefix]}')
+      ax.grid(alpha=0.3)
+    _legend(row[0])
+    _legend(row[-1])
+  fig.suptitle(_wrap(title, 120))
   _save(fig, path)

@@ -23,8 +23,9 @@ import tqdm
 from analysis import ablation, figures, runs as runs_lib, stats
 from dynamics import stability, tracker as tracker_lib
 
-HISTORIES = ('', 'sliding_')
-HISTORY_NAMES = {'': 'expanding', 'sliding_': 'sliding'}
+HISTORIES = ('', 'sliding_')  # epoch resolution: the probe's expanding and sliding histories
+STEP = 'step_'  # step resolution: the step-mode window over the every-step training taps
+HISTORY_NAMES = {'': 'expanding', 'sliding_': 'sliding', STEP: 'step window'}
 C10, C100 = 'CIFAR-10', 'CIFAR-100'
 
 
@@ -45,7 +46,28 @@ class View:
       return -1
     return int(stability.accuracy_plateau(acc, float(self.dcfg.plateau_delta)))
 
+  @property
+  def has_step(self) -> bool:
+    return self.step is not None and 'integration' in self.step
+
+  @property
+  def resolutions(self) -> Tuple[str, ...]:
+    """The histories this view has: the two epoch ones, and the step window if logged."""
+    return HISTORIES + ((STEP,) if self.has_step else ())
+
+  def series(self, name: str, prefix: str) -> np.ndarray:
+    """f64[epochs] (prefix '' or 'sliding_') or f64[steps] (STEP) of metric `name`."""
+    if prefix == STEP:
+      return np.asarray(self.step.get(name, []) if self.has_step else [], np.float64)
+    return np.asarray(self.probe[prefix + name], np.float64)
+
   def convergence(self, prefix: str) -> int:
+    """0-based epoch at which the convergence signal's settled streak starts, -1 if none; for
+    the step window, the epoch holding that step."""
+    if prefix == STEP:
+      spe = self.run.steps_per_epoch
+      conv = int(self.step.get('convergence', -1)) if self.has_step else -1
+      return conv // spe if conv >= 0 and spe else -1
     return int(self.probe[prefix + 'convergence'])
 
   def lead(self, prefix: str) -> Optional[int]:
@@ -55,8 +77,16 @@ class View:
     return plateau - conv if conv >= 0 and plateau >= 0 else None
 
   def final(self, name: str, prefix: str = '') -> float:
-    series = self.probe[prefix + name]
+    """The last epoch's value; for the step window, the last computed window's."""
+    series = self.series(name, prefix)
+    if prefix == STEP:
+      return _last_finite(series)
     return float(series[-1]) if len(series) else float('nan')
+
+
+def resolutions(views: Sequence[View]) -> Tuple[str, ...]:
+  """The histories every view has (the step window only where every run logged it)."""
+  return HISTORIES + ((STEP,) if views and all(v.has_step for v in views) else ())
 
 
 @dataclasses.dataclass
@@ -219,17 +249,13 @@ def _test_cell(t: Dict[str, Any]) -> str:
   return f'{ci}{name} p = {t["p"]:.3g} (n = {t["n_a"]} + {t["n_b"]})'
 
 
-def _null_rows(views: Sequence[View]) -> List[List[str]]:
+def _null_rows(views: Sequence[View], prefixes: Sequence[str]) -> List[List[str]]:
   rows = []
   for view in views:
     cells = []
-    for prefix in HISTORIES:
-      z = view.probe.get(prefix + 'integration_z')
-      p = view.probe.get(prefix + 'integration_p')
-      if z is None or not len(z) or not np.isfinite(z[-1]):
-        cells.append('n/a')
-      else:
-        cells.append(f'z = {float(z[-1]):+.2f}, p = {float(p[-1]):.3f}')
+    for prefix in prefixes:
+      z, p = view.final('integration_z', prefix), view.final('integration_p', prefix)
+      cells.append('n/a' if not np.isfinite(z) else f'z = {z:+.2f}, p = {p:.3f}')
     rows.append(
         [
             view.run.name,
@@ -241,6 +267,24 @@ def _null_rows(views: Sequence[View]) -> List[List[str]]:
         + cells
     )
   return rows
+
+
+def _null_summary(views: Sequence[View], prefix: str) -> Optional[str]:
+  """'Integration exceeds its shuffle null in k of n runs ...' for one history, or None."""
+  zs, ps = [], []
+  for view in views:
+    z, p = view.final('integration_z', prefix), view.final('integration_p', prefix)
+    if np.isfinite(z) and np.isfinite(p):
+      zs.append(z)
+      ps.append(p)
+  if not zs:
+    return None
+  above = sum(p < stats.ALPHA for p in ps)
+  return (
+      f'{HISTORY_NAMES[prefix]}: integration exceeds its shuffle null (p < {stats.ALPHA}) in '
+      f'{above} of {len(zs)} runs; median z {np.median(zs):+.2f} (range {min(zs):+.2f} to '
+      f'{max(zs):+.2f}).'
+  )
 
 
 def _finding1(definitions: Sequence[Definition], fig_dir: str, rel: str) -> List[str]:
@@ -257,12 +301,13 @@ def _finding1(definitions: Sequence[Definition], fig_dir: str, rel: str) -> List
       '',
   ]
   for definition in definitions:
-    seps = {p: integration_separation(definition.views, p) for p in HISTORIES}
+    prefixes = resolutions(definition.views)
+    seps = {p: integration_separation(definition.views, p) for p in prefixes}
     datasets = sorted({d for s in seps.values() for cells in s.values.values() for d in cells})
     header = ['model', 'history'] + datasets + ['C10 − C100', 'sign', 'CI and test']
     rows = []
     for model in seps[''].values:
-      for prefix in HISTORIES:
+      for prefix in prefixes:
         sep = seps[prefix]
         diff, se = sep.diffs.get(model, (float('nan'), float('nan')))
         sign = 'n/a' if not np.isfinite(diff) else '+' if diff > 0 else '−' if diff < 0 else '0'
@@ -270,34 +315,20 @@ def _finding1(definitions: Sequence[Definition], fig_dir: str, rel: str) -> List
         test = sep.tests.get(model)
         rows.append(
             [model, HISTORY_NAMES[prefix]]
-            + [_cell(sep.values[model].get(d, [])) for d in datasets]
+            + [_cell(sep.values.get(model, {}).get(d, [])) for d in datasets]
             + [diff_text, sign, _test_cell(test) if test else 'n/a']
         )
     name = f'integration_{definition.key}.png'
     figures.integration_bars(
-        {p: seps[p].values for p in HISTORIES},
+        {p: seps[p].values for p in prefixes},
         os.path.join(fig_dir, name),
         f'Final integration per model and dataset ({definition.title})',
     )
     lines += [f'### {definition.title}', ''] + _table(header, rows) + ['']
-    lines += [f'- {seps[p].verdict()}' for p in HISTORIES]
+    lines += [f'- {seps[p].verdict()}' for p in prefixes]
     lines += ['', f'![integration per model and dataset]({rel}/{name})', '']
-    null_rows = _null_rows(definition.views)
+    null_rows = _null_rows(definition.views, prefixes)
     if any(c != 'n/a' for row in null_rows for c in row[5:]):
-      zs = [
-          float(v.probe['integration_z'][-1])
-          for v in definition.views
-          if 'integration_z' in v.probe
-          and len(v.probe['integration_z'])
-          and np.isfinite(v.probe['integration_z'][-1])
-      ]
-      above = sum(
-          float(v.probe['integration_p'][-1]) < stats.ALPHA
-          for v in definition.views
-          if 'integration_p' in v.probe
-          and len(v.probe['integration_p'])
-          and np.isfinite(v.probe['integration_p'][-1])
-      )
       lines += [
           "Each run's final integration against its shuffle null (the same history with "
           "every signal's samples permuted: no temporal structure, alpha about 0.5); z = "
@@ -312,16 +343,12 @@ def _finding1(definitions: Sequence[Definition], fig_dir: str, rel: str) -> List
               'dataset',
               'seed',
               'integration (expanding)',
-              'vs null (expanding)',
-              'vs null (sliding)',
-          ],
+          ]
+          + [f'vs null ({HISTORY_NAMES[p]})' for p in prefixes],
           null_rows,
       ) + ['']
-      lines += [
-          f'- Integration exceeds its shuffle null (p < {stats.ALPHA}, expanding history) '
-          f'in {above} of {len(zs)} runs; median z {np.median(zs):+.2f}.',
-          '',
-      ]
+      summaries = [_null_summary(definition.views, p) for p in prefixes]
+      lines += [f'- {t}' for t in summaries if t] + ['']
   return lines
 
 
@@ -384,7 +411,12 @@ def lead_counts(views: Sequence[View], prefix: str) -> LeadCount:
   return out
 
 
-def _finding2(definitions: Sequence[Definition], fig_dir: str, rel: str) -> List[str]:
+def _finding2(
+    definitions: Sequence[Definition],
+    fig_dir: str,
+    rel: str,
+    controls: Sequence[View] = (),
+) -> List[str]:
   lines = [
       '## Finding 2: the DSI volatility settles before accuracy plateaus',
       '',
@@ -393,15 +425,19 @@ def _finding2(definitions: Sequence[Definition], fig_dir: str, rel: str) -> List
       'convergence_signal of the epoch-mode DSI volatility, rho = dynamics.convergence_rho, '
       'patience = dynamics.convergence_patience, warm-up = '
       'dynamics.convergence_warmup_epochs), on the expanding history and on the sliding '
-      'window; the accuracy-plateau epoch (stability.accuracy_plateau of the test accuracy '
-      'per epoch, delta = dynamics.plateau_delta points); lead time = plateau − '
-      'convergence (positive: the signal came first). Epochs are 1-based. The expanding '
-      'history calms by its own growth, so its lead is expected to be positive whatever '
-      'the network does; the sliding window is the fairer test. "never" for the plateau means the '
-      'last epoch is more than delta below the best one (accuracy still moving).',
+      'window, and at step resolution (the step-mode DSI volatility over '
+      'dynamics.volatility_window_steps computed windows, the same rule online; its step '
+      'is reported as the epoch holding it); the accuracy-plateau epoch (stability.'
+      'accuracy_plateau of the test accuracy per epoch, delta = dynamics.plateau_delta '
+      'points); lead time = plateau − convergence (positive: the signal came first). Epochs '
+      'are 1-based. The expanding history calms by its own growth, so its lead is expected '
+      'to be positive whatever the network does; the sliding window and the step window are '
+      'the fairer tests. "never" for the plateau means the last epoch is more than delta '
+      'below the best one (accuracy still moving).',
       '',
   ]
   for definition in definitions:
+    prefixes = resolutions(definition.views)
     rows, groups = [], {}
     for view in definition.views:
       acc = view.run.test_accuracy
@@ -414,26 +450,20 @@ def _finding2(definitions: Sequence[Definition], fig_dir: str, rel: str) -> List
               _f(acc[-1] if len(acc) else float('nan'), 2),
               _epoch(view.plateau),
           ]
-          + [x for p in HISTORIES for x in (_epoch(view.convergence(p)), _lead(view.lead(p)))]
+          + [x for p in prefixes for x in (_epoch(view.convergence(p)), _lead(view.lead(p)))]
       )
-      for prefix in HISTORIES:
+      for prefix in prefixes:
         lead = view.lead(prefix)
         groups.setdefault((view.run.model, view.run.dataset_label, prefix), []).append(
             np.nan if lead is None else lead
         )
     lines += [f'### {definition.title}', '']
     lines += _table(
-        [
-            'run',
-            'model',
-            'dataset',
-            'seed',
-            'final test acc (%)',
-            'plateau epoch',
-            'convergence (expanding)',
-            'lead (expanding)',
-            'convergence (sliding)',
-            'lead (sliding)',
+        ['run', 'model', 'dataset', 'seed', 'final test acc (%)', 'plateau epoch']
+        + [
+            x
+            for p in prefixes
+            for x in (f'convergence ({HISTORY_NAMES[p]})', f'lead ({HISTORY_NAMES[p]})')
         ],
         rows,
     ) + ['']
@@ -441,12 +471,14 @@ def _finding2(definitions: Sequence[Definition], fig_dir: str, rel: str) -> List
       keys = sorted({(m, d) for m, d, _ in groups})
       lines += ['Lead time (epochs) over seeds, mean ± std (n runs where both epochs exist):', '']
       lines += _table(
-          ['model', 'dataset', 'lead (expanding)', 'lead (sliding)'],
-          [[m, d] + [_lead_cell(groups[(m, d, p)]) for p in HISTORIES] for m, d in keys],
+          ['model', 'dataset'] + [f'lead ({HISTORY_NAMES[p]})' for p in prefixes],
+          [[m, d] + [_lead_cell(groups[(m, d, p)]) for p in prefixes] for m, d in keys],
       ) + ['']
-    lines += [f'- {lead_counts(definition.views, p).verdict()}' for p in HISTORIES] + ['']
+    lines += [f'- {lead_counts(definition.views, p).verdict()}' for p in prefixes] + ['']
     lines += _predictors(definition.views)
-    for view in definition.views:
+    if controls and definition.key == 'logged':
+      lines += _schedule_control(definition.views, controls)
+    for view in list(definition.views) + (list(controls) if definition.key == 'logged' else []):
       name = f'lead_{_slug(view.run.name)}_{definition.key}.png'
       figures.lead_figure(
           view,
@@ -494,27 +526,46 @@ def trivial_leads(view: 'View') -> Dict[str, Optional[int]]:
   return {k: (plateau - e if e >= 0 and plateau >= 0 else None) for k, e in fired.items()}
 
 
+def detector_config(view: 'View', prefix: str):
+  """The dynamics config whose epoch-mode volatility and detector (tracker.probe_volatility)
+  reproduce the signal of `prefix`: the run's own for the probe histories; for the step
+  window, its volatility window and warm-up in steps (the online step rule, with metrics
+  computed every step). None where the step rule cannot be replayed (every_steps > 1)."""
+  if prefix != STEP:
+    return view.dcfg
+  if int(view.dcfg.every_steps) != 1 or int(view.dcfg.volatility_window_steps) < 1:
+    return None
+  dcfg = ml_collections.ConfigDict(view.dcfg.to_dict())
+  dcfg.volatility_window_epochs = int(view.dcfg.volatility_window_steps)
+  dcfg.convergence_warmup_epochs = int(view.dcfg.convergence_warmup_steps)
+  return dcfg
+
+
 def false_alarm_rate(
     view: 'View', prefix: str, num: int = NULL_DSI_SURROGATES, seed: int = 0
 ) -> float:
   """How often the convergence signal fires before the plateau on null DSI series: the run's
   own finite DSI values in shuffled order (no settling trend left), through the same volatility
-  and detector (tracker.probe_volatility). NaN without a plateau or a DSI series."""
+  and detector (tracker.probe_volatility; for the step window, in steps). NaN without a
+  plateau or a DSI series."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
   import dynamics  # pylint: disable=g-import-not-at-top
 
-  dsi = np.asarray(view.probe[prefix + 'dsi'], np.float32)
+  dcfg = detector_config(view, prefix)
+  dsi = view.series('dsi', prefix).astype(np.float32)
   ok = np.isfinite(dsi)
   plateau = view.plateau
-  if plateau < 0 or ok.sum() < int(view.dcfg.volatility_window_epochs) + 1:
+  if dcfg is None or plateau < 0 or ok.sum() < int(dcfg.volatility_window_epochs) + 1:
     return float('nan')
   null = np.asarray(dynamics.surrogates(jax.random.key(seed), jnp.asarray(dsi[ok]), num, 'shuffle'))
   series = np.tile(dsi, (num, 1))
   series[:, ok] = null
-  _, conv = tracker_lib.probe_volatility(jnp.asarray(series), view.dcfg)
+  _, conv = tracker_lib.probe_volatility(jnp.asarray(series), dcfg)
   conv = np.asarray(conv)
+  if prefix == STEP:  # a step index: the epoch holding it
+    conv = np.where(conv >= 0, conv // view.run.steps_per_epoch, -1)
   return float(np.mean((conv >= 0) & (conv < plateau)))
 
 
@@ -526,6 +577,7 @@ def _lead_cell(values):
 
 
 def _predictors(views: Sequence[View]) -> List[str]:
+  prefixes = resolutions(views)
   lines = [
       'Against trivial predictors and a null. Trivial predictors of the plateau: the '
       f'learning-rate schedule having decayed to {LR_FRACTION:g} of its peak; the training '
@@ -536,72 +588,367 @@ def _predictors(views: Sequence[View]) -> List[str]:
       'run says nothing about the run.',
       '',
   ]
-  rows, leads, alarms = (
-      [],
-      {k: [] for k in ('dsi', 'dsi_sliding', 'lr', 'loss')},
-      {p: [] for p in HISTORIES},
-  )
+  rows = []
+  leads = {k: [] for k in prefixes + ('lr', 'loss')}
+  alarms = {p: [] for p in prefixes}
   for view in views:
     trivial = trivial_leads(view)
-    fa = {p: false_alarm_rate(view, p) for p in HISTORIES}
-    for p in HISTORIES:
+    fa = {p: false_alarm_rate(view, p) for p in prefixes}
+    row = [view.run.name]
+    for p in prefixes:
       alarms[p].append(fa[p])
-    for key, value in (
-        ('dsi', view.lead('')),
-        ('dsi_sliding', view.lead('sliding_')),
-        ('lr', trivial['lr']),
-        ('loss', trivial['loss']),
-    ):
-      leads[key].append(np.nan if value is None else value)
-    rows.append(
-        [
-            view.run.name,
-            _lead(view.lead('')),
-            _f(fa[''], 2),
-            _lead(view.lead('sliding_')),
-            _f(fa['sliding_'], 2),
-            _lead(trivial['lr']),
-            _lead(trivial['loss']),
-        ]
-    )
+      lead = view.lead(p)
+      leads[p].append(np.nan if lead is None else lead)
+      row += [_lead(lead), _f(fa[p], 2)]
+    for k in ('lr', 'loss'):
+      leads[k].append(np.nan if trivial[k] is None else trivial[k])
+      row.append(_lead(trivial[k]))
+    rows.append(row)
   lines += _table(
-      [
-          'run',
-          'lead DSI (expanding)',
-          'false alarms (expanding)',
-          'lead DSI (sliding)',
-          'false alarms (sliding)',
-          f'lead LR at {LR_FRACTION:g} of peak',
-          'lead loss-slope rule',
-      ],
+      ['run']
+      + [
+          x
+          for p in prefixes
+          for x in (f'lead DSI ({HISTORY_NAMES[p]})', f'false alarms ({HISTORY_NAMES[p]})')
+      ]
+      + [f'lead LR at {LR_FRACTION:g} of peak', 'lead loss-slope rule'],
       rows,
   ) + ['']
   summary = {k: mean_std(v) for k, v in leads.items()}
+  labels = {p: f'DSI {HISTORY_NAMES[p]}' for p in prefixes}
+  labels.update(lr='learning rate', loss='loss slope')
   text = '- Mean lead time (epochs): ' + ', '.join(
-      f'{label} {_f(summary[k][0], 2)} (n={summary[k][2]})'
-      for k, label in (
-          ('dsi', 'DSI expanding'),
-          ('dsi_sliding', 'DSI sliding'),
-          ('lr', 'learning rate'),
-          ('loss', 'loss slope'),
-      )
+      f'{labels[k]} {_f(summary[k][0], 2)} (n={summary[k][2]})' for k in leads
   )
   best_trivial = max((summary[k][0] for k in ('lr', 'loss') if summary[k][2]), default=np.nan)
-  for k, label in (('dsi', 'expanding'), ('dsi_sliding', 'sliding')):
-    fa_mean = mean_std(alarms['' if k == 'dsi' else 'sliding_'])[0]
+  for p in prefixes:
+    fa_mean = mean_std(alarms[p])[0]
     adds = (
-        np.isfinite(summary[k][0])
+        np.isfinite(summary[p][0])
         and np.isfinite(best_trivial)
-        and summary[k][0] > best_trivial
+        and summary[p][0] > best_trivial
         and np.isfinite(fa_mean)
         and fa_mean < stats.ALPHA
     )
     text += (
-        f'. The {label} DSI signal fires early on {_f(fa_mean, 2)} of its null series; '
-        f'it adds to the trivial predictors (a longer mean lead than the better of them '
-        f'and false alarms below {stats.ALPHA}): **{"yes" if adds else "not shown"}**'
+        f'. The {HISTORY_NAMES[p]} DSI signal fires early on {_f(fa_mean, 2)} of its null '
+        f'series; it adds to the trivial predictors (a longer mean lead than the better of '
+        f'them and false alarms below {stats.ALPHA}): **{"yes" if adds else "not shown"}**'
     )
   return lines + [text + '.', '']
+
+
+def _schedule_control(views: Sequence[View], controls: Sequence[View]) -> List[str]:
+  """The constant-learning-rate control: does the signal still fire (and lead) without a
+  schedule to track?"""
+  cells = sorted({(c.run.model, c.run.dataset_label) for c in controls})
+  prefixes = resolutions(list(views) + list(controls))
+  lines = [
+      '#### Control: constant learning rate',
+      '',
+      "The same model and data at the recipe's peak learning rate throughout (no warm-up, no "
+      'decay; configs/study.py schedule=constant). A signal that only tracked the schedule '
+      'would fire at the same epoch here as under the cosine schedule without any plateau to '
+      'precede; one that tracks the network should follow the (later or absent) plateau. Per '
+      'cell, mean ± std (n seeds) of the plateau epoch, the firing epoch and the lead:',
+      '',
+  ]
+  rows = []
+  for model, dataset in cells:
+    for label, group in (
+        ('cosine', [v for v in views if (v.run.model, v.run.dataset_label) == (model, dataset)]),
+        (
+            'constant',
+            [v for v in controls if (v.run.model, v.run.dataset_label) == (model, dataset)],
+        ),
+    ):
+      if not group:
+        continue
+      plateaus = [v.plateau + 1 if v.plateau >= 0 else np.nan for v in group]
+      row = [
+          model,
+          dataset,
+          label,
+          _cell([v.run.test_accuracy[-1] for v in group]),
+          _cell(plateaus),
+          f'{sum(v.plateau < 0 for v in group)} of {len(group)}',
+      ]
+      for p in prefixes:
+        fired = [v.convergence(p) + 1 if v.convergence(p) >= 0 else np.nan for v in group]
+        row += [
+            _cell(fired),
+            _lead_cell([np.nan if v.lead(p) is None else v.lead(p) for v in group]),
+        ]
+      rows.append(row)
+  lines += _table(
+      ['model', 'dataset', 'schedule', 'final test acc (%)', 'plateau epoch', 'no plateau']
+      + [
+          x
+          for p in prefixes
+          for x in (f'fires at ({HISTORY_NAMES[p]})', f'lead ({HISTORY_NAMES[p]})')
+      ],
+      rows,
+  ) + ['']
+  for p in prefixes:
+    cos = [v.convergence(p) for v in views if (v.run.model, v.run.dataset_label) in cells]
+    con = [v.convergence(p) for v in controls]
+    cos_f = [c + 1 for c in cos if c >= 0]
+    con_f = [c + 1 for c in con if c >= 0]
+    test = stats.two_sample(cos_f, con_f) if len(cos_f) > 1 and len(con_f) > 1 else None
+    text = (
+        f'- {HISTORY_NAMES[p]}: the signal fired in {len(cos_f)} of {len(cos)} cosine runs '
+        f'and {len(con_f)} of {len(con)} constant-rate runs'
+    )
+    if test is not None and np.isfinite(test['p']):
+      text += f'; firing epoch cosine − constant: {_test_cell(test)}'
+    lines.append(text + '.')
+  return lines + ['']
+
+
+# Early stopping on the signal, measured on the full-length runs (finding 2 as a feature).
+
+STOP_RULES = (
+    ('', 'DSI signal, expanding'),
+    ('sliding_', 'DSI signal, sliding'),
+    (STEP, 'DSI signal, step window'),
+    ('oracle', 'oracle: the accuracy plateau'),
+    ('lr', f'learning rate at {LR_FRACTION:g} of peak'),
+    ('loss', 'loss-slope rule'),
+)
+
+
+def stop_epoch(view: View, rule: str, min_epochs: int = 0) -> Optional[int]:
+  """The 1-based epoch at whose end config.early_stop (action 'stop') would end this run under
+  `rule`, or None if the rule never acts within the run.
+
+  The signals are causal (every sample uses the past only) and a stop changes nothing before
+  it, so this is exactly the epoch the online rule stops at (training/early_stop.py): a DSI
+  signal whose settled streak starts at sample c is known at sample c + patience - 1, i.e.
+  at the end of epoch c + patience (epoch mode) or of the epoch holding step
+  c + (patience - 1) * every_steps (step mode); then not before min_epochs. The oracle stops
+  at the plateau epoch itself (it knows the future); the trivial predictors at the epoch they
+  fire.
+  """
+  patience = int(view.dcfg.convergence_patience)
+  if rule in HISTORIES:
+    conv = view.convergence(rule)
+    fired = conv + patience if conv >= 0 else None
+  elif rule == STEP:
+    spe = view.run.steps_per_epoch
+    conv = int(view.step.get('convergence', -1)) if view.has_step else -1
+    known = conv + (patience - 1) * int(view.dcfg.every_steps)  # 0-based step index
+    fired = -(-(known + 1) // spe) if conv >= 0 and spe else None
+  elif rule == 'oracle':
+    fired = view.plateau + 1 if view.plateau >= 0 else None
+  else:
+    curves = epoch_curves(view.run)
+    epoch = (
+        stats.first_fraction_epoch(curves['lr'], LR_FRACTION)
+        if rule == 'lr'
+        else stats.slope_rule_epoch(curves['loss'], LOSS_WINDOW, LOSS_RATE)
+    )
+    fired = epoch + 1 if epoch >= 0 else None
+  if fired is None:
+    return None
+  epochs = len(view.run.test_accuracy)
+  stop = max(fired, int(min_epochs))
+  return stop if stop < epochs else None
+
+
+def _early_stopping(views: Sequence[View]) -> List[str]:
+  lines = [
+      '## Early stopping on the convergence signal',
+      '',
+      'What config.early_stop (action `stop`) would have saved on these runs: for each rule, '
+      'the epoch at which it ends the run (training/early_stop.py; measured on the '
+      'full-length runs, which is exact because the signals are causal: see '
+      "`analysis.report.stop_epoch`), the test accuracy there against the full run's final "
+      'accuracy, and the epochs saved. A rule that never acts trains the full run (0 saved, '
+      '0 lost). Cost = final accuracy − accuracy at the stop (points; negative: the stop was '
+      'better). The oracle stops at the true plateau (it needs the future); the trivial '
+      "predictors are finding 2's.",
+      '',
+  ]
+  prefixes = resolutions(views)
+  rules = [(k, label) for k, label in STOP_RULES if k not in (STEP,) or STEP in prefixes]
+  per_rule = {k: {'saved': [], 'cost': [], 'acted': 0} for k, _ in rules}
+  rows = []
+  for view in views:
+    acc = view.run.test_accuracy
+    epochs = len(acc)
+    min_epochs = int(view.run.config.get('early_stop', {}).get('min_epochs', 0))
+    row = [view.run.name, _f(acc[-1], 2)]
+    for key, _ in rules:
+      stop = stop_epoch(view, key, min_epochs)
+      if stop is None:
+        saved, cost, cell = 0, 0.0, 'never'
+      else:
+        saved, cost = epochs - stop, float(acc[-1] - acc[stop - 1])
+        per_rule[key]['acted'] += 1
+        cell = f'{stop} ({_f(acc[stop - 1], 2)}%, {saved} saved)'
+      per_rule[key]['saved'].append(saved)
+      per_rule[key]['cost'].append(cost)
+      row.append(cell)
+    rows.append(row)
+  lines += _table(
+      ['run', 'final test acc (%)'] + [f'stop: {label}' for _, label in rules], rows
+  ) + ['']
+  summary = []
+  for key, label in rules:
+    r = per_rule[key]
+    saved, cost = np.asarray(r['saved'], float), np.asarray(r['cost'], float)
+    rate = (
+        f'{saved.sum() / cost.sum():.2f} epochs saved per point of accuracy given up'
+        if cost.sum() > 0
+        else 'no accuracy given up in total'
+        if saved.sum() > 0
+        else 'nothing saved'
+    )
+    summary.append(
+        [
+            label,
+            f'{r["acted"]} of {len(saved)}',
+            _cell(saved.tolist()),
+            _cell(cost.tolist()),
+            rate,
+        ]
+    )
+  lines += _table(
+      ['rule', 'acted in', 'epochs saved', 'accuracy given up (points)', 'trade-off'], summary
+  ) + ['']
+  return lines + [
+      'Epochs saved and accuracy given up are mean ± std over the runs (n = all runs, a rule '
+      'that never acts counting as 0 and 0).',
+      '',
+  ]
+
+
+# ---------------------------------------------------------------------------------------------
+# What this project chose where the study is silent
+
+
+def _changes(runs: Sequence[runs_lib.Run]) -> List[str]:
+  """Each definition and recipe choice the study does not publish, with the value the runs
+  used (read from their configs; several values are listed when the runs differ)."""
+
+  def values(get) -> str:
+    seen = []
+    for run in runs:
+      try:
+        v = get(run)
+      except (KeyError, TypeError):
+        v = '?'
+      if v not in seen:
+        seen.append(v)
+    return ', '.join(f'`{v}`' for v in seen)
+
+  def dyn(field):
+    return lambda r: r.dynamics_config()[field]
+
+  def cfg(*path):
+    def get(r):
+      node = r.config
+      for p in path:
+        node = node[p]
+      return node
+
+    return get
+
+  rows = [
+      ('Tap signal (reduction of a block output)', 'not published', values(dyn('reduction'))),
+      (
+          'Activations of the epoch-mode metrics',
+          'not published (per epoch)',
+          values(
+              lambda r: f'{r.dynamics_config().probe_size} {r.dynamics_config().probe_split} '
+              'images, inference mode'
+          ),
+      ),
+      ('DFA order', 'not published', values(dyn('dfa_order'))),
+      (
+          'DFA scales',
+          'not published',
+          values(_scales_choice),
+      ),
+      ('Integration over taps', 'not published', values(dyn('integration_method'))),
+      (
+          'Phase preprocessing before the Hilbert transform',
+          'not published',
+          values(dyn('phase_preprocess')),
+      ),
+      ('Samples dropped at each end of R(t)', 'not published', values(dyn('phase_edge'))),
+      ('DSI form', 'not published', values(dyn('dsi_form'))),
+      ('DSI volatility window (epochs)', 'not published', values(dyn('volatility_window_epochs'))),
+      ('Sliding history (epochs)', 'expanding only', values(dyn('sliding_epochs'))),
+      (
+          'Step window / its volatility window (steps)',
+          'no step mode',
+          values(
+              lambda r: f'{r.dynamics_config().window} / '
+              f'{r.dynamics_config().volatility_window_steps}'
+          ),
+      ),
+      (
+          'Convergence rule (rho, patience, warm-up epochs)',
+          'not published',
+          values(
+              lambda r: f'{r.dynamics_config().convergence_rho:g}, '
+              f'{r.dynamics_config().convergence_patience}, '
+              f'{r.dynamics_config().convergence_warmup_epochs}'
+          ),
+      ),
+      ('Accuracy plateau tolerance (points)', 'not published', values(dyn('plateau_delta'))),
+      (
+          'Null models (surrogates per evaluation, methods)',
+          'none',
+          values(
+              lambda r: f'{r.dynamics_config().surrogates}: '
+              f'{r.dynamics_config().surrogate_methods}'
+          ),
+      ),
+      ('Seeds per cell', 'one', str(max(_seed_counts(runs).values(), default=0))),
+      ('Epochs', '25 to 58', values(lambda r: r.num_epochs)),
+      (
+          'Training / test images',
+          'full CIFAR (50,000 / 10,000)',
+          values(
+              lambda r: f'{r.config["data"].get("train_subset") or "all"} / '
+              f'{r.config["data"].get("test_subset") or "all"}'
+          ),
+      ),
+      ('Models', 'full widths; pretrained ViT-B/16', values(lambda r: _model_label(r))),
+      ('Learning-rate schedule', 'not published', values(cfg('schedule'))),
+  ]
+  return (
+      [
+          '## What we changed from the study',
+          '',
+          'The study does not publish its formulas or several recipe details; each choice '
+          'below is a config field (DESIGN.md section 3), and the values are read from the '
+          "runs' configs.",
+          '',
+      ]
+      + _table(['choice', 'the study', 'this report'], [list(r) for r in rows])
+      + ['']
+  )
+
+
+def _scales_choice(run: runs_lib.Run) -> str:
+  dcfg = run.dynamics_config()
+  return dcfg.dfa_scales or f'{dcfg.dfa_min_scale} to N//{dcfg.dfa_max_divisor}'
+
+
+def _model_label(run: runs_lib.Run) -> str:
+  args = {k: v for k, v in run.config.get('model_args', {}).items() if v}
+  return run.model + (' (' + ', '.join(f'{k}={v}' for k, v in args.items()) + ')' if args else '')
+
+
+def _seed_counts(runs: Sequence[runs_lib.Run]) -> Dict[Tuple[str, str], int]:
+  counts: Dict[Tuple[str, str], int] = {}
+  for run in runs:
+    key = (run.model, run.dataset)
+    counts[key] = counts.get(key, 0) + 1
+  return counts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -639,8 +986,7 @@ def style_separation(views: Sequence[View], prefix: str) -> List[Styles]:
   for dataset in sorted({v.run.dataset_label for v in views}):
     pts, labels = [], []
     for view in (v for v in views if v.run.dataset_label == dataset):
-      meta = np.asarray(view.probe[prefix + 'metastability'], np.float64)
-      integ = np.asarray(view.probe[prefix + 'integration'], np.float64)
+      meta, integ = view.series('metastability', prefix), view.series('integration', prefix)
       ok = np.isfinite(meta) & np.isfinite(integ)
       pts.append(np.stack([meta[ok], integ[ok]], axis=-1))
       labels += [view.run.model] * int(ok.sum())
@@ -674,8 +1020,7 @@ def style_separation(views: Sequence[View], prefix: str) -> List[Styles]:
 def trajectory_features(view: View, prefix: str) -> np.ndarray:
   """f64[4]: mean and final integration and metastability over the epochs where both exist
   (NaN when none does)."""
-  meta = np.asarray(view.probe[prefix + 'metastability'], np.float64)
-  integ = np.asarray(view.probe[prefix + 'integration'], np.float64)
+  meta, integ = view.series('metastability', prefix), view.series('integration', prefix)
   ok = np.isfinite(meta) & np.isfinite(integ)
   if not ok.any():
     return np.full(4, np.nan)
@@ -759,12 +1104,13 @@ def _finding3(definitions: Sequence[Definition], fig_dir: str, rel: str) -> List
   for definition in definitions:
     lines += [f'### {definition.title}', '']
     rows, verdicts = [], []
-    for prefix in HISTORIES:
+    prefixes = resolutions(definition.views)
+    for prefix in prefixes:
       for styles in style_separation(definition.views, prefix):
         verdicts.append(styles.verdict())
         for model, (meta, integ) in styles.centroids.items():
           rows.append([styles.dataset, HISTORY_NAMES[prefix], model, _f(integ), _f(meta)])
-      name = f'trajectories_{HISTORY_NAMES[prefix]}_{definition.key}.png'
+      name = f'trajectories_{_slug(HISTORY_NAMES[prefix])}_{definition.key}.png'
       figures.trajectories(
           definition.views,
           prefix,
@@ -780,7 +1126,7 @@ def _finding3(definitions: Sequence[Definition], fig_dir: str, rel: str) -> List
     lines += [f'- In-sample centroid rule (descriptive): {v}' for v in verdicts]
     lines += [
         f'- Held-out test: {h.verdict()}'
-        for p in HISTORIES
+        for p in prefixes
         for h in held_out_styles(definition.views, p)
     ] + ['']
   return lines
@@ -1188,11 +1534,25 @@ def build_report(
   lines += _definition_notes(analysed)
 
   definitions, checks = build_definitions(analysed, overrides, step=step)
+  controls = []
+  if any(not r.is_control for r in analysed):  # constant-rate runs: finding 2's control only
+    controls = [v for v in definitions[0].views if v.run.is_control]
+    for definition in definitions:
+      definition.views = [v for v in definition.views if not v.run.is_control]
+  if controls:
+    lines += [
+        f'{len(controls)} run(s) with a constant learning rate are the control of finding 2 '
+        'and are left out of findings 1 and 3.',
+        '',
+    ]
   figures.training_curves(analysed, os.path.join(fig_dir, 'training_curves.png'))
+  lines += _seed_figures(definitions[0].views, fig_dir, rel)
   lines += _finding1(definitions, fig_dir, rel)
-  lines += _finding2(definitions, fig_dir, rel)
+  lines += _finding2(definitions, fig_dir, rel, controls)
+  lines += _early_stopping(definitions[0].views)
   lines += _finding3(definitions, fig_dir, rel)
   lines += _estimability(definitions[0].views)
+  lines += _changes(analysed)
   lines += [
       '## Loss and accuracy',
       '',
@@ -1204,6 +1564,32 @@ def build_report(
   if overrides:
     lines += _ablation(definitions[0], definitions[1], checks, fig_dir, rel)
   return _write(out_dir, lines)
+
+
+def _seed_figures(views: Sequence[View], fig_dir: str, rel: str) -> List[str]:
+  """The metrics over epochs with their seed spread and null bands, one figure per history."""
+  if not any(len(v.series('integration_z', '')) for v in views):
+    return []
+  counts = _seed_counts([v.run for v in views])
+  lines = [
+      '## The metrics over training, with seed spread and null bands',
+      '',
+      'Per dataset and model: the seeds (thin) and their mean ± 1 sample std (band), '
+      f'{min(counts.values())} to {max(counts.values())} seeds per cell; the z-scores '
+      "against each metric's surrogate null (integration: shuffle; metastability: phase), "
+      f"with |z| < {figures.NULL_Z} (the null's central 95%) shaded.",
+      '',
+  ]
+  for prefix in HISTORIES:
+    name = f'seeds_{_slug(HISTORY_NAMES[prefix])}.png'
+    figures.seed_bands(
+        views,
+        os.path.join(fig_dir, name),
+        f'Epoch-mode metrics over seeds and their nulls ({HISTORY_NAMES[prefix]} history)',
+        prefix,
+    )
+    lines.append(f'![metrics over seeds, {HISTORY_NAMES[prefix]}]({rel}/{name})')
+  return lines + ['']
 
 
 def _write(out_dir: str, lines: List[str]) -> str:

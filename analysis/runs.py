@@ -172,6 +172,12 @@ class Run:
     return DATASET_LABELS.get(self.dataset, self.dataset)
 
   @property
+  def is_control(self) -> bool:
+    """A constant-learning-rate run (schedule 'constant'): the study report's control for
+    finding 2, kept out of the architecture comparisons."""
+    return str(self.config.get('schedule', 'cosine')) == 'constant'
+
+  @property
   def seed(self) -> int:
     return int(self.config.get('seed', 0))
 

@@ -193,12 +193,12 @@ def _plateau(acc, delta):
   return -1
 
 
-def _fabricate(src, dst, model, dataset, seed, offset, convergence, accuracy):
+def _fabricate(src, dst, model, dataset, seed, offset, convergence, accuracy, schedule='cosine'):
   """A copy of a real run relabelled as another model/dataset, its logged series edited."""
   shutil.copytree(src, dst, ignore=shutil.ignore_patterns('checkpoints', 'events.*', 'plots'))
   with open(dst / 'config.json') as f:
     config = json.load(f)
-  config.update(model=model, seed=seed)
+  config.update(model=model, seed=seed, schedule=schedule)
   config['data'].update(name=dataset, source='image_folder')
   with open(dst / 'config.json', 'w') as f:
     json.dump(config, f)
@@ -294,9 +294,41 @@ def test_study_findings_on_fabricated_runs(trained, tmp_path):
     assert styles.accuracy <= styles.baseline
     assert 'does not hold' in styles.verdict()
 
+  # Early stopping replayed: a streak starting at epoch c is known at the end of epoch
+  # c + patience; the oracle stops at the plateau.
+  patience = int(views[0].dcfg.convergence_patience)
+  for view in views:
+    conv = view.convergence('')
+    expected = conv + patience if conv >= 0 and conv + patience < 14 else None
+    assert report.stop_epoch(view, '') == expected
+    assert report.stop_epoch(view, 'oracle') == plateau + 1
+    assert report.stop_epoch(view, '', min_epochs=13) in (None, 13)
+
+  # Two constant-learning-rate runs: the control of finding 2, kept out of findings 1 and 3.
+  for seed, conv in ((0, 4), (1, 6)):
+    _fabricate(
+        src,
+        tmp_path / 'controls' / f'cifar10_resnet18_constantlr_s{seed}',
+        'resnet18',
+        'cifar10',
+        seed,
+        0.3,
+        conv,
+        accuracy,
+        schedule='constant',
+    )
+
   # The report states the computed counts.
-  path = report.build_report([str(tmp_path / 'runs')], str(tmp_path / 'out'))
+  path = report.build_report(
+      [str(tmp_path / 'runs'), str(tmp_path / 'controls')], str(tmp_path / 'out')
+  )
   text = open(path).read()
+  assert '2 run(s) with a constant learning rate are the control of finding 2' in text
+  assert '#### Control: constant learning rate' in text
+  assert 'and 2 of 2 constant-rate runs' in text
+  assert '## Early stopping on the convergence signal' in text and 'oracle' in text
+  assert '## What we changed from the study' in text
+  assert 'convergence (step window)' in text  # the step resolution beside the epoch ones
   n = len(sep.compared)
   assert f'integration CIFAR-10 > CIFAR-100 for {len(expected_higher)} of {n} models' in text
   assert f'(lead > 0) in {len(leads.early)} of {len(views)} runs' in text
@@ -311,6 +343,9 @@ def test_study_findings_on_fabricated_runs(trained, tmp_path):
       'trajectories_expanding_logged.png',
       'trajectories_sliding_logged.png',
       'lead_cifar10_resnet18_s0_logged.png',
+      'lead_cifar10_resnet18_constantlr_s0_logged.png',
+      'seeds_expanding.png',
+      'trajectories_step_window_logged.png',
   ):
     assert os.path.getsize(tmp_path / 'out' / 'figures' / name) > 0
     assert f'figures/{name}' in text
@@ -415,3 +450,28 @@ def test_held_out_styles_and_fake_group_control(trained):
   for i, view in enumerate(same):
     view.run.model = 'fake_a' if i % 2 else 'fake_b'
   assert 'not shown' in report.held_out_styles(same, '', num=199)[0].verdict()
+
+
+def test_the_step_false_alarm_detector_replays_the_online_step_signal(trained):
+  """report.detector_config(view, STEP) run offline over the logged step DSI fires where the
+  tracker's online step rule fired: the null series of the step window go through the very
+  detector of the run."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  from dynamics import tracker as tracker_lib  # pylint: disable=g-import-not-at-top
+
+  for run in trained.values():
+    (definition,), _ = report.build_definitions([run])
+    view = definition.views[0]
+    dcfg = report.detector_config(view, report.STEP)
+    if int(view.dcfg.every_steps) != 1:
+      assert dcfg is None  # the changed definition computes every 2 steps: not replayable
+      continue
+    assert int(view.step['convergence']) >= 0  # BASE makes the step signal fire
+    vol, conv = tracker_lib.probe_volatility(
+        jnp.asarray(view.series('dsi', report.STEP), jnp.float32), dcfg
+    )
+    assert int(conv) == int(view.step['convergence'])
+    np.testing.assert_allclose(
+        np.asarray(vol), view.series('dsi_volatility', report.STEP), rtol=1e-5, equal_nan=True
+    )

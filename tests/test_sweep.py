@@ -90,6 +90,49 @@ def test_plan_workdirs_commands_and_hosts(tmp_path):
       sweep.plan(**args)
 
 
+def test_controls_add_the_constant_rate_cells_with_the_same_seeds(tmp_path):
+  data_dir = _fake_data_dir(tmp_path / 'data')
+  jobs = sweep.plan(
+      ['resnet18', 'vgg16'],
+      ['cifar100'],
+      [0, 1, 2],
+      'cpu30',
+      str(tmp_path / 'runs'),
+      str(data_dir),
+      replicas_per_run=3,
+      controls=['resnet18:cifar10'],
+      python='PY',
+  )
+  assert [j.name for j in jobs] == [
+      'cifar100_resnet18_s0-2',
+      'cifar100_vgg16_s0-2',
+      'cifar10_resnet18_constantlr_s0-2',
+  ]
+  control = jobs[-1]
+  assert control.command[2] == (
+      '--config=configs/study.py:model=resnet18,dataset=cifar10,scale=cpu30,seed=0,'
+      'schedule=constant'
+  )
+  # The control's dataset need not be among --datasets: its archive is found all the same.
+  assert f'--config.data.path={data_dir / "cifar10"}.tar.gz' in control.command
+  assert control.command[-1] == '--config.replicas=3'
+  for bad in ('resnet18', 'resnet99:cifar10', 'resnet18:mnist'):
+    with pytest.raises(ValueError, match='--controls'):
+      sweep.plan(['resnet18'], ['cifar10'], [0], 'cpu', str(tmp_path / 'r'), controls=[bad])
+
+
+def test_study_config_constant_schedule_and_cpu30_scale():
+  from configs import study
+
+  config = study.get_config('model=vgg16,dataset=cifar100,scale=cpu30,schedule=constant')
+  assert config.schedule == 'constant' and config.warmup_epochs == 0.0
+  assert config.learning_rate == 0.05  # the family's peak rate, held
+  assert config.num_epochs == 30 and config.data.train_subset == study.CPU30_TRAIN_SUBSET
+  assert study.get_config('model=vgg16,dataset=cifar100').schedule == 'cosine'
+  with pytest.raises(ValueError, match='schedule'):
+    study.get_config('schedule=step')
+
+
 def _sweep(*args):
   env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
   return subprocess.run(
