@@ -42,6 +42,9 @@ bench: $(VENV)/.bench
 # an interrupted sweep, then regenerates the report from the finished runs.
 DATA_DIR ?= ../shared/data
 STUDY_ROOT ?= runs/cpu30
+# JAX's persistent compilation cache: the per-epoch probe programs (2-3 s each to compile)
+# are loaded by every later run of the same shapes.
+study: export JAX_COMPILATION_CACHE_DIR ?= $(HOME)/.cache/dynamics_jax
 study: $(VENV)/.runtime
 	$(PY) sweep.py --models=resnet18,vgg16,vit_tiny --datasets=cifar10,cifar100 --scale=cpu30 \
 	    --seeds=0,1,2 --controls=resnet18:cifar10 \

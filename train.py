@@ -77,12 +77,6 @@ flags.DEFINE_bool(
     '<workdir>.old-<timestamp> and start afresh (without this flag such a run '
     'refuses to start). A workdir of the same config is resumed either way.',
 )
-flags.DEFINE_string(
-    'compilation_cache_dir',
-    os.environ.get('JAX_COMPILATION_CACHE_DIR', runtime.DEFAULT_COMPILATION_CACHE),
-    "JAX's persistent compilation cache (every program, however quick to compile: the "
-    'per-epoch probe programs of a second seed or a resumed run load from it); empty: off.',
-)
 flags.DEFINE_bool(
     'distributed',
     False,
@@ -211,7 +205,6 @@ def main(argv):
   config = _load_config()
   # Before anything touches a device: XLA reads its flags when the backend starts.
   runtime.configure_xla_cpu(model=config.model)
-  runtime.configure_compilation_cache(FLAGS.compilation_cache_dir)
   initialize_distributed()
   try:
     result = train_and_evaluate(config, FLAGS.workdir, overwrite=FLAGS.overwrite)

@@ -968,9 +968,11 @@ def test_two_processes_train_like_one_and_stop_together_on_sigterm(tmp_path):
   assert [r['step'] for r in records[multi]] == list(range(1, MULTI['num_train_steps'] + 1))
   # The same global batches and the same collectives, summed in another order across
   # processes: equal to float rounding at first, then drifting apart as training amplifies
-  # it (about 3e-5 at step 3, 1e-3 after 4 steps), so only the first steps are compared, to
-  # 1e-4: a batch split or reduced wrongly is off by percents from the first step.
+  # it (with jax 0.10: 2e-4 at step 2, 1.6e-3 at step 3), so the first step is compared to
+  # 1e-5 and the next two to 5e-3: a batch split or reduced wrongly is off by percents from
+  # the first step.
   first = [[r['train/loss'] for r in records[w][:3]] for w in (multi, single)]
-  np.testing.assert_allclose(first[0], first[1], rtol=1e-4)
+  np.testing.assert_allclose(first[0][0], first[1][0], rtol=1e-5)
+  np.testing.assert_allclose(first[0], first[1], rtol=5e-3)
   state = _read_checkpoint(multi, MULTI['num_train_steps'])
   assert int(state['step']) == MULTI['num_train_steps']

@@ -83,28 +83,3 @@ def configure_xla_cpu(environ=os.environ, model: Optional[str] = None) -> List[s
   if added:
     environ['XLA_FLAGS'] = ' '.join([existing] + added).strip()
   return added
-
-
-# The default of train.py's --compilation_cache_dir.
-DEFAULT_COMPILATION_CACHE = '~/.cache/dynamics_jax'
-
-
-def configure_compilation_cache(path: str) -> Optional[str]:
-  """JAX's persistent compilation cache in `path` ('' leaves JAX's own setting alone); returns
-  the absolute path used.
-
-  Every executable is cached, however quick its compilation: the epoch-mode probe update has
-  the history length as a static argument, so it compiles once per epoch, which on a small run
-  (a few seconds an epoch) costs more than the epoch's training; the second seed of a study
-  cell, a resumed run or a rerun loads them instead. A cached executable is the same binary as
-  a fresh compile, so no result depends on the cache.
-  """
-  if not path:
-    return None
-  import jax  # pylint: disable=g-import-not-at-top
-
-  path = os.path.abspath(os.path.expanduser(path))
-  os.makedirs(path, exist_ok=True)
-  jax.config.update('jax_compilation_cache_dir', path)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-  return path
