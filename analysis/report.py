@@ -1035,6 +1035,7 @@ class HeldOut:
   prefix: str
   result: Dict[str, Any]  # stats.classification_test
   controls: Dict[str, Optional[Dict[str, Any]]]  # model -> fake-groups control
+  shuffled: Optional[Dict[str, Any]] = None  # stats.shuffled_labels_control
 
   def verdict(self) -> str:
     where = f'{self.dataset}, {HISTORY_NAMES[self.prefix]}'
@@ -1059,7 +1060,16 @@ class HeldOut:
           f'{len(done) - len(failed)} of {len(done)} models{_names(failed)}'
       )
     else:
-      text += '. Control: no model has the 4 runs a fake split needs'
+      text += '. Fake-groups control: no model has the 4 runs a fake split needs'
+    c = self.shuffled
+    if c is not None:
+      text += (
+          f'. Shuffled-architecture control (the same runs with their model labels shuffled, '
+          f'{c["repeats"]} times, where the answer is "not distinct"): said "distinct" in '
+          f'{c["distinct"]} of {c["repeats"]} ({100 * c["rate"]:.0f}%, allowed '
+          f'{100 * stats.ALPHA:.0f}%; '
+          f'binomial p = {c["p"]:.2f}): **{"passes" if c["passes"] else "FAILS"}**'
+      )
     return text + '.'
 
 
@@ -1076,7 +1086,10 @@ def held_out_styles(views: Sequence[View], prefix: str, num: int = 999) -> List[
         m: stats.fake_groups_control(feats, labels, m, num=num)
         for m in sorted(set(labels.tolist()))
     }
-    out.append(HeldOut(dataset, prefix, result, controls))
+    shuffled = None
+    if np.isfinite(result['accuracy']):
+      shuffled = stats.shuffled_labels_control(feats, labels, seed=len(out))
+    out.append(HeldOut(dataset, prefix, result, controls, shuffled))
   return out
 
 
@@ -1097,8 +1110,9 @@ def _finding3(definitions: Sequence[Definition], fig_dir: str, rel: str) -> List
       'leave-one-run-out nearest-centroid cross-validation (features standardised on the '
       'training runs); the accuracy is compared with its permutation distribution (the '
       f'model labels shuffled across runs, 999 times); "distinct" needs p < {stats.ALPHA}. '
-      'The same test on the runs of one model split into two fake groups must not say '
-      '"distinct".',
+      'The same test on the runs of one model split into two fake groups, and on all the '
+      'runs with their model labels shuffled (100 times, 99 permutations each: at most '
+      f'{100 * stats.ALPHA:.0f}% may say "distinct"), must not say "distinct".',
       '',
   ]
   for definition in definitions:

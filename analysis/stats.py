@@ -206,6 +206,38 @@ def fake_groups_control(
   return classification_test(np.asarray(features)[rows], fake, num=num, seed=seed)
 
 
+def shuffled_labels_control(
+    features, labels, repeats: int = 100, num: int = 99, seed: int = 0, test=None
+) -> Dict[str, float]:
+  """The known-"no" control of the classification test on the real runs: the labels are
+  shuffled across the runs (class sizes kept), so no label can be predicted, and the whole
+  test is rerun `repeats` times with `num` permutations each. A calibrated test says
+  "distinct" in at most ALPHA of them; the control fails when a one-sided binomial test finds
+  the rate above ALPHA (p < ALPHA). `test` (default classification_test) is the rule tested.
+
+  Returns:
+    {'repeats', 'distinct' (how many said distinct), 'rate', 'p', 'passes'}.
+  """
+  test = classification_test if test is None else test
+  x = np.asarray(features, np.float64)
+  labels = np.asarray(labels)
+  # The classes the test keeps (2 or more runs), so that shuffling keeps their sizes.
+  keep = np.isin(labels, [c for c in np.unique(labels) if np.sum(labels == c) >= 2])
+  x, labels = x[keep], labels[keep]
+  rng = np.random.default_rng(seed)
+  said = 0
+  for i in range(repeats):
+    said += bool(test(x, rng.permutation(labels), num=num, seed=seed + 1 + i)['distinct'])
+  p = float(scipy.stats.binomtest(said, repeats, ALPHA, alternative='greater').pvalue)
+  return {
+      'repeats': repeats,
+      'distinct': said,
+      'rate': said / repeats,
+      'p': p,
+      'passes': bool(p >= ALPHA),
+  }
+
+
 # --------------------------------------------------------------------------- detectors
 
 

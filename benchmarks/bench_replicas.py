@@ -9,8 +9,9 @@ one untimed step of that kind):
 
 - `seq`: N separate single-seed train steps (the train.py step of a 1-replica run), one
   after another, each on its own state and batch: what N runs would do;
-- `vmap` and `map`: the N-replica step of config.replicas = N with replica_impl vmap or map,
-  the batches gathered inside the step from the device-resident uint8 train set.
+- `vmap` and `unroll` (and `map` with --impls): the N-replica step of config.replicas = N
+  with that replica_impl, the batches gathered inside the step from the device-resident
+  uint8 train set.
 
 It reports images/s summed over replicas, the speed-up over `seq`, compile time (once for
 the packed step against N times the single step's, which N runs pay), and the host time
@@ -46,7 +47,7 @@ flags.DEFINE_list('models', ['resnet18', 'vgg16'], 'Registry names.')
 flags.DEFINE_integer('width', 16, 'model_args.width (base channels).')
 flags.DEFINE_integer('batch', 128, 'Batch size per replica.')
 flags.DEFINE_list('replicas', ['1', '2', '4', '8'], 'Replica counts N.')
-flags.DEFINE_list('impls', ['vmap', 'map'], 'Packed implementations to time.')
+flags.DEFINE_list('impls', ['vmap', 'unroll'], 'Packed implementations to time (map: slow on CPU).')
 flags.DEFINE_integer('rounds', 3, 'Rounds; each times every kind `steps` times.')
 flags.DEFINE_integer('steps', 2, 'Timed steps per kind per round.')
 flags.DEFINE_bool('dynamics', False, 'Tracker on (its defaults).')

@@ -31,8 +31,9 @@ def base_config():
   # Devices the replicas are spread over (a ('replica', 'data') mesh; each replica is then
   # data-parallel over device_count / replica_devices devices). 0: gcd(replicas, devices).
   config.replica_devices = 0
-  # How the step runs the replicas: 'vmap' (batched ops), 'map' (lax.map, one replica after
-  # another inside the program) or 'auto' (measured default per backend, replicas.py).
+  # How the step runs the replicas: 'vmap' (batched ops), 'unroll' (the single-seed step
+  # written out once per replica in the program), 'map' (lax.map: a loop over the replicas,
+  # slow on CPU) or 'auto' (the measured default per backend, training/replicas.py).
   config.replica_impl = 'auto'
 
   config.model = 'resnet18'

@@ -149,7 +149,9 @@ def test_apply_to_step_freezes_only_the_stopped_replica():
   np.testing.assert_array_equal(scaled['w'][:, 0], [0.5, 1.0])
 
 
-# Seeds 0 and 1 of this config fire at different epochs (measured: 2 and 3).
+# Seeds 0 and 1 of this config fire at different epochs (measured: 2 and 3; which seed fires
+# first changes with the replica implementation's round-off, since the volatility crosses rho
+# near the threshold, so the test takes the order from the run).
 REPLICAS = {'replicas': 2, 'dynamics.convergence_rho': 0.3, 'early_stop.min_epochs': 0}
 
 
@@ -163,20 +165,22 @@ def test_with_replicas_a_stopped_replica_freezes_and_the_others_train_on(tmp_pat
   folder = str(tmp_path / 'packed')
   result = loop.train_and_evaluate(_config(**REPLICAS), folder)
   summary = _summary(folder)
-  assert summary['stop_epochs'] == [2, 3]
+  stops = summary['stop_epochs']
+  assert sorted(stops) == [2, 3]
   assert result['finished'] and result['final_step'] == 3 * SPE  # ends when both stopped
-  first, second = (replicas.replica_dir(folder, k) for k in range(2))
+  early, late = int(np.argmin(stops)), int(np.argmax(stops))
+  first, second = (replicas.replica_dir(folder, k) for k in (early, late))
   assert _summary(first)['stop_epoch'] == 2 and _summary(second)['stop_epoch'] == 3
-  # Replica 0 is frozen in epoch 3: the same weights give the same test loss; replica 1
-  # trained on.
+  # The early replica is frozen in epoch 3: the same weights give the same test loss; the
+  # other trained on.
   assert _eval(first)[3] == _eval(first)[2]
   assert _eval(second)[3] != _eval(second)[2]
-  # Killed in epoch 3 (replica 0 frozen, replica 1 training) and resumed: the same stops and
+  # Killed in epoch 3 (one replica frozen, the other training) and resumed: the same stops and
   # the same numbers (the same program: bitwise).
   other = str(tmp_path / 'resumed')
   assert not loop.train_and_evaluate(_config(**REPLICAS), other, stop_after=2 * SPE + 4)['finished']
   loop.train_and_evaluate(_config(**REPLICAS), other)
-  assert _summary(other)['stop_epochs'] == [2, 3]
+  assert _summary(other)['stop_epochs'] == stops
   for k in range(2):
     assert _eval(replicas.replica_dir(other, k)) == _eval(replicas.replica_dir(folder, k))
 

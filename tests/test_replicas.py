@@ -137,8 +137,8 @@ def test_replica_k_equals_the_run_with_seed_plus_k(runs):
   assert np.asarray(state['rng']).shape == (N, 2) and np.asarray(state['step']).shape == ()
 
 
-def test_vmap_and_map_steps_equal_single_steps():
-  """The step itself, both implementations, against N single-seed steps (3 steps)."""
+def test_vmap_unroll_and_map_steps_equal_single_steps():
+  """The step itself, every implementation, against N single-seed steps (3 steps)."""
   config = _config(replicas=N)
   mesh = loop.make_mesh()
   mean, std = jnp.full(3, 120.0), jnp.full(3, 64.0)
@@ -155,7 +155,7 @@ def test_vmap_and_map_steps_equal_single_steps():
       state, m = single.train_step(state, images[indices[k]], labels[indices[k]])
       losses.append(float(m['train/loss']))
     expected.append((losses, jax.device_get(state.params)))
-  for impl in ('vmap', 'map'):
+  for impl in ('vmap', 'unroll', 'map'):
     config.replica_impl = impl
     rmesh = replicas.make_mesh(config)
     exp = loop.build(config, 4, (32, 32, 3), mean, std, 4, 12, rmesh)

@@ -74,6 +74,28 @@ def test_classification_calibrated_under_null():
   assert hits / trials < 0.05 + 3 * math.sqrt(0.05 * 0.95 / trials)
 
 
+def test_shuffled_labels_control_passes_the_test_and_fails_a_biased_rule():
+  # On well-separated runs (3 models x 3 seeds, the study's design) the real test says
+  # "distinct", and with the labels shuffled it mostly says no: the control passes.
+  rng = np.random.default_rng(4)
+  labels = np.repeat(['resnet', 'vgg', 'vit'], 3)
+  centres = {'resnet': 0.0, 'vgg': 3.0, 'vit': 6.0}
+  x = np.stack([rng.normal(centres[c], 0.3, 4) for c in labels])
+  assert stats.classification_test(x, labels, num=199)['distinct']
+  control = stats.shuffled_labels_control(x, labels, repeats=40, num=99)
+  assert control['passes'] and control['rate'] <= 0.1 and control['repeats'] == 40
+
+  # A rule that says "distinct" whenever a run is nearer its own centroid than chance (the
+  # old descriptive rule's flaw: it is fooled by any label) fails the control.
+  def biased(features, shuffled, num, seed):
+    del num, seed
+    acc = stats.loo_accuracy(features, shuffled, np.arange(len(shuffled)))
+    return {'distinct': acc >= 0.0}
+
+  failed = stats.shuffled_labels_control(x, labels, repeats=40, test=biased)
+  assert not failed['passes'] and failed['rate'] == 1.0
+
+
 def test_trivial_predictors():
   lr = np.asarray([0.1, 0.2, 0.4, 0.4, 0.3, 0.2, 0.1])
   assert stats.first_fraction_epoch(lr, 0.5) == 5  # peak 0.4 at epoch 2; 0.2 <= 0.2 at 5

@@ -8,12 +8,16 @@ leading replica axis [N, ...]; `step` stays a scalar, shared by all replicas, so
 and the loop's bookkeeping are those of one run.
 
 The step runs the single-seed step (training.steps.train_step, unchanged) over the replica
-axis, in one of two ways (`config.replica_impl`):
+axis, in one of three ways (`config.replica_impl`):
 
 - 'vmap': jax.vmap; each convolution becomes one grouped/batched convolution;
-- 'map': jax.lax.map, one replica after another inside the one program (the same
-  convolutions as a single run). On a mesh whose 'replica' axis spans R > 1 devices, the
-  replicas are split into R groups: vmap over the groups (one per device), lax.map within.
+- 'unroll': the single-seed step written out N times in the one program (the same
+  convolutions as a single run, N times the program to compile);
+- 'map': jax.lax.map, a while loop over the replicas (the program of one replica). XLA:CPU
+  runs convolutions inside a loop body far slower than outside one (jax-ml/jax#12868: 26x
+  for a conv's gradient here), so 'map' is for accelerators whose compile time matters.
+On a mesh whose 'replica' axis spans R > 1 devices, 'unroll' and 'map' split the replicas into
+R groups: vmap over the groups (one per device), unrolled or mapped within.
 
 'auto' picks per backend what benchmarks/bench_replicas.py measured faster (AUTO_IMPL).
 
@@ -36,12 +40,12 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 REPLICA_AXIS, DATA_AXIS = 'replica', 'data'
-IMPLS = ('auto', 'vmap', 'map')
-# What 'auto' means per backend. CPU: the loop inside the program, which keeps the
-# convolutions of a single run (XLA:CPU lowers vmapped convolutions to grouped ones); an
-# assumption until benchmarks/bench_replicas.py has been run alone (README, "Replicas").
-# Accelerators: vmap, which fills the chip with one wide op.
-AUTO_IMPL = {'cpu': 'map'}
+IMPLS = ('auto', 'vmap', 'unroll', 'map')
+# What 'auto' means per backend. CPU: the replicas written out in the program, which keeps
+# the convolutions of a single run (XLA:CPU lowers vmapped convolutions to grouped ones, and
+# runs convolutions inside loop bodies slowly); benchmarks/bench_replicas.py, README
+# "Several seeds in one program". Accelerators: vmap, which fills the chip with one wide op.
+AUTO_IMPL = {'cpu': 'unroll'}
 DEFAULT_ACCELERATOR_IMPL = 'vmap'
 # The marker a replica's config.json carries, so that train.py refuses to train into it.
 MARKER = 'replica_of'
@@ -156,17 +160,27 @@ def num_replicas_in(tree) -> int:
 def map_replicas(fn: Callable, impl: str, groups: int = 1) -> Callable:
   """fn(*xs) on one replica -> g(*xs) on the stacked xs (every leaf with leading axis N).
 
-  impl 'vmap': jax.vmap(fn). 'map': jax.lax.map over the replicas; with groups > 1 (the
+  impl 'vmap': jax.vmap(fn). 'unroll': fn applied to each replica in turn, written out in
+  the program, the outputs stacked. 'map': jax.lax.map over the replicas. With groups > 1 (the
   devices along 'replica') the N replicas are reshaped to [groups, N / groups], vmapped over
-  the groups (each group on its own device) and lax.mapped within them.
+  the groups (each group on its own device) and unrolled or mapped within them.
   """
   if impl == 'vmap':
     return jax.vmap(fn)
-  if impl != 'map':
-    raise ValueError(f'replica_impl={impl!r}; allowed: vmap, map.')
+  if impl == 'unroll':
 
-  def looped(*xs):
-    return jax.lax.map(lambda x: fn(*x), xs)
+    def looped(*xs):
+      n = jax.tree.leaves(xs)[0].shape[0]
+      outs = [fn(*jax.tree.map(lambda x: x[k], xs)) for k in range(n)]
+      return jax.tree.map(lambda *ys: jnp.stack(ys), *outs)
+
+  elif impl == 'map':
+
+    def looped(*xs):
+      return jax.lax.map(lambda x: fn(*x), xs)
+
+  else:
+    raise ValueError(f'replica_impl={impl!r}; allowed: vmap, unroll, map.')
 
   if groups == 1:
     return looped
