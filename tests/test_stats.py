@@ -85,8 +85,8 @@ def test_shuffled_labels_control_passes_the_test_and_fails_a_biased_rule():
   control = stats.shuffled_labels_control(x, labels, repeats=40, num=99)
   assert control['passes'] and control['rate'] <= 0.1 and control['repeats'] == 40
 
-  # A rule that says "distinct" whenever a run is nearer its own centroid than chance (the
-  # old descriptive rule's flaw: it is fooled by any label) fails the control.
+  # A rule that says "distinct" whatever the labels (as the old in-sample centroid rule did for
+  # two seeds of one model) fails the control.
   def biased(features, shuffled, num, seed):
     del num, seed
     acc = stats.loo_accuracy(features, shuffled, np.arange(len(shuffled)))
