@@ -7,14 +7,19 @@ WORKDIR ?= runs/quickstart
 
 .PHONY: demo test bench study clean-demo
 
+# -qq: pip's errors only (a machine's pip.conf can add a warning per package otherwise).
+PIP_INSTALL := $(PY) -m pip install -qq --disable-pip-version-check
+
 $(VENV)/.runtime: requirements.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
-	touch $@
+	@echo "Installing requirements.txt into $(VENV) (a minute or more the first time) ..."
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PIP_INSTALL) -r requirements.txt
+	@touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
-	touch $@
+	@echo "Installing requirements-dev.txt (the test and lint tools) ..."
+	@$(PIP_INSTALL) -r requirements-dev.txt
+	@touch $@
 
 demo: $(VENV)/.runtime
 	$(PY) train.py --config=configs/quickstart.py --workdir=$(WORKDIR)
@@ -25,21 +30,22 @@ test: $(VENV)/.dev
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 $(VENV)/.bench: $(VENV)/.dev requirements-bench.txt
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements-bench.txt
+	$(PIP_INSTALL) -r requirements-bench.txt
 	touch $@
 
-# The README's performance tables (about 45 minutes on 2 CPU cores); JSON under runs/benchmarks/.
+# The README's performance tables (about 50 minutes on 2 CPU cores); JSON under runs/benchmarks/.
 bench: $(VENV)/.bench
 	$(PY) benchmarks/bench_metrics.py
 	$(PY) benchmarks/bench_conv.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_layers.py
 	$(PY) benchmarks/bench_xla_flags.py
+	$(PY) benchmarks/bench_replicas.py --rounds=2
 
 # The CPU-scale study (results/cpu30, about 80 minutes on 2 cores): 3 families x 2 datasets x
 # 3 seeds, plus the constant-learning-rate control, one run per seed (on CPU, packing seeds
-# into replicas is slower: README "Several seeds in one program"); the same command resumes
-# an interrupted sweep, then regenerates the report from the finished runs.
+# into replicas is no faster and compiles as long: README "Several seeds in one program");
+# the same command resumes an interrupted sweep, then regenerates the report from the finished runs.
 DATA_DIR ?= ../shared/data
 STUDY_ROOT ?= runs/cpu30
 # JAX's persistent compilation cache: the per-epoch probe programs (2-3 s each to compile)

@@ -274,7 +274,12 @@ def analyze_replicas(workdir: str, replica_dirs) -> str:
   table += ['| ' + ' | '.join(row) + ' |' for row in rows]
   plots = os.path.join(workdir, 'plots')
   os.makedirs(plots, exist_ok=True)
-  figures.seeds(runs, os.path.join(plots, 'seeds.png'), title)
+  seeds = sorted(r.seed for r in runs)
+  figures.seeds(
+      runs,
+      os.path.join(plots, 'seeds.png'),
+      f'{title} ({runs[0].model} on {runs[0].dataset_label}, seeds {seeds[0]}-{seeds[-1]})',
+  )
   lines = [
       f'# Run {title}: {len(runs)} seeds in one program',
       '',

@@ -224,13 +224,23 @@ def main(argv):
     sys.exit(128 + checkpoint.last_signal() if checkpoint.last_signal() else PREEMPTED_EXIT_CODE)
   out = result['outputs']
   if result['eval_accuracy'] is not None:
-    logging.info('Final test accuracy: %.2f%%', result['eval_accuracy'])
+    logging.info('Final test accuracy: %s', _accuracy_text(result['eval_accuracy']))
   print('Results:')
   print(f'  TensorBoard logs:    tensorboard --logdir {out["tensorboard"]}')
   print(f'  metrics (JSON lines): {out["metrics"]}')
   print(f'  checkpoints:          {out["checkpoints"]}')
   if 'dynamics' in out:
     print(f'  dynamics series:      {out["dynamics"]}')
+
+
+def _accuracy_text(accuracy) -> str:
+  """'97.27%' for one run; each replica's and their mean ± sample std for a list of them."""
+  if not isinstance(accuracy, (list, tuple)):
+    return f'{accuracy:.2f}%'
+  values = np.asarray(accuracy, np.float64)
+  each = ', '.join(f'{v:.2f}%' for v in values)
+  spread = f'mean {values.mean():.2f} ± {values.std(ddof=1):.2f}%'
+  return f'{each} (replicas 0..{len(values) - 1}; {spread})'
 
 
 if __name__ == '__main__':

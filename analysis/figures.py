@@ -442,7 +442,8 @@ def run_step_dynamics(run, path: str):
   fig.suptitle(
       _wrap(
           f'{run_title(run)}: step-mode dynamics (training forward pass, sliding '
-          f'window of {window} steps, every {every})',
+          f'window of {window} steps, computed '
+          + ('every step)' if every == 1 else f'every {every} steps)'),
           110,
       )
   )
@@ -607,15 +608,17 @@ def seeds(runs, path: str, title: str):
   over epochs, each seed thin and their mean with a +-1 sample-std band."""
   fig, axes = plt.subplots(1, 3, figsize=(15, 4))
   _band(axes[0], [r.test_accuracy for r in runs], 'test accuracy', 'C0')
-  axes[0].set(xlabel='epoch', ylabel='test accuracy (%)', title=f'{title}: test accuracy')
+  axes[0].set(xlabel='epoch', ylabel='test accuracy (%)', title='test accuracy')
   _band(axes[1], [r.epoch_values('eval/loss') for r in runs], 'test loss', 'C1')
-  axes[1].set(xlabel='epoch', ylabel='cross-entropy loss (nats)', title=f'{title}: test loss')
-  _band(axes[2], [r.dynamics['probe_dsi'] for r in runs if r.has_probe], 'DSI', 'C2')
+  axes[1].set(xlabel='epoch', ylabel='cross-entropy loss (nats)', title='test loss')
+  probed = [r.dynamics['probe_dsi'] for r in runs if r.has_probe]
+  _band(axes[2], probed, 'DSI', 'C2')
   axes[2].set(
       xlabel='epoch',
       ylabel='DSI (probe, expanding history)',
-      title=f'{title}: dynamical stability index',
+      title='dynamical stability index (epoch mode)',
   )
+  fig.suptitle(f'{title}: mean and spread of {len(runs)} seeds')
   for ax in axes:
     ax.grid(alpha=0.3)
     _legend(ax)

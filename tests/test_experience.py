@@ -262,3 +262,30 @@ def test_a_run_shorter_than_any_step_window_trains_and_says_so(tmp_path):
   loop.train_and_evaluate(config, str(tmp_path))  # build() does not re-check the resolved 10
   dyn = np.load(tmp_path / 'dynamics.npz')
   assert dyn['step_signals'].shape[1] == 4 and not np.isfinite(dyn['step_dsi']).any()
+
+
+def test_train_py_with_replicas_ends_with_each_replicas_accuracy(tmp_path):
+  """The console's last lines of `train.py --config.replicas=2`: every replica's accuracy and
+  their spread, with no logging error (a list once reached a '%.2f' format)."""
+  proc = subprocess.run(
+      [
+          sys.executable,
+          'train.py',
+          '--config=configs/tiny.py',
+          f'--workdir={tmp_path / "run"}',
+          '--config.replicas=2',
+          '--config.num_train_steps=4',
+          '--config.dynamics.enabled=False',
+      ],
+      cwd=ROOT,
+      env=dict(os.environ, DYNAMICS_XLA_CPU_TUNING='0'),
+      capture_output=True,
+      text=True,
+      timeout=900,
+  )
+  out = proc.stdout + proc.stderr
+  assert proc.returncode == 0, out[-3000:]
+  assert 'Logging error' not in out and 'Traceback' not in out, out[-3000:]
+  (line,) = [line for line in out.splitlines() if 'Final test accuracy: ' in line]
+  assert line.count('%') == 3 and '(replicas 0..1; mean ' in line, line
+  assert 'metrics (JSON lines):' in out and 'replica_*/metrics.jsonl' in out

@@ -771,7 +771,7 @@ def _train_and_evaluate(
     else:
       train = (
           f'loss {_spread([v["train/loss"] for v in logged])}  acc '
-          f'{_spread([v["train/accuracy"] for v in logged])}% (mean ± std of {n} replicas)'
+          f'{_spread([v["train/accuracy"] for v in logged], 1)}% (mean ± std of {n} replicas)'
       )
     if not epoch_end:
       logging.info(
