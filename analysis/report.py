@@ -1060,7 +1060,12 @@ class HeldOut:
           f'{len(done) - len(failed)} of {len(done)} models{_names(failed)}'
       )
     else:
-      text += '. Fake-groups control: no model has the 4 runs a fake split needs'
+      text += (
+          f'. Fake-groups control: no model has the {stats.FAKE_SPLIT_MIN_RUNS} runs a fake '
+          f'split needs to be able to reach p < {stats.ALPHA} (with '
+          f'{stats.FAKE_SPLIT_MIN_RUNS - 1} or fewer the smallest p is '
+          f'{stats.fake_split_min_p(stats.FAKE_SPLIT_MIN_RUNS - 1):.2f} or more)'
+      )
     c = self.shuffled
     if c is not None:
       text += (
@@ -1109,7 +1114,8 @@ def _finding3(definitions: Sequence[Definition], fig_dir: str, rel: str) -> List
       '(mean and final integration and metastability) and classified by architecture with '
       'leave-one-run-out nearest-centroid cross-validation (features standardised on the '
       'training runs); the accuracy is compared with its permutation distribution (the '
-      f'model labels shuffled across runs, 999 times); "distinct" needs p < {stats.ALPHA}. '
+      'model labels shuffled across runs, 999 times, or every distinct labelling when '
+      f'there are fewer: an exact test); "distinct" needs p < {stats.ALPHA}. '
       'The same test on the runs of one model split into two fake groups, and on all the '
       'runs with their model labels shuffled (100 times, 99 permutations each: at most '
       f'{100 * stats.ALPHA:.0f}% may say "distinct"), must not say "distinct".',

@@ -145,13 +145,45 @@ def loo_accuracy(features: np.ndarray, labels: Sequence[str], groups: Sequence) 
   return correct / len(labels)
 
 
+def _num_labellings(counts) -> int:
+  """Distinct assignments of labels with these class sizes to n runs: n! / prod(counts!)."""
+  total, left = 1, int(np.sum(counts))
+  for c in counts:
+    total *= math.comb(left, int(c))
+    left -= int(c)
+  return total
+
+
+def _labellings(labels):
+  """Every distinct rearrangement of `labels` (class sizes kept), the given one included."""
+  classes = np.unique(labels)
+  sizes = [int(np.sum(labels == c)) for c in classes]
+
+  def fill(free, k):
+    if k == len(classes) - 1:
+      yield {classes[k]: free}
+      return
+    for chosen in itertools.combinations(free, sizes[k]):
+      rest = tuple(i for i in free if i not in chosen)
+      for tail in fill(rest, k + 1):
+        yield {classes[k]: chosen, **tail}
+
+  for assignment in fill(tuple(range(len(labels))), 0):
+    out = np.empty(len(labels), dtype=labels.dtype)
+    for c, where in assignment.items():
+      out[list(where)] = c
+    yield out
+
+
 def classification_test(
     features, labels, groups=None, num: int = 999, seed: int = 0
 ) -> Dict[str, float]:
   """Held-out accuracy of classifying runs by label, against its permutation distribution.
 
   The null permutes the labels across runs (keeping the class sizes) and recomputes the
-  leave-one-group-out accuracy; p = (1 + #{null >= observed}) / (1 + num). "Distinct" means
+  leave-one-group-out accuracy: over every distinct labelling when there are at most `num` of
+  them (exact: p = #{null >= observed} / #labellings, the observed labelling among them),
+  otherwise over `num` random ones, p = (1 + #{null >= observed}) / (1 + num). "Distinct" means
   p < ALPHA. groups default to one group per run (leave-one-run-out).
 
   Returns:
@@ -179,9 +211,13 @@ def classification_test(
   if len(classes) < 2 or len(np.unique(groups)) < 3:
     return out
   observed = loo_accuracy(x, labels, groups)
-  rng = np.random.default_rng(seed)
-  null = np.asarray([loo_accuracy(x, rng.permutation(labels), groups) for _ in range(num)])
-  p = (1 + np.sum(null >= observed - 1e-12)) / (1 + num)
+  if _num_labellings(counts) <= num:  # exact: every distinct labelling (the observed one too)
+    null = np.asarray([loo_accuracy(x, perm, groups) for perm in _labellings(labels)])
+    p = np.sum(null >= observed - 1e-12) / len(null)
+  else:
+    rng = np.random.default_rng(seed)
+    null = np.asarray([loo_accuracy(x, rng.permutation(labels), groups) for _ in range(num)])
+    p = (1 + np.sum(null >= observed - 1e-12)) / (1 + num)
   out.update(
       accuracy=observed,
       chance=float(counts.max() / n),
@@ -192,15 +228,28 @@ def classification_test(
   return out
 
 
+def fake_split_min_p(n: int) -> float:
+  """The smallest p the classification test can give on n runs split into two fake groups of
+  ceil(n/2) and floor(n/2): only the true split (and, with equal groups, its swap) among the
+  C(n, ceil(n/2)) labellings scores the perfect accuracy."""
+  return (2 if n % 2 == 0 else 1) / math.comb(n, math.ceil(n / 2))
+
+
+# The fewest runs of one model whose fake split can say "distinct" at all: 7 (1/35). With 4
+# to 6 runs the smallest p is 1/3, 1/10 or 1/10, and a control that cannot fail is no control.
+FAKE_SPLIT_MIN_RUNS = next(n for n in range(4, 100) if fake_split_min_p(n) < ALPHA)
+
+
 def fake_groups_control(
     features, labels, model: str, seed: int = 0, num: int = 999
 ) -> Optional[Dict[str, float]]:
   """The control of the classification test: the runs of one model split into two fake
   groups (alternately by seed order). The answer is known to be "not distinct"; None when the
-  model has fewer than 4 runs (two per fake group)."""
+  model has fewer than FAKE_SPLIT_MIN_RUNS runs, where the test could not say "distinct"
+  whatever the data."""
   labels = np.asarray(labels)
   rows = np.flatnonzero(labels == model)
-  if len(rows) < 4:
+  if len(rows) < FAKE_SPLIT_MIN_RUNS:
     return None
   fake = np.asarray(['A' if i % 2 == 0 else 'B' for i in range(len(rows))])
   return classification_test(np.asarray(features)[rows], fake, num=num, seed=seed)

@@ -56,10 +56,27 @@ def test_classification_separates_and_control_says_no():
   # Same distribution for every label: not distinct.
   same = rng.normal(0, 1, x.shape)
   assert not stats.classification_test(same, labels, num=199)['distinct']
-  # The control on the real separated data: four runs of one model split in two fake groups.
-  control = stats.fake_groups_control(x, labels, 'vgg', num=199)
-  assert control is not None and not control['distinct']
-  assert stats.fake_groups_control(x[:6], labels[:6], 'vgg') is None  # only 2 vgg runs
+  # Too few runs of one model for a fake split that could say "distinct": no control.
+  assert stats.fake_groups_control(x, labels, 'vgg') is None  # 4 vgg runs
+
+
+def test_fake_groups_control_says_no_on_seeds_and_can_say_yes():
+  assert stats.FAKE_SPLIT_MIN_RUNS == 7
+  every = {tuple(p) for p in stats._labellings(np.asarray(list('aabbb')))}
+  assert len(every) == 10 and all(sorted(p) == list('aabbb') for p in every)
+  assert stats.fake_split_min_p(6) == 0.1 and abs(stats.fake_split_min_p(7) - 1 / 35) < 1e-15
+  rng = np.random.default_rng(5)
+  labels = np.asarray(['resnet'] * 8 + ['vgg'] * 3)
+  # Eight seeds of one model from one distribution: the fake split is not distinct.
+  x = rng.normal(0, 1, (11, 4))
+  control = stats.fake_groups_control(x, labels, 'resnet', num=199)
+  assert control is not None and control['n'] == 8 and not control['distinct']
+  # The control is not vacuous: if the alternate seeds really differed, it would say so.
+  x[:8:2] += 4.0
+  shifted = stats.fake_groups_control(x, labels, 'resnet', num=199)
+  # 70 labellings of 4 + 4 runs <= 199: the exact test; only the split and its swap score 1.
+  assert shifted['distinct'] and shifted['accuracy'] == 1.0 and abs(shifted['p'] - 2 / 70) < 1e-12
+  assert stats.fake_groups_control(x[5:], labels[5:], 'resnet') is None  # 3 runs
 
 
 def test_classification_calibrated_under_null():
