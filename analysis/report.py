@@ -1040,25 +1040,21 @@ class HeldOut:
   def verdict(self) -> str:
     where = f'{self.dataset}, {HISTORY_NAMES[self.prefix]}'
     r = self.result
+    done = {m: c for m, c in self.controls.items() if c is not None}
     if not np.isfinite(r['accuracy']):
-      return (
+      text = (
           f'**{where}**: cannot be assessed: needs 2 or more models with 2 or more runs '
-          f'each ({r["n"]} runs, {r["classes"]} models).'
+          f'each ({r["n"]} runs, {r["classes"]} models)'
       )
+      return text + (f'. {self._fake_groups_text(done)}' if done else '') + '.'
     text = (
         f'**{where}**: leave-one-run-out accuracy {100 * r["accuracy"]:.0f}% over {r["n"]} '
         f'runs of {r["classes"]} models (largest class {100 * r["chance"]:.0f}%, permutation '
         f'null mean {100 * r["null_mean"]:.0f}%), p = {r["p"]:.3f}. Distinct trajectories '
         f'per architecture: **{"holds" if r["distinct"] else "not shown"}**'
     )
-    done = {m: c for m, c in self.controls.items() if c is not None}
     if done:
-      failed = sorted(m for m, c in done.items() if c['distinct'])
-      text += (
-          f'. Control (the seeds of one model split into two fake groups, where the answer '
-          f'is "not distinct"): {"passes" if not failed else "FAILS"} for '
-          f'{len(done) - len(failed)} of {len(done)} models{_names(failed)}'
-      )
+      text += f'. {self._fake_groups_text(done)}'
     else:
       text += (
           f'. Fake-groups control: no model has the {stats.FAKE_SPLIT_MIN_RUNS} runs a fake '
@@ -1076,6 +1072,20 @@ class HeldOut:
           f'binomial p = {c["p"]:.2f}): **{"passes" if c["passes"] else "FAILS"}**'
       )
     return text + '.'
+
+  @staticmethod
+  def _fake_groups_text(done: Dict[str, Dict[str, Any]]) -> str:
+    failed = sorted(m for m, c in done.items() if c['distinct'])
+    each = '; '.join(
+        f'{m}: {100 * c["accuracy"]:.0f}% over {c["n"]} runs, p = {c["p"]:.3f}'
+        for m, c in sorted(done.items())
+    )
+    return (
+        f'Control (the seeds of one model split into two fake groups, alternately by seed, '
+        f'where the answer is "not distinct"; {each}): '
+        f'**{"passes" if not failed else "FAILS"}** for {len(done) - len(failed)} of '
+        f'{len(done)} models{_names(failed)}'
+    )
 
 
 def held_out_styles(views: Sequence[View], prefix: str, num: int = 999) -> List[HeldOut]:

@@ -121,3 +121,16 @@ def test_trivial_predictors():
   # (1.2 - 0.985) / (3 * 1.2) = 0.06; (1.0 - 0.98) / 3 = 0.0067 < 0.02 at epoch 6.
   assert stats.slope_rule_epoch(loss, 3, 0.02) == 6
   assert stats.slope_rule_epoch(loss[:4], 3, 0.02) == -1
+
+
+def test_held_out_verdict_reports_the_control_also_when_one_model_cannot_be_classified():
+  from analysis import report
+
+  rng = np.random.default_rng(6)
+  labels = np.asarray(['resnet'] * 8)
+  x = rng.normal(0, 1, (8, 4))
+  result = stats.classification_test(x, labels, num=99)  # one model: no architecture test
+  assert not np.isfinite(result['accuracy'])
+  control = stats.fake_groups_control(x, labels, 'resnet', num=99)
+  text = report.HeldOut('CIFAR-10', '', result, {'resnet': control}).verdict()
+  assert 'cannot be assessed' in text and 'over 8 runs' in text and '**passes** for 1 of 1' in text
