@@ -441,10 +441,15 @@ def _style_views(dcfg, centres, seeds, rng, dataset='CIFAR-10'):
 def test_held_out_styles_and_fake_group_control(trained):
   dcfg = trained['default'].dynamics_config()
   rng = np.random.default_rng(0)
-  views = _style_views(dcfg, {'resnet18': 0.6, 'vgg16': 0.9, 'mobilenetv2': 1.2}, 4, rng)
+  # 8 seeds per model: the fake-groups control needs 7 runs of a model to be able to fail.
+  views = _style_views(dcfg, {'resnet18': 0.6, 'vgg16': 0.9, 'mobilenetv2': 1.2}, 8, rng)
   held = report.held_out_styles(views, '', num=199)[0]
   assert held.result['accuracy'] == 1.0 and held.result['distinct']
-  assert 'holds' in held.verdict() and 'passes for 3 of 3 models' in held.verdict()
+  assert all(c is not None and not c['distinct'] for c in held.controls.values())
+  assert 'holds' in held.verdict() and '**passes** for 3 of 3 models' in held.verdict()
+  few = report.held_out_styles(views[:4] + views[8:12] + views[16:20], '', num=199)[0]
+  assert all(c is None for c in few.controls.values())  # 4 runs each: no control
+  assert 'no model has the 7 runs a fake split needs' in few.verdict()
   # The defect of the in-sample rule: four seeds of one model, split into two fake "models",
   # are "distinct" by it; the held-out test says not shown.
   same = _style_views(dcfg, {'resnet18': 0.6}, 4, rng)
