@@ -119,7 +119,7 @@ def _epoch_lines(run, dcfg, min_epochs: int, plateau: int) -> List[str]:
   final = {k: float(dyn[f'probe_{k}'][-1]) for k in ('integration', 'metastability', 'dsi')}
   shown = ', '.join(f'{k} {v:.3f}' for k, v in final.items() if np.isfinite(v))
   lines = [
-      f'Epoch mode (probe batch, expanding history of {count} epochs): '
+      f'Epoch mode (probe batch, expanding history of {count} epoch{"" if count == 1 else "s"}): '
       + (shown or 'nothing defined')
       + '.'
   ]
