@@ -41,6 +41,7 @@ bench: $(VENV)/.bench
 	$(PY) benchmarks/bench_layers.py
 	$(PY) benchmarks/bench_xla_flags.py
 	$(PY) benchmarks/bench_replicas.py --rounds=2
+	$(PY) benchmarks/bench_tap_fusion.py
 
 # The CPU-scale study (results/cpu30, about 80 minutes on 2 cores): 3 families x 2 datasets x
 # 3 seeds, plus the constant-learning-rate control, one run per seed (on CPU, packing seeds
