@@ -42,7 +42,7 @@ from ml_collections import config_flags  # noqa: E402
 # Importing the project touches no device, so main can still set XLA's CPU flags for the model
 # and initialize jax.distributed.
 from training import checkpoint, runtime, workdir as workdir_lib  # noqa: E402
-from training.loop import train_and_evaluate  # noqa: E402
+from training.loop import spread_text, train_and_evaluate  # noqa: E402
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what an unhandled SIGTERM would report
 USER_ERROR_EXIT_CODE = 1
@@ -237,10 +237,8 @@ def _accuracy_text(accuracy) -> str:
   """'97.27%' for one run; each replica's and their mean ± sample std for a list of them."""
   if not isinstance(accuracy, (list, tuple)):
     return f'{accuracy:.2f}%'
-  values = np.asarray(accuracy, np.float64)
-  each = ', '.join(f'{v:.2f}%' for v in values)
-  spread = f'mean {values.mean():.2f} ± {values.std(ddof=1):.2f}%'
-  return f'{each} (replicas 0..{len(values) - 1}; {spread})'
+  each = ', '.join(f'{v:.2f}%' for v in accuracy)
+  return f'{each} (replicas 0..{len(accuracy) - 1}; mean {spread_text(accuracy, 2)}%)'
 
 
 if __name__ == '__main__':

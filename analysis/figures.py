@@ -611,8 +611,7 @@ def seeds(runs, path: str, title: str):
   axes[0].set(xlabel='epoch', ylabel='test accuracy (%)', title='test accuracy')
   _band(axes[1], [r.epoch_values('eval/loss') for r in runs], 'test loss', 'C1')
   axes[1].set(xlabel='epoch', ylabel='cross-entropy loss (nats)', title='test loss')
-  probed = [r.dynamics['probe_dsi'] for r in runs if r.has_probe]
-  _band(axes[2], probed, 'DSI', 'C2')
+  _band(axes[2], [r.dynamics['probe_dsi'] for r in runs if r.has_probe], 'DSI', 'C2')
   axes[2].set(
       xlabel='epoch',
       ylabel='DSI (probe, expanding history)',

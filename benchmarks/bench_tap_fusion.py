@@ -10,6 +10,7 @@ mean was fused into the loop fusion that produces x (no extra read) or runs as a
 own (one more read of x). Cost analysis of the compiled program is deterministic: no timing.
 """
 
+import math
 import os
 import sys
 
@@ -50,7 +51,7 @@ def main(argv):
   a = jax.ShapeDtypeStruct(shape, jnp.float32)
   w = jax.ShapeDtypeStruct((3, 3, shape[-1], shape[-1]), jnp.float32)
   base, tapped = _bytes(without_tap, a, a, w), _bytes(with_tap, a, a, w)
-  size = 4 * int(jnp.prod(jnp.asarray(shape)))
+  size = 4 * math.prod(shape)
   print(
       f'backend {jax.default_backend()}, jax {jax.__version__}, activation {shape} f32 '
       f'({size / 1e6:.1f} MB)'

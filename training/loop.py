@@ -578,7 +578,7 @@ def _train_feed(config, dataset, mesh, batch_sharding) -> Callable[[int], tuple]
   return feed
 
 
-def _spread(values: Sequence[float], digits: int = 4) -> str:
+def spread_text(values: Sequence[float], digits: int = 4) -> str:
   """'mean ± sample std' of the replicas' values (the value itself with one replica)."""
   v = np.asarray(values, np.float64)
   if len(v) == 1:
@@ -770,8 +770,8 @@ def _train_and_evaluate(
       train = f'loss {logged[0]["train/loss"]:.4f}  acc {logged[0]["train/accuracy"]:.1f}%'
     else:
       train = (
-          f'loss {_spread([v["train/loss"] for v in logged])}  acc '
-          f'{_spread([v["train/accuracy"] for v in logged], 1)}% (mean ± std of {n} replicas)'
+          f'loss {spread_text([v["train/loss"] for v in logged])}  acc '
+          f'{spread_text([v["train/accuracy"] for v in logged], 1)}% (mean ± std of {n} replicas)'
       )
     if not epoch_end:
       logging.info(
@@ -796,8 +796,8 @@ def _train_and_evaluate(
       values['epoch'] = epoch
       sink.writer.write_scalars(done, values)
     test = (
-        f'loss {_spread([v["eval/loss"] for v in eval_metrics])}  acc '
-        f'{_spread([v["eval/accuracy"] for v in eval_metrics], 2)}%'
+        f'loss {spread_text([v["eval/loss"] for v in eval_metrics])}  acc '
+        f'{spread_text([v["eval/accuracy"] for v in eval_metrics], 2)}%'
     )
     line = (
         f'epoch {epoch}/{num_epochs} (step {done}/{total_steps}): {progress[0]}  | test '
@@ -821,7 +821,7 @@ def _train_and_evaluate(
       for name in ('integration', 'metastability', 'dsi'):
         values = [s.get(f'dynamics_epoch/{name}') for s in epoch_scalars]
         if all(v is not None for v in values):
-          shown.append(f'{name} {_spread(values, 3)}')
+          shown.append(f'{name} {spread_text(values, 3)}')
       line += '; epoch dynamics: ' + (', '.join(shown) or 'not defined yet')
       if not shown and dfa_epochs:
         line += f' (integration and DSI from epoch {dfa_epochs})'
