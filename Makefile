@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/quickstart
 
-.PHONY: demo test bench study clean-demo
+.PHONY: demo test bench study confirm clean-demo
 
 # -qq: pip's errors only (a machine's pip.conf can add a warning per package otherwise).
 PIP_INSTALL := $(PY) -m pip install -qq --disable-pip-version-check
@@ -57,6 +57,17 @@ study: $(VENV)/.runtime
 	    --seeds=0,1,2 --controls=resnet18:cifar10 \
 	    --root=$(STUDY_ROOT) --data_dir=$(DATA_DIR)
 	$(PY) analyze.py --runs=$(STUDY_ROOT) --out=results/cpu30
+
+# The confirmatory study (results/confirm/PLAN.md): 36 runs, about 11.5 hours on 2 cores.
+# Resumable: finished runs are skipped, an interrupted one resumes from its checkpoint; each
+# finished run's compact artefacts are copied to results/confirm/runs/ and committed at once
+# (--commit), so the study accumulates in the repository; the report is regenerated from them.
+CONFIRM_ROOT ?= runs/confirm
+confirm: export JAX_COMPILATION_CACHE_DIR ?= $(HOME)/.cache/dynamics_jax
+confirm: $(VENV)/.runtime
+	$(PY) sweep.py --design=confirm --root=$(CONFIRM_ROOT) --data_dir=$(DATA_DIR) \
+	    --export=results/confirm/runs --commit
+	$(PY) analyze.py --runs=results/confirm/runs --out=results/confirm
 
 clean-demo:
 	rm -rf $(WORKDIR)

@@ -27,12 +27,15 @@ Then: python analyze.py --runs=<root> --out=<report dir>
 
 import dataclasses
 import datetime
+import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
-from typing import List, Sequence, Tuple
+import time
+from typing import List, Optional, Sequence, Tuple
 
 from absl import app, flags
 
@@ -47,7 +50,27 @@ def define_flags():
   """Command-line flags, defined only when run as a script (importing sweep defines none)."""
   flags.DEFINE_list('models', ['resnet18', 'vgg16', 'mobilenetv2'], 'configs/study.py models.')
   flags.DEFINE_list('datasets', ['cifar10', 'cifar100'], 'configs/study.py datasets.')
-  flags.DEFINE_enum('scale', 'cpu', ['cpu', 'cpu30', 'paper'], 'configs/study.py scale.')
+  flags.DEFINE_enum('scale', 'cpu', ['cpu', 'cpu30', 'confirm', 'paper'], 'configs/study.py scale.')
+  flags.DEFINE_enum(
+      'design',
+      'grid',
+      ['grid', 'confirm'],
+      'grid: --models x --datasets x --seeds (+ --controls); confirm: the confirmatory '
+      "study's runs as configs/study.py confirm_runs() lists them (scale=confirm; --models, "
+      '--datasets, --seeds and --controls are ignored).',
+  )
+  flags.DEFINE_string(
+      'export',
+      '',
+      "Copy each finished run's compact artefacts (config.json, summary.json, metrics.jsonl, "
+      'dynamics.npz: what analyze.py reads) to <export>/<run>/ as soon as it finishes.',
+  )
+  flags.DEFINE_bool(
+      'commit',
+      False,
+      'With --export: git-commit each exported run at once (only that folder), so a study '
+      'accumulates in the repository across interruptions.',
+  )
   flags.DEFINE_list('seeds', ['0'], 'Seeds (integers).')
   flags.DEFINE_integer(
       'replicas_per_run',
@@ -92,7 +115,18 @@ class Job:
 
   @property
   def finished(self) -> bool:
-    return os.path.exists(os.path.join(self.workdir, 'summary.json'))
+    return summary_complete(self.workdir)
+
+
+def summary_complete(workdir: str) -> bool:
+  """True when <workdir>/summary.json parses and says the run finished (a torn or partial
+  file, e.g. from a disk that filled, does not mark a run done)."""
+  try:
+    with open(os.path.join(workdir, 'summary.json')) as f:
+      summary = json.load(f)
+  except (OSError, ValueError):
+    return False
+  return isinstance(summary, dict) and bool(summary.get('finished', False))
 
 
 def run_name(
@@ -139,8 +173,8 @@ def seed_groups(seeds: Sequence[int], replicas_per_run: int) -> List[Tuple[int, 
 
 
 def workdir_state(workdir: str) -> str:
-  """'finished' (summary.json), 'resume' (checkpoints, unfinished) or 'new'."""
-  if os.path.exists(os.path.join(workdir, 'summary.json')):
+  """'finished' (a complete summary.json), 'resume' (checkpoints, unfinished) or 'new'."""
+  if summary_complete(workdir):
     return 'finished'
   ckpt = os.path.join(workdir, 'checkpoints')
   if os.path.isdir(ckpt) and any(d.isdigit() for d in os.listdir(ckpt)):
@@ -173,12 +207,15 @@ def plan(
     python: str = sys.executable,
     replicas_per_run: int = 1,
     controls: Sequence[str] = (),
+    runs: Optional[Sequence[Tuple[str, str, int, str]]] = None,
 ) -> List[Job]:
   """Every run of the sweep, in order (seed, then dataset, then model, then the
   constant-learning-rate controls), with its command.
 
   With replicas_per_run > 1, consecutive seeds share a run (see seed_groups). `controls`
   ('model:dataset') adds those cells again with configs/study.py schedule=constant.
+  `runs` ((dataset, model, seed, schedule), e.g. configs/study.py confirm_runs()) replaces
+  the grid of models, datasets, seeds and controls with exactly these runs, in this order.
 
   Run i belongs to host i % num_hosts. Paths in the commands are absolute, except train.py
   and the config, which are relative to the repository root (the runs' working directory).
@@ -197,51 +234,58 @@ def plan(
     raise ValueError(f'--host_index={host_index} must be in [0, --num_hosts={num_hosts}).')
   root = os.path.abspath(root)
   control_cells = parse_controls(controls)
+  if runs is None:
+    groups = (
+        seed_groups(seeds, replicas_per_run)
+        if replicas_per_run > 1
+        else [(int(s), 1) for s in seeds]
+    )
+    runs = []
+    for seed, replicas in groups:
+      cells = [(d, m, 'cosine') for d in datasets for m in models]
+      cells += [(d, m, 'constant') for d, m in control_cells]
+      runs += [(d, m, seed, replicas, schedule) for d, m, schedule in cells]
+  else:
+    runs = [(d, m, int(seed), 1, schedule) for d, m, seed, schedule in runs]
   data_flags = {}
   if data_dir:
-    for dataset in sorted(set(datasets) | {d for d, _ in control_cells}):
+    for dataset in sorted({r[0] for r in runs}):
       archive = os.path.abspath(os.path.join(data_dir, f'{dataset}.tar.gz'))
       if not os.path.exists(archive):
         raise FileNotFoundError(f'--data_dir={data_dir}: no {dataset}.tar.gz there ({archive}).')
       data_flags[dataset] = ['--config.data.source=image_folder', f'--config.data.path={archive}']
   extra = [_override_flag(o) for o in overrides]
-  groups = (
-      seed_groups(seeds, replicas_per_run) if replicas_per_run > 1 else [(int(s), 1) for s in seeds]
-  )
   jobs = []
-  for seed, replicas in groups:
-    cells = [(d, m, 'cosine') for d in datasets for m in models]
-    cells += [(d, m, 'constant') for d, m in control_cells]
-    for dataset, model, schedule in cells:
-      name = run_name(dataset, model, seed, replicas, schedule)
-      workdir = os.path.join(root, name)
-      schedule_arg = '' if schedule == 'cosine' else f',schedule={schedule}'
-      command = (
-          [
-              python,
-              TRAIN,
-              f'--config={STUDY_CONFIG}:model={model},dataset={dataset},scale={scale},'
-              f'seed={seed}{schedule_arg}',
-              f'--workdir={workdir}',
-          ]
-          + data_flags.get(dataset, [])
-          + extra
-      )
-      if replicas > 1:
-        command.append(f'--config.replicas={replicas}')
-      jobs.append(
-          Job(
-              name,
-              model,
-              dataset,
-              int(seed),
-              workdir,
-              command,
-              host=len(jobs) % num_hosts,
-              status=workdir_state(workdir),
-              replicas=replicas,
-          )
-      )
+  for dataset, model, seed, replicas, schedule in runs:
+    name = run_name(dataset, model, seed, replicas, schedule)
+    workdir = os.path.join(root, name)
+    schedule_arg = '' if schedule == 'cosine' else f',schedule={schedule}'
+    command = (
+        [
+            python,
+            TRAIN,
+            f'--config={STUDY_CONFIG}:model={model},dataset={dataset},scale={scale},'
+            f'seed={seed}{schedule_arg}',
+            f'--workdir={workdir}',
+        ]
+        + data_flags.get(dataset, [])
+        + extra
+    )
+    if replicas > 1:
+      command.append(f'--config.replicas={replicas}')
+    jobs.append(
+        Job(
+            name,
+            model,
+            dataset,
+            int(seed),
+            workdir,
+            command,
+            host=len(jobs) % num_hosts,
+            status=workdir_state(workdir),
+            replicas=replicas,
+        )
+    )
   return jobs
 
 
@@ -311,6 +355,85 @@ def run(job: Job, root: str) -> str:
   return status
 
 
+# What analyze.py reads from a run (analysis/runs.py): a run's compact artefacts.
+ARTEFACTS = ('config.json', 'summary.json', 'metrics.jsonl', 'dynamics.npz')
+
+
+def export_run(job: Job, export_root: str) -> Optional[str]:
+  """Copies a finished run's compact artefacts (and each replica's) to <export_root>/<name>/.
+
+  Files go through a temporary name and a rename, summary.json last, so an interrupted export
+  never looks finished. Returns the folder, or None when it already holds this run (same
+  summary.json) and nothing was copied.
+  """
+  dest = os.path.join(os.path.abspath(export_root), job.name)
+  src_summary = os.path.join(job.workdir, 'summary.json')
+  dest_summary = os.path.join(dest, 'summary.json')
+  if os.path.exists(dest_summary):
+    with open(src_summary, 'rb') as a, open(dest_summary, 'rb') as b:
+      if a.read() == b.read():
+        return None
+  subdirs = [''] + sorted(
+      d for d in os.listdir(job.workdir) if d.startswith('replica_') and d[8:].isdigit()
+  )
+  for sub in subdirs:
+    os.makedirs(os.path.join(dest, sub), exist_ok=True)
+    for name in ARTEFACTS:
+      src = os.path.join(job.workdir, sub, name)
+      if os.path.exists(src):
+        out = os.path.join(dest, sub, name)
+        shutil.copyfile(src, out + '.tmp')
+        os.replace(out + '.tmp', out)
+  # summary.json again, last of all: its presence marks a complete export.
+  shutil.copyfile(src_summary, dest_summary + '.tmp')
+  os.replace(dest_summary + '.tmp', dest_summary)
+  return dest
+
+
+def commit_export(folder: str, message: str, repo: str = ROOT) -> str:
+  """git add + commit of `folder` alone (other staged changes are left out); the outcome."""
+  git = ['git', '-C', repo]
+  for attempt in range(5):  # another git process may hold the index for a moment
+    add = subprocess.run(git + ['add', '--', folder], capture_output=True, text=True)
+    done = add.returncode == 0 and subprocess.run(
+        git + ['commit', '-q', '-m', message, '--', folder], capture_output=True, text=True
+    )
+    if done and done.returncode == 0:
+      return 'committed'
+    err = (add.stderr if add.returncode else done.stderr + done.stdout).strip()
+    if 'index.lock' not in err:
+      return f'not committed ({err.splitlines()[-1] if err else "git failed"})'
+    time.sleep(2 + 2 * attempt)
+  return 'not committed (the git index stayed locked)'
+
+
+def publish(job: Job, export_root: str, commit: bool, root: str) -> None:
+  """Exports a finished job (and commits it with --commit); logs what happened."""
+  if not export_root or not job.finished:
+    return
+  dest = export_run(job, export_root)
+  if dest is None:
+    return
+  outcome = 'exported'
+  if commit:
+    with open(os.path.join(job.workdir, 'summary.json')) as f:
+      summary = json.load(f)
+    acc = summary.get('eval_accuracy')
+    acc = f', test accuracy {acc:.2f}%' if isinstance(acc, (int, float)) else ''
+    minutes = float(summary.get('seconds', 0.0)) / 60
+    message = (
+        f'{os.path.relpath(dest, ROOT)}: run {job.name} finished '
+        f'({minutes:.0f} min of training{acc})'
+    )
+    outcome += ', ' + commit_export(dest, message)
+  _log(
+      root,
+      f'{datetime.datetime.now().isoformat(timespec="seconds")} {job.name}: {outcome} '
+      f'to {dest}',
+  )
+  print(f'{job.name}: {outcome} to {dest}', flush=True)
+
+
 def table(jobs: Sequence[Job]) -> str:
   width = max([len(j.name) for j in jobs] + [3])
   lines = [f'{"run":<{width}}  host  status', f'{"-" * width}  ----  ------']
@@ -318,7 +441,14 @@ def table(jobs: Sequence[Job]) -> str:
   return '\n'.join(lines)
 
 
-def sweep(jobs: List[Job], root: str, host_index: int = 0, dry_run: bool = False) -> int:
+def sweep(
+    jobs: List[Job],
+    root: str,
+    host_index: int = 0,
+    dry_run: bool = False,
+    export: str = '',
+    commit: bool = False,
+) -> int:
   """Runs this host's unfinished jobs in order; returns the sweep's exit status.
 
   0: every run finished; 1: some run failed (the others still ran); 143: a run was stopped by a
@@ -335,6 +465,8 @@ def sweep(jobs: List[Job], root: str, host_index: int = 0, dry_run: bool = False
   for job in mine:
     if job.status == 'finished':
       job.status = 'finished (skipped: summary.json present)'
+      if not dry_run:
+        publish(job, export, commit, root)
     elif stopped:
       job.status = 'not run (sweep stopped)'
     elif dry_run:
@@ -342,6 +474,7 @@ def sweep(jobs: List[Job], root: str, host_index: int = 0, dry_run: bool = False
       job.status = 'would resume' if job.status == 'resume' else 'would start'
     else:
       job.status = run(job, root)
+      publish(job, export, commit, root)
       failed += job.status.startswith('failed')
       stopped = job.status.startswith('stopped')
   print('\n' + table(mine))
@@ -357,12 +490,19 @@ def main(argv):
     seeds = [int(s) for s in FLAGS.seeds]
   except ValueError:
     raise app.UsageError(f'--seeds={",".join(FLAGS.seeds)}: expected integers.') from None
+  if FLAGS.commit and not FLAGS.export:
+    raise app.UsageError('--commit commits what --export writes: give --export=DIR as well.')
+  runs, scale = None, FLAGS.scale
+  if FLAGS.design == 'confirm':
+    from configs import study  # pylint: disable=g-import-not-at-top
+
+    runs, scale = study.confirm_runs(), 'confirm'
   try:
     jobs = plan(
         FLAGS.models,
         FLAGS.datasets,
         seeds,
-        FLAGS.scale,
+        scale,
         FLAGS.root,
         FLAGS.data_dir,
         FLAGS.override,
@@ -371,10 +511,20 @@ def main(argv):
         FLAGS.python,
         FLAGS.replicas_per_run,
         FLAGS.controls,
+        runs=runs,
     )
   except (ValueError, FileNotFoundError) as e:
     raise app.UsageError(str(e)) from None
-  sys.exit(sweep(jobs, os.path.abspath(FLAGS.root), FLAGS.host_index, FLAGS.dry_run))
+  sys.exit(
+      sweep(
+          jobs,
+          os.path.abspath(FLAGS.root),
+          FLAGS.host_index,
+          FLAGS.dry_run,
+          export=FLAGS.export,
+          commit=FLAGS.commit,
+      )
+  )
 
 
 if __name__ == '__main__':

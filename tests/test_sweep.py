@@ -27,7 +27,7 @@ def test_plan_workdirs_commands_and_hosts(tmp_path):
   data_dir = _fake_data_dir(tmp_path / 'data')
   root = tmp_path / 'runs'
   (root / 'cifar100_vgg16_s1').mkdir(parents=True)
-  (root / 'cifar100_vgg16_s1' / 'summary.json').write_text('{}')
+  (root / 'cifar100_vgg16_s1' / 'summary.json').write_text('{"finished": true}')
   (root / 'cifar10_resnet18_s0' / 'checkpoints' / '40').mkdir(parents=True)
   jobs = sweep.plan(
       MODELS,
@@ -133,6 +133,108 @@ def test_study_config_constant_schedule_and_cpu30_scale():
     study.get_config('schedule=step')
 
 
+def test_confirm_design_is_balanced_rounds_with_own_seeds_per_model(tmp_path):
+  from configs import study
+
+  runs = study.confirm_runs()
+  jobs = sweep.plan([], [], [], 'confirm', str(tmp_path / 'r'), runs=runs)
+  assert [j.name for j in jobs][:7] == [
+      'cifar10_resnet18_s0',
+      'cifar100_resnet18_s0',
+      'cifar10_vgg16_s10',
+      'cifar100_vgg16_s10',
+      'cifar10_resnet18_constantlr_s0',
+      'cifar10_vit_tiny_s20',
+      'cifar100_vit_tiny_s20',
+  ]
+  assert len(jobs) == 2 * 2 * 6 + 6 + 2 * 3
+  assert all('scale=confirm' in j.command[2] for j in jobs)
+  seeds = {}
+  for dataset, model, seed, schedule in runs:
+    seeds.setdefault((model, schedule), set()).add(seed)
+  # No two models share a seed; the control arm has its cosine arm's seeds.
+  assert not seeds[('resnet18', 'cosine')] & seeds[('vgg16', 'cosine')]
+  assert not seeds[('vit_tiny', 'cosine')] & (
+      seeds[('resnet18', 'cosine')] | seeds[('vgg16', 'cosine')]
+  )
+  assert seeds[('resnet18', 'constant')] == seeds[('resnet18', 'cosine')]
+  # Every round k holds seed k of each primary cell before round k + 1 starts.
+  order = [(m, s) for _, m, s, sched in runs if m == 'resnet18' and sched == 'cosine']
+  assert [s for _, s in order] == sorted(s for _, s in order)
+
+
+def test_confirm_scale_is_one_sgd_recipe_for_both_cnns():
+  from configs import study
+
+  r18 = study.get_config('model=resnet18,dataset=cifar100,scale=confirm,seed=3')
+  vgg = study.get_config('model=vgg16,dataset=cifar100,scale=confirm,seed=13')
+  for field in (
+      'optimizer',
+      'learning_rate',
+      'momentum',
+      'weight_decay',
+      'batch_size',
+      'schedule',
+      'warmup_epochs',
+      'num_epochs',
+  ):
+    assert r18[field] == vgg[field], field
+  assert (r18.data.train_subset, r18.data.test_subset) == (10_000, 5_000)
+  assert r18.data.seed == 3 and vgg.data.seed == 13  # each seed its own subsets
+  assert (r18.model_args.width, vgg.model_args.width) == (16, 24)
+  assert 'metastability=phase_joint' in r18.dynamics.surrogate_methods
+  assert study.get_config('model=vit_tiny,scale=confirm').optimizer == 'adamw'
+
+
+def test_a_torn_or_unfinished_summary_does_not_mark_a_run_finished(tmp_path):
+  run = tmp_path / 'run'
+  run.mkdir()
+  assert sweep.workdir_state(str(run)) == 'new'
+  for text in ('{"finished": tr', '', '[]', '{"finished": false}'):
+    (run / 'summary.json').write_text(text)
+    assert not sweep.summary_complete(str(run)), text
+    assert sweep.workdir_state(str(run)) == 'new', text
+  (run / 'summary.json').write_text('{"finished": true, "eval_accuracy": 50.0}')
+  assert sweep.workdir_state(str(run)) == 'finished'
+
+
+def _finished_job(tmp_path, name='cifar10_resnet18_s0'):
+  workdir = tmp_path / 'runs' / name
+  (workdir / 'checkpoints' / '7').mkdir(parents=True)
+  (workdir / 'config.json').write_text('{"model": "resnet18"}')
+  (workdir / 'metrics.jsonl').write_text('{"step": 1, "train/loss": 2.0}\n')
+  np.savez(workdir / 'dynamics.npz', step_signals=np.zeros((2, 3), np.float32))
+  (workdir / 'events.out.tfevents.1').write_bytes(b'x')
+  (workdir / 'summary.json').write_text('{"finished": true, "eval_accuracy": 71.5, "seconds": 60}')
+  return sweep.Job(name, 'resnet18', 'cifar10', 0, str(workdir), [], host=0, status='finished')
+
+
+def test_export_copies_the_compact_artefacts_once(tmp_path):
+  job = _finished_job(tmp_path)
+  dest = sweep.export_run(job, str(tmp_path / 'export'))
+  assert sorted(os.listdir(dest)) == sorted(sweep.ARTEFACTS)  # no checkpoints, no events
+  assert sweep.export_run(job, str(tmp_path / 'export')) is None  # already there
+  (tmp_path / 'runs' / job.name / 'summary.json').write_text('{"finished": true, "seconds": 9}')
+  assert sweep.export_run(job, str(tmp_path / 'export')) == dest  # a re-run is exported again
+
+
+def test_commit_export_commits_that_folder_alone(tmp_path):
+  repo = tmp_path / 'repo'
+  repo.mkdir()
+  git = lambda *a: subprocess.run(['git', '-C', str(repo), *a], capture_output=True, text=True)
+  git('init', '-q')
+  git('config', 'user.email', 't@example.com')
+  git('config', 'user.name', 't')
+  (repo / 'other.txt').write_text('staged, not part of the export')
+  git('add', 'other.txt')
+  job = _finished_job(tmp_path)
+  dest = sweep.export_run(job, str(repo / 'results' / 'runs'))
+  assert sweep.commit_export(dest, 'export one run', repo=str(repo)) == 'committed'
+  files = git('show', '--name-only', '--format=', 'HEAD').stdout.split()
+  assert sorted(files) == sorted(f'results/runs/{job.name}/{a}' for a in sweep.ARTEFACTS)
+  assert 'other.txt' in git('diff', '--cached', '--name-only').stdout  # still only staged
+
+
 def _sweep(*args):
   env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
   return subprocess.run(
@@ -155,7 +257,7 @@ def test_dry_run_skips_finished_and_runs_nothing(tmp_path):
   data_dir = _fake_data_dir(tmp_path / 'data')
   root = tmp_path / 'runs'
   (root / 'cifar10_vgg16_s0').mkdir(parents=True)
-  (root / 'cifar10_vgg16_s0' / 'summary.json').write_text('{}')
+  (root / 'cifar10_vgg16_s0' / 'summary.json').write_text('{"finished": true}')
   proc = _sweep(
       '--models=resnet18,vgg16',
       '--datasets=cifar10',
