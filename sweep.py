@@ -390,9 +390,10 @@ def export_run(job: Job, export_root: str) -> Optional[str]:
   return dest
 
 
-def commit_export(folder: str, message: str, repo: str = ROOT) -> str:
-  """git add + commit of `folder` alone (other staged changes are left out); the outcome."""
-  git = ['git', '-C', repo]
+def commit_export(folder: str, message: str) -> str:
+  """git add + commit of `folder` alone (other staged changes are left out) in the repository
+  that holds `folder` (which need not be the one this sweep runs from); the outcome."""
+  git = ['git', '-C', os.path.dirname(os.path.abspath(folder))]
   for attempt in range(5):  # another git process may hold the index for a moment
     add = subprocess.run(git + ['add', '--', folder], capture_output=True, text=True)
     done = add.returncode == 0 and subprocess.run(
@@ -421,8 +422,11 @@ def publish(job: Job, export_root: str, commit: bool, root: str) -> None:
     acc = summary.get('eval_accuracy')
     acc = f', test accuracy {acc:.2f}%' if isinstance(acc, (int, float)) else ''
     minutes = float(summary.get('seconds', 0.0)) / 60
+    top = subprocess.run(
+        ['git', '-C', dest, 'rev-parse', '--show-toplevel'], capture_output=True, text=True
+    ).stdout.strip()
     message = (
-        f'{os.path.relpath(dest, ROOT)}: run {job.name} finished '
+        f'{os.path.relpath(dest, top) if top else dest}: run {job.name} finished '
         f'({minutes:.0f} min of training{acc})'
     )
     outcome += ', ' + commit_export(dest, message)

@@ -229,7 +229,7 @@ def test_commit_export_commits_that_folder_alone(tmp_path):
   git('add', 'other.txt')
   job = _finished_job(tmp_path)
   dest = sweep.export_run(job, str(repo / 'results' / 'runs'))
-  assert sweep.commit_export(dest, 'export one run', repo=str(repo)) == 'committed'
+  assert sweep.commit_export(dest, 'export one run') == 'committed'
   files = git('show', '--name-only', '--format=', 'HEAD').stdout.split()
   assert sorted(files) == sorted(f'results/runs/{job.name}/{a}' for a in sweep.ARTEFACTS)
   assert 'other.txt' in git('diff', '--cached', '--name-only').stdout  # still only staged
