@@ -62,11 +62,18 @@ study: $(VENV)/.runtime
 # Resumable: finished runs are skipped, an interrupted one resumes from its checkpoint; each
 # finished run's compact artefacts are copied to results/confirm/runs/ and committed at once
 # (--commit), so the study accumulates in the repository; the report is regenerated from them.
+# The runs train with the code of CONFIRM_CODE (a git worktree under runs/), not with the
+# working tree's, so that code moved or changed later cannot change a pre-registered study
+# half-way through.
 CONFIRM_ROOT ?= runs/confirm
+CONFIRM_CODE ?= b6f88f5
+CONFIRM_TREE := runs/confirm-code
 confirm: export JAX_COMPILATION_CACHE_DIR ?= $(HOME)/.cache/dynamics_jax
 confirm: $(VENV)/.runtime
-	$(PY) sweep.py --design=confirm --root=$(CONFIRM_ROOT) --data_dir=$(DATA_DIR) \
-	    --export=results/confirm/runs --commit
+	@test -d $(CONFIRM_TREE) || git worktree add --detach $(CONFIRM_TREE) $(CONFIRM_CODE)
+	cd $(CONFIRM_TREE) && $(abspath $(PY)) sweep.py --design=confirm \
+	    --root=$(abspath $(CONFIRM_ROOT)) --data_dir=$(abspath $(DATA_DIR)) \
+	    --export=$(abspath results/confirm/runs) --commit
 	$(PY) analyze.py --runs=results/confirm/runs --out=results/confirm
 
 clean-demo:
