@@ -66,7 +66,7 @@ study: $(VENV)/.runtime
 # working tree's, so that code moved or changed later cannot change a pre-registered study
 # half-way through.
 CONFIRM_ROOT ?= runs/confirm
-CONFIRM_CODE ?= b6f88f5
+CONFIRM_CODE ?= b6f88f54b60f9c46a14cb305d1ac9bd61be956ac
 CONFIRM_TREE := runs/confirm-code
 confirm: export JAX_COMPILATION_CACHE_DIR ?= $(HOME)/.cache/dynamics_jax
 confirm: $(VENV)/.runtime
