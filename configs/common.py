@@ -39,7 +39,9 @@ def base_config():
   config.model = 'resnet18'
   # Size knobs overriding the registry defaults; 0 keeps the model's own value. `width`:
   # ResNet/VGG base channels (64); `width_mult`: MobileNetV2 (1.0); `growth`: DenseNet (32).
-  config.model_args = ml_collections.ConfigDict(dict(width=0, width_mult=0.0, growth=0))
+  # `stem`: 'cifar' | 'imagenet' stem and head for the convolutional families; '' (auto) picks
+  # ImageNet for inputs of 128 pixels or more (models/layers.py), the CIFAR network below.
+  config.model_args = ml_collections.ConfigDict(dict(width=0, width_mult=0.0, growth=0, stem=''))
   # 'float32', or 'bfloat16' for mixed precision (bf16 compute, f32 params/optimiser).
   config.dtype = 'float32'
   # Pretrained weights (.npz in the original ViT release layout); '' trains from scratch.

@@ -1,6 +1,10 @@
-"""DenseNet-121 for 32x32 inputs (CIFAR variant: 3x3 stride-1 stem, no max-pool).
+"""DenseNet-121 with a CIFAR stem (3x3 stride 1, no max-pool) or the ImageNet one.
 
-Stem: conv3x3 (2 * growth channels, no bias) -> BN -> ReLU. Dense layer (pre-activation
+`stem` (config field `model_args.stem`): 'cifar' for 32x32 inputs, 'imagenet' for the
+published network (7x7 stride-2 conv, BN, ReLU, 3x3 stride-2 max-pool, as torchvision's
+densenet121), 'auto' (default) by the input's side (models/layers.py, IMAGENET_MIN_SIDE).
+
+CIFAR stem: conv3x3 (2 * growth channels, no bias) -> BN -> ReLU. Dense layer (pre-activation
 bottleneck): BN -> ReLU -> conv1x1 (4 * growth) -> BN -> ReLU -> conv3x3 (growth), whose
 output is concatenated to the running features. Transition: BN -> ReLU -> conv1x1
 (floor(compression * channels)) -> 2x2 average pool. Head: BN -> ReLU -> global mean -> Dense.
@@ -9,7 +13,8 @@ The BN after the stem conv is what distinguishes this from the common pytorch-ci
 
 Taps: the stem, every dense layer's new features (the growth-channel conv3x3 output, before
 concatenation) and every transition output, in forward order: DenseNet-121 has 1 + 58 + 3 = 62.
-Parameter counts: 6,956,426 (10 classes), 7,048,676 (100 classes).
+Parameter counts (CIFAR stem): 6,956,426 (10 classes), 7,048,676 (100 classes); ImageNet
+stem, 1000 classes: 7,978,856, the published count.
 """
 
 import functools
@@ -18,7 +23,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from models.layers import conv_and_norm
+from models.layers import conv_and_norm, imagenet_stem, resolve_stem
 
 
 class DenseLayer(nn.Module):
@@ -49,19 +54,23 @@ class Transition(nn.Module):
 
 
 class DenseNet(nn.Module):
-  """CIFAR DenseNet. ``__call__(x: f[B, H, W, 3], train) -> logits f[B, classes]``."""
+  """DenseNet. ``__call__(x: f[B, H, W, 3], train) -> logits f[B, classes]``."""
 
   num_classes: int
   block_sizes: Sequence[int] = (6, 12, 24, 16)
   growth: int = 32
   bottleneck: int = 4
   compression: float = 0.5
+  stem: str = 'auto'  # 'auto' | 'cifar' | 'imagenet' (module docstring)
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     conv, norm = conv_and_norm(self.dtype, train)
-    x = nn.relu(norm()(conv(2 * self.growth, (3, 3))(x)))
+    if resolve_stem(self.stem, x) == 'imagenet':
+      x = imagenet_stem(x, 2 * self.growth, conv, norm)
+    else:
+      x = nn.relu(norm()(conv(2 * self.growth, (3, 3))(x)))
     self.sow('intermediates', 'stem', x)
     for block, num_layers in enumerate(self.block_sizes):
       for layer in range(num_layers):

@@ -13,8 +13,9 @@ gradients against lax.conv_general_dilated in float64); the parameters are uncha
 backends (GPU, TPU) always get lax.conv_general_dilated.
 """
 
+import contextlib
 import functools
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -22,6 +23,22 @@ import jax.numpy as jnp
 from jax import lax
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+# The platform the convolutions are traced for; None: jax.default_backend(). Compiling ahead of
+# time for a TPU topology on a CPU host (benchmarks/pod_compile.py) sets 'tpu', so that the
+# CPU rewrites stay out of the TPU program.
+_target_platform: Optional[str] = None
+
+
+@contextlib.contextmanager
+def target_platform(platform: str):
+  """Traces the convolutions inside the block as for `platform` ('cpu', 'gpu', 'tpu')."""
+  global _target_platform
+  previous, _target_platform = _target_platform, platform
+  try:
+    yield
+  finally:
+    _target_platform = previous
 
 
 def _explicit_padding(padding, in_spatial, kernel, strides):
@@ -62,7 +79,8 @@ def conv_general_dilated(
 ):
   """lax.conv_general_dilated (NHWC inputs, HWIO kernels), with the CPU rewrites above.
 
-  rewrite: None picks them on the CPU backend only; True/False forces (for tests).
+  rewrite: None picks them on the CPU backend only (or the `target_platform` in force);
+    True/False forces (for tests).
   dimension_numbers: None means NHWC/HWIO/NHWC here (flax passes its own, equivalent).
   lhs: f[B, H, W, C]; rhs: f[kh, kw, C / groups, K] -> f[B, H', W', K].
   """
@@ -81,7 +99,7 @@ def conv_general_dilated(
       precision=precision,
   )
   if rewrite is None:
-    rewrite = jax.default_backend() == 'cpu'
+    rewrite = (_target_platform or jax.default_backend()) == 'cpu'
   plain = (
       lhs.ndim == 4
       and all(d in (None, 1, (1, 1)) or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
@@ -131,3 +149,53 @@ def max_pool_2x2(x):
   if h % 2 or w % 2:
     return nn.max_pool(x, (2, 2), strides=(2, 2))
   return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
+# Stems and heads (config field `model_args.stem`): 'cifar' keeps the 32x32 networks of the
+# design document, 'imagenet' gives the published ImageNet ones (7x7 stride-2 conv and 3x3
+# max-pool for ResNet and DenseNet, stride-2 stem and second stage for MobileNetV2, the
+# 4096-wide classifier for VGG-16), and 'auto' picks by the input's side when the model is
+# traced: IMAGENET_MIN_SIDE pixels or more is ImageNet-sized.
+STEMS = ('auto', 'cifar', 'imagenet')
+IMAGENET_MIN_SIDE = 128
+
+
+def resolve_stem(stem: str, x) -> str:
+  """'cifar' or 'imagenet' for input x: f[B, H, W, C]; 'auto' decides by min(H, W)."""
+  if stem not in STEMS:
+    raise ValueError(
+        f'Unknown stem {stem!r} (config field `model_args.stem`); allowed: '
+        f"{', '.join(STEMS)} ('' in the config means auto)."
+    )
+  if stem == 'auto':
+    return 'imagenet' if min(x.shape[1:3]) >= IMAGENET_MIN_SIDE else 'cifar'
+  return stem
+
+
+def imagenet_stem(x, features: int, conv: Callable, norm: Callable):
+  """The ResNet/DenseNet ImageNet stem: 7x7 stride-2 conv, BN, ReLU, 3x3 stride-2 max-pool,
+  padded as in torchvision (3 and 1 pixels), so 224x224 becomes 56x56."""
+  x = conv(features, (7, 7), (2, 2), padding=((3, 3), (3, 3)))(x)
+  x = nn.relu(norm()(x))
+  return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+def adaptive_avg_pool(x, size: int):
+  """Average-pools f[B, H, W, C] to f[B, size, size, C] with torchvision's bins (bin i spans
+  floor(i * H / size) .. ceil((i + 1) * H / size)); the identity when H = W = size."""
+  if x.shape[1] == x.shape[2] == size:
+    return x
+
+  def pool(x, axis):
+    n = x.shape[axis]
+    bins = [
+        jnp.mean(
+            lax.slice_in_dim(x, i * n // size, -(-(i + 1) * n // size), axis=axis),
+            axis=axis,
+            keepdims=True,
+        )
+        for i in range(size)
+    ]
+    return jnp.concatenate(bins, axis=axis)
+
+  return pool(pool(x, 1), 2)

@@ -1,7 +1,10 @@
-"""MobileNetV2 (width 1.0, ReLU6) for 32x32 inputs, with CIFAR strides.
+"""MobileNetV2 (width 1.0, ReLU6) with CIFAR strides or the ImageNet ones.
 
-The ImageNet network with two strides removed: the stem conv and the second stage
-(t=6, c=24) run at stride 1, so 32x32 inputs reach the last conv at 4x4. Every conv is
+`stem` (config field `model_args.stem`): 'cifar' is the ImageNet network with two strides
+removed: the stem conv and the second stage (t=6, c=24) run at stride 1, so 32x32 inputs
+reach the last conv at 4x4; 'imagenet' keeps both at stride 2 (224x224 reaches 7x7), the
+published network; 'auto' (default) picks by the input's side (models/layers.py,
+IMAGENET_MIN_SIDE). The strides change no parameter. Every conv is
 followed by BN and carries no bias; the last 1x1 conv has 1280 channels, then global mean,
 dropout 0.2 and a Dense head.
 
@@ -10,7 +13,8 @@ Dropout: with ``train=True`` the model needs a 'dropout' rng, so the caller appl
 with ``train=False`` dropout is the identity and no rng is needed.
 
 Taps: the stem and every inverted-residual block, in forward order: 1 + 17 = 18.
-Parameter counts: 2,236,682 (10 classes), 2,351,972 (100 classes).
+Parameter counts: 2,236,682 (10 classes), 2,351,972 (100 classes), 3,504,872 (1000 classes,
+the published ImageNet count).
 """
 
 import functools
@@ -19,7 +23,7 @@ from typing import Any, Callable, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from models.layers import conv_and_norm
+from models.layers import conv_and_norm, resolve_stem
 
 # (expansion t, channels c, repeats n, first stride s) per stage; the ImageNet table with
 # the second stage's stride set to 1 for 32x32 inputs.
@@ -64,7 +68,7 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-  """CIFAR MobileNetV2. ``__call__(x: f[B, H, W, 3], train) -> logits f[B, classes]``.
+  """MobileNetV2. ``__call__(x: f[B, H, W, 3], train) -> logits f[B, classes]``.
 
   ``train=True`` needs ``rngs={'dropout': key}`` (see the module docstring).
   """
@@ -75,14 +79,21 @@ class MobileNetV2(nn.Module):
   stem_features: int = 32
   last_features: int = 1280
   dropout_rate: float = 0.2
+  stem: str = 'auto'  # 'auto' | 'cifar' | 'imagenet' (module docstring)
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     conv, norm = conv_and_norm(self.dtype, train)
-    x = nn.relu6(norm()(conv(make_divisible(self.stem_features * self.width_mult), (3, 3))(x)))
+    # ImageNet: the stem and the second stage at stride 2 (the stages table holds the CIFAR 1).
+    imagenet = resolve_stem(self.stem, x) == 'imagenet'
+    stem_stride = 2 if imagenet else 1
+    x = conv(make_divisible(self.stem_features * self.width_mult), (3, 3), (stem_stride,) * 2)(x)
+    x = nn.relu6(norm()(x))
     self.sow('intermediates', 'stem', x)
     for stage, (expansion, channels, repeats, stride) in enumerate(self.stages):
+      if imagenet and stage == 1:
+        stride = 2
       features = make_divisible(channels * self.width_mult)
       for block in range(repeats):
         x = InvertedResidual(

@@ -1,8 +1,14 @@
-"""ResNet-18/34/50 for 32x32 inputs (CIFAR variant: 3x3 stride-1 stem, no max-pool).
+"""ResNet-18/34/50 with a CIFAR stem (3x3 stride 1, no max-pool) or the ImageNet one.
 
-Taps: the stem and the output of every residual block, in forward order.
-Parameter counts for 10 classes: ResNet-18 11,173,962; ResNet-34 21,282,122;
-ResNet-50 23,520,842 (tests/test_models.py checks them).
+`stem` (config field `model_args.stem`): 'cifar' for 32x32 inputs; 'imagenet' for the
+published network (7x7 stride-2 conv, BN, ReLU, 3x3 stride-2 max-pool; the bottleneck's
+stride on its 3x3 conv, i.e. ResNet v1.5 as in torchvision and the Flax ImageNet example);
+'auto' (default) picks by the input's side (models/layers.py, IMAGENET_MIN_SIDE).
+
+Taps: the stem (after the max-pool for ImageNet) and the output of every residual block, in
+forward order. Parameter counts for 10 classes (CIFAR stem): ResNet-18 11,173,962;
+ResNet-34 21,282,122; ResNet-50 23,520,842. ImageNet stem, 1000 classes: ResNet-18
+11,689,512; ResNet-34 21,797,672; ResNet-50 25,557,032 (tests/test_models.py checks them).
 """
 
 import functools
@@ -11,7 +17,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from models.layers import conv_and_norm
+from models.layers import conv_and_norm, imagenet_stem, resolve_stem
 
 
 class BasicBlock(nn.Module):
@@ -60,18 +66,22 @@ class BottleneckBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-  """CIFAR ResNet. ``__call__(x: f[B, H, W, 3], train) -> logits f[B, classes]``."""
+  """ResNet. ``__call__(x: f[B, H, W, 3], train) -> logits f[B, classes]``."""
 
   stage_sizes: Sequence[int]
   block_cls: Any
   num_classes: int
   width: int = 64
+  stem: str = 'auto'  # 'auto' | 'cifar' | 'imagenet' (module docstring)
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     conv, norm = conv_and_norm(self.dtype, train)
-    x = nn.relu(norm()(conv(self.width, (3, 3))(x)))
+    if resolve_stem(self.stem, x) == 'imagenet':
+      x = imagenet_stem(x, self.width, conv, norm)
+    else:
+      x = nn.relu(norm()(conv(self.width, (3, 3))(x)))
     self.sow('intermediates', 'stem', x)
     for stage, num_blocks in enumerate(self.stage_sizes):
       for block in range(num_blocks):

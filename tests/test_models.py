@@ -141,6 +141,63 @@ def test_full_size_tap_details():
   assert [v.shape[1] for v in taps.values()][:4] == [32, 32, 32, 32]
 
 
+# name -> the published parameter count of the ImageNet network (1000 classes, 224x224),
+# torchvision's and the papers' (vgg16_bn for VGG-16): the specification, typed in.
+IMAGENET = {
+    'resnet18': 11_689_512,
+    'resnet34': 21_797_672,
+    'resnet50': 25_557_032,
+    'vgg16': 138_365_992,
+    'densenet121': 7_978_856,
+    'mobilenetv2': 3_504_872,
+}
+
+
+@pytest.mark.parametrize('name', sorted(IMAGENET))
+def test_imagenet_parameter_counts_at_224_by_default_and_when_forced(name):
+  # 'auto' picks the ImageNet stem and head from the input's side ...
+  assert num_params(abstract_variables(models.get(name, 1000), 224)['params']) == IMAGENET[name]
+  # ... and an explicit stem wins over the side, both ways.
+  forced = models.get(name, 1000, stem='imagenet')
+  assert num_params(abstract_variables(forced, 64)['params']) == IMAGENET[name]
+  count_10, _, _ = FULL[name]
+  cifar = models.get(name, 10, stem='cifar')
+  assert num_params(abstract_variables(cifar, 224)['params']) == count_10
+
+
+@pytest.mark.parametrize(
+    'name, first, last',
+    [
+        ('resnet50', (56, 56, 64), (7, 7, 2048)),
+        ('densenet121', (56, 56, 64), (7, 7, 32)),
+        ('mobilenetv2', (112, 112, 32), (7, 7, 320)),
+        ('vgg16', (224, 224, 64), (14, 14, 512)),
+    ],
+)
+def test_imagenet_taps_follow_the_published_resolutions(name, first, last):
+  model = models.get(name, 1000)
+  _, logits, taps = abstract_forward(model, 224)
+  assert logits.shape == (2, 1000)
+  check_taps(model, taps, batch=2)  # the same tap names as the CIFAR network
+  shapes = [v.shape[1:] for v in taps.values()]
+  assert (shapes[0], shapes[-1]) == (first, last)
+
+
+def test_auto_stem_keeps_the_cifar_network_below_the_threshold():
+  from models import layers  # pylint: disable=import-outside-toplevel
+
+  side = layers.IMAGENET_MIN_SIDE
+  below = abstract_variables(models.get('resnet18', 10), side - 1)
+  at = abstract_variables(models.get('resnet18', 10), side)
+  assert below['params']['Conv_0']['kernel'].shape[:2] == (3, 3)
+  assert at['params']['Conv_0']['kernel'].shape[:2] == (7, 7)
+
+
+def test_unknown_stem_is_a_value_error_naming_the_field():
+  with pytest.raises(ValueError, match='`model_args.stem`'):
+    abstract_variables(models.get('resnet18_tiny', 10, stem='imagnet'), 32)
+
+
 @pytest.mark.parametrize('name', TINY)
 def test_mixed_precision_keeps_params_and_logits_float32(name):
   model = models.get(name, 10, dtype=jnp.bfloat16)
