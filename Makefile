@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/quickstart
 
-.PHONY: demo test bench study confirm clean-demo
+.PHONY: demo test bench study confirm clean-demo pod-check
 
 # -qq: pip's errors only (a machine's pip.conf can add a warning per package otherwise).
 PIP_INSTALL := $(PY) -m pip install -qq --disable-pip-version-check
@@ -78,6 +78,19 @@ confirm: $(VENV)/.runtime
 
 clean-demo:
 	rm -rf $(WORKDIR)
+
+# libtpu through the jax[tpu] extra at the venv's own jax version (requirements-tpu.txt names
+# the version this was tested with; a clean clone may resolve a newer jax from requirements.txt).
+$(VENV)/.tpu: $(VENV)/.runtime requirements-tpu.txt
+	@echo "Installing libtpu (jax[tpu] at the installed jax; compiles TPU programs, no TPU needed) ..."
+	@$(PIP_INSTALL) "jax[tpu]==$$($(PY) -c 'import importlib.metadata as m; print(m.version("jax"))')"
+	@touch $@
+
+# Compiles the train step, eval step and probe for TPU pod topologies on this machine and prints
+# per-device memory, flops, bytes and the compiler's step time (docs/pod.md; the table in
+# benchmarks/README.md). Compiler estimates: nothing runs on a TPU. About an hour on 2 CPU cores.
+pod-check: $(VENV)/.tpu
+	$(PY) benchmarks/pod_compile.py --out=results/performance/pod_compile.json
 
 # Lint and import order, then the formatter's check (pyproject.toml [tool.ruff], [tool.pyink]);
 # `.venv/bin/pyink .` applies the formatting.

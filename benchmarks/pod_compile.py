@@ -1,0 +1,391 @@
+r"""Compiles the project's train step, eval step and probe for TPU pod topologies, on this CPU.
+
+  python benchmarks/pod_compile.py                      # the full table (make pod-check)
+  python benchmarks/pod_compile.py --settings=tiny_v5e_2x2 --out=/tmp/pod.json
+
+Needs libtpu (requirements-tpu.txt: the `jax[tpu]` extra pinned to the installed jax), but no
+TPU: `jax.experimental.topologies.get_topology_desc` describes the pod's devices, a mesh is
+built over them exactly as train.py builds its own (training/loop.py make_mesh, or the
+replicas' ('replica', 'data') mesh), `training.loop.build` makes the jitted steps with their
+shardings, and each is lowered on `ShapeDtypeStruct` arguments carrying those shardings and
+compiled by the TPU compiler (MaxText's train_compile.py does the same for its models).
+
+Reported per compiled program, per device: memory_analysis() (arguments, outputs, aliased,
+temporaries; peak = arguments + outputs - aliased + temporaries) against the chip's HBM, and
+cost_analysis() (flops, bytes accessed, the compiler's `optimal_seconds`). From these: images/s
+= global batch / optimal_seconds and MFU = flops / (optimal_seconds * peak bf16 flops/s). The
+tracker's share is (on - off) / off for each of them, compiled with config.dynamics.enabled on
+and off. The replicas' speedup is 8 x (one single-seed step's optimal_seconds) / (the 8-replica
+step's). All of these are the compiler's estimates, not measurements: no TPU ran anything.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+# libtpu takes a lockfile in /tmp; another process of this venv that loaded it (any jax
+# import without JAX_PLATFORMS=cpu) would make get_topology_desc fail. Nothing here runs on a TPU.
+os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+
+from configs import imagenet as imagenet_config, study, tiny  # noqa: E402
+from models import layers  # noqa: E402
+from training import loop, replicas as replicas_lib, validate  # noqa: E402
+
+# Per device, as JAX sees the chip (one device per chip on v4 with megacore and on v5e).
+# HBM in GiB; peak dense bf16 flop/s (Google Cloud's published figures).
+CHIPS = {
+    'TPU v5 lite': dict(name='v5e', hbm_gib=16.0, peak_flops=197e12),
+    'TPU v4': dict(name='v4', hbm_gib=32.0, peak_flops=275e12),
+}
+CIFAR_TRAIN, CIFAR_CLASSES = 50_000, 10
+
+
+def _imagenet(batch, model='resnet50'):
+  config = imagenet_config.get_config(f'model={model},batch={batch}')
+  return config, dict(
+      num_classes=imagenet_config.NUM_CLASSES,
+      train_size=imagenet_config.NUM_TRAIN_IMAGES,
+      side=config.data.image_size,
+  )
+
+
+def _vit(batch):
+  config = study.get_config('model=vit_b16,dataset=cifar10')
+  config.batch_size = batch
+  config.eval_batch_size = batch
+  config.dtype = 'bfloat16'
+  config.dynamics.probe_size = batch
+  return config, dict(num_classes=CIFAR_CLASSES, train_size=CIFAR_TRAIN, side=32)
+
+
+def _cifar_resnet18(replicas):
+  config = study.get_config('model=resnet18,dataset=cifar10')
+  config.replicas = replicas
+  config.dtype = 'bfloat16'
+  return config, dict(num_classes=CIFAR_CLASSES, train_size=CIFAR_TRAIN, side=32)
+
+
+def _tiny():
+  config = tiny.get_config()
+  return config, dict(num_classes=config.data.num_classes, train_size=256, side=32)
+
+
+# name -> (what, topology, topology kwargs, config maker). 'replicas' settings compile the
+# N-replica step and N = 1 beside it.
+SETTINGS = {
+    'resnet50_imagenet_v5e_16x16': (
+        'ResNet-50, ImageNet 224 px, global batch 4,096',
+        'v5e:16x16',
+        {},
+        lambda: _imagenet(4096),
+    ),
+    'resnet50_imagenet_v4_8x8x8': (
+        'ResNet-50, ImageNet 224 px, global batch 4,096',
+        'v4:8x8x8',
+        {'chip_config_name': 'megacore'},
+        lambda: _imagenet(4096),
+    ),
+    'vit_b16_finetune_v5e_8x8': (
+        'ViT-B/16 fine-tuning, CIFAR-10 resized to 224 px, global batch 512',
+        'v5e:8x8',
+        {},
+        lambda: _vit(512),
+    ),
+    'resnet18_cifar_replicas8_v5e_1x1': (
+        "The study's CIFAR ResNet-18 (batch 128), 8 replicas vs 1, one chip",
+        'v5e:1x1',
+        {'chips_per_host_bounds': (1, 1, 1)},
+        lambda: _cifar_resnet18(8),
+    ),
+    'tiny_v5e_2x2': ('configs/tiny.py', 'v5e:2x2', {}, _tiny),
+}
+DEFAULT_SETTINGS = [k for k in SETTINGS if not k.startswith('tiny')]
+
+
+def topology_devices(topology: str, **kwargs):
+  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+
+  return topologies.get_topology_desc(topology_name=topology, platform='tpu', **kwargs).devices
+
+
+def make_mesh(config, devices):
+  """The mesh train.py would build on these devices (training/loop.py, training/replicas.py)."""
+  if config.replicas > 1:
+    return replicas_lib.make_mesh(config, devices)
+  return jax.make_mesh(
+      (len(devices),), ('data',), devices=devices, axis_types=(jax.sharding.AxisType.Auto,)
+  )
+
+
+def _abstract(tree, shardings):
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+  )
+
+
+def _analysis(compiled, chip) -> dict:
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older JAX: one dict per program
+    cost = cost[0]
+  peak = (
+      mem.argument_size_in_bytes
+      + mem.output_size_in_bytes
+      - mem.alias_size_in_bytes
+      + mem.temp_size_in_bytes
+  )
+  return dict(
+      argument_bytes=int(mem.argument_size_in_bytes),
+      output_bytes=int(mem.output_size_in_bytes),
+      alias_bytes=int(mem.alias_size_in_bytes),
+      temp_bytes=int(mem.temp_size_in_bytes),
+      peak_bytes=int(peak),
+      hbm_fraction=peak / (chip['hbm_gib'] * 2**30),
+      flops=float(cost.get('flops', float('nan'))),
+      bytes_accessed=float(cost.get('bytes accessed', float('nan'))),
+      optimal_seconds=float(cost.get('optimal_seconds', float('nan'))),
+  )
+
+
+def compile_experiment(config, meta, devices, programs=('train', 'eval', 'probe')) -> dict:
+  """Builds config's jitted steps with training.loop.build on a mesh over `devices` and
+  compiles each for them. Returns {program: analysis} (per device) plus the compile times."""
+  config = config.copy_and_resolve_references()
+  if config.replicas > 1:
+    # 'auto' resolves by the host's backend; the program is for the TPU's.
+    config.replica_impl = replicas_lib.resolve_impl(config, backend='tpu')
+  mesh = make_mesh(config, devices)
+  data_devices = mesh.shape['data']
+  validate.validate_config(config, data_devices, max(d.process_index for d in devices) + 1)
+  steps_per_epoch = meta['train_size'] // config.batch_size
+  total_steps = (
+      config.num_train_steps if config.num_train_steps > 0 else steps_per_epoch * config.num_epochs
+  )
+  config = validate.fit_to_run(config, total_steps, steps_per_epoch).config
+  side = meta['side']
+  stored = (side, side, 3)  # what the host feeds: uint8 images of this side
+  image_shape = (config.image_size,) * 2 + (3,) if config.image_size else stored
+  mean = jnp.full((3,), 120.0, jnp.float32)
+  std = jnp.full((3,), 60.0, jnp.float32)
+  chip = CHIPS[devices[0].device_kind]
+  results = {}
+  with layers.target_platform('tpu'):
+    exp = loop.build(
+        config,
+        meta['num_classes'],
+        image_shape,
+        mean,
+        std,
+        steps_per_epoch,
+        total_steps,
+        mesh,
+    )
+    replicated = NamedSharding(mesh, P())
+    single = jax.eval_shape(exp.init_state, 0)
+    n = config.replicas
+    if n == 1:
+      state = _abstract(single, jax.tree.map(lambda _: replicated, single))
+      batch = NamedSharding(mesh, P('data'))
+    else:
+      stacked = jax.tree.map(
+          lambda x: jax.ShapeDtypeStruct((n,) + x.shape, x.dtype), single.replace(step=None)
+      ).replace(step=single.step)
+      state = _abstract(stacked, exp.state_sharding)
+      batch = NamedSharding(mesh, P(replicas_lib.DATA_AXIS))
+    b, eb = config.batch_size, config.eval_batch_size
+    if n == 1:
+      train_args = (
+          jax.ShapeDtypeStruct((b,) + stored, jnp.uint8, sharding=batch),
+          jax.ShapeDtypeStruct((b,), jnp.int32, sharding=batch),
+      )
+    else:  # indices [N, B] and the device-resident train set (training/replicas.py)
+      rows = NamedSharding(mesh, P(replicas_lib.REPLICA_AXIS, replicas_lib.DATA_AXIS))
+      train_args = (
+          jax.ShapeDtypeStruct((n, b), jnp.int32, sharding=rows),
+          jax.ShapeDtypeStruct((meta['train_size'],) + stored, jnp.uint8, sharding=replicated),
+          jax.ShapeDtypeStruct((meta['train_size'],), jnp.int32, sharding=replicated),
+      )
+    args = {
+        'train': (exp.train_step, (state,) + train_args),
+        'eval': (
+            exp.eval_step,
+            (
+                state,
+                jax.ShapeDtypeStruct((eb,) + stored, jnp.uint8, sharding=batch),
+                jax.ShapeDtypeStruct((eb,), jnp.int32, sharding=batch),
+                jax.ShapeDtypeStruct((eb,), jnp.float32, sharding=batch),
+            ),
+        ),
+    }
+    if exp.probe is not None:
+      ps = config.dynamics.probe_size
+      probe_shape = (ps,) + stored if n == 1 else (n, ps) + stored
+      probe_sharding = (
+          batch
+          if n == 1
+          else NamedSharding(mesh, P(replicas_lib.REPLICA_AXIS, replicas_lib.DATA_AXIS))
+      )
+      args['probe'] = (
+          exp.probe,
+          (state, jax.ShapeDtypeStruct(probe_shape, jnp.uint8, sharding=probe_sharding)),
+      )
+    for program in programs:
+      if program not in args:
+        continue
+      fn, fn_args = args[program]
+      t0 = time.perf_counter()
+      compiled = fn.lower(*fn_args).compile()
+      results[program] = dict(
+          _analysis(compiled, chip), compile_seconds=round(time.perf_counter() - t0, 1)
+      )
+  results['devices'] = len(devices)
+  results['mesh'] = dict(mesh.shape)
+  results['chip'] = chip['name']
+  return results
+
+
+def _share(on, off, key):
+  return (on[key] - off[key]) / off[key] if off[key] else float('nan')
+
+
+def run_setting(name: str, log=print) -> dict:
+  what, topology, topo_kwargs, make = SETTINGS[name]
+  config, meta = make()
+  t0 = time.perf_counter()
+  devices = topology_devices(topology, **topo_kwargs)
+  chip = CHIPS[devices[0].device_kind]
+  log(f'{name}: {what} on {topology} ({len(devices)} devices, {chip["name"]}) ...')
+  out = dict(what=what, topology=topology, global_batch=config.batch_size)
+  on = compile_experiment(config, meta, devices)
+  out['tracker_on'] = on
+  off_config = config.copy_and_resolve_references()
+  off_config.dynamics.enabled = False
+  off = compile_experiment(off_config, meta, devices, programs=('train',))
+  out['tracker_off'] = off
+  train = on['train']
+  out['images_per_second'] = config.batch_size * config.replicas / train['optimal_seconds']
+  out['mfu'] = train['flops'] / (train['optimal_seconds'] * chip['peak_flops'])
+  out['tracker_share'] = {
+      k: _share(on['train'], off['train'], k)
+      for k in ('flops', 'bytes_accessed', 'peak_bytes', 'optimal_seconds')
+  }
+  if config.replicas > 1:
+    single_config = config.copy_and_resolve_references()
+    single_config.replicas = 1
+    single = compile_experiment(single_config, meta, devices, programs=('train',))
+    out['single_replica'] = single
+    t1, tn = single['train']['optimal_seconds'], train['optimal_seconds']
+    out['replica_speedup'] = config.replicas * t1 / tn
+  out['seconds'] = round(time.perf_counter() - t0, 1)
+  log(f'  {_row(name, out)}  ({out["seconds"]:.0f} s)')
+  return out
+
+
+def _gib(x):
+  return x / 2**30
+
+
+def _row(name, r):
+  t = r['tracker_on']['train']
+  share = r['tracker_share']
+  text = (
+      f'{name}: train peak {_gib(t["peak_bytes"]):.2f} GiB/device '
+      f'({100 * t["hbm_fraction"]:.0f}% of HBM), {t["flops"] / 1e12:.3f} TFLOP, '
+      f'{t["bytes_accessed"] / 1e9:.2f} GB, {1e3 * t["optimal_seconds"]:.2f} ms, '
+      f'{r["images_per_second"]:,.0f} img/s, MFU {100 * r["mfu"]:.0f}%; tracker '
+      f'+{100 * share["flops"]:.2f}% flops, +{100 * share["bytes_accessed"]:.2f}% bytes, '
+      f'+{100 * share["peak_bytes"]:.2f}% memory, +{100 * share["optimal_seconds"]:.2f}% time'
+  )
+  if 'replica_speedup' in r:
+    text += f'; replicas {r["replica_speedup"]:.2f}x over separate steps'
+  return text
+
+
+def table(results: dict) -> str:
+  """The Markdown table of benchmarks/README.md (compiler estimates)."""
+  lines = [
+      '| setting | topology | program | peak / device (GiB, % HBM) | TFLOP / device | GB / '
+      'device | step (ms) | images/s | MFU |',
+      '|---|---|---|---|---|---|---|---|---|',
+  ]
+  for name, r in results.items():
+    on = r['tracker_on']
+    for program in ('train', 'eval', 'probe'):
+      if program not in on:
+        continue
+      a = on[program]
+      extra = (
+          f'{r["images_per_second"]:,.0f} | {100 * r["mfu"]:.0f}%' if program == 'train' else '| '
+      )
+      lines.append(
+          f'| {name} | {r["topology"]} ({on["devices"]} dev) | {program} | '
+          f'{_gib(a["peak_bytes"]):.2f} ({100 * a["hbm_fraction"]:.0f}%) | '
+          f'{a["flops"] / 1e12:.3f} | {a["bytes_accessed"] / 1e9:.2f} | '
+          f'{1e3 * a["optimal_seconds"]:.2f} | {extra} |'
+      )
+  lines += [
+      '',
+      '| setting | tracker share: flops | bytes | peak memory | step time | replicas vs '
+      '8 single steps |',
+      '|---|---|---|---|---|---|',
+  ]
+  for name, r in results.items():
+    s = r['tracker_share']
+    speed = f'{r["replica_speedup"]:.2f}x' if 'replica_speedup' in r else ''
+    lines.append(
+        f'| {name} | {100 * s["flops"]:+.2f}% | {100 * s["bytes_accessed"]:+.2f}% | '
+        f'{100 * s["peak_bytes"]:+.2f}% | {100 * s["optimal_seconds"]:+.2f}% | {speed} |'
+    )
+  return '\n'.join(lines)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument(
+      '--settings',
+      default=','.join(DEFAULT_SETTINGS),
+      help=f'comma-separated, from: {", ".join(SETTINGS)}',
+  )
+  parser.add_argument('--out', default='results/performance/pod_compile.json')
+  args = parser.parse_args(argv)
+  names = [s for s in args.settings.split(',') if s]
+  unknown = sorted(set(names) - set(SETTINGS))
+  if unknown:
+    parser.error(f'unknown --settings {", ".join(unknown)}; allowed: {", ".join(SETTINGS)}')
+  try:
+    import libtpu  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    sys.exit(
+        'pod_compile needs libtpu (no TPU): pip install -r requirements-tpu.txt '
+        '(the jax[tpu] extra at the installed jax version).'
+    )
+  results = {}
+  payload = dict(
+      note='XLA TPU compiler estimates from ahead-of-time compilation on a CPU host; '
+      'no TPU ran these programs.',
+      jax=jax.__version__,
+      settings=results,
+  )
+  for name in names:
+    results[name] = run_setting(name)
+    if args.out:  # after every setting: a long table interrupted keeps what it compiled
+      os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+      with open(args.out, 'w') as f:
+        json.dump(payload, f, indent=1, sort_keys=True, default=float)
+  if args.out:
+    print(f'Wrote {args.out}')
+  print()
+  print(table(results))
+  return payload
+
+
+if __name__ == '__main__':
+  main()
