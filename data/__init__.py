@@ -78,6 +78,7 @@ _DEFAULTS = dict(
     train_size=2048,
     test_size=512,
     image_size=32,
+    streaming=False,
 )
 
 
@@ -96,7 +97,11 @@ def default_config():
     test_subset: the same for the test split (0 = all of it), for quicker CPU-scale runs.
     seed: seeds the synthetic generator and the subset draw (not the epoch order: that is the
       train loop's seed, passed to TrainBatches).
-    num_classes, train_size, test_size, image_size: the synthetic source's shape.
+    num_classes, train_size, test_size, image_size: the synthetic source's shape; image_size
+      is also the crop side of a streamed image folder.
+    streaming: source='image_folder' only: False holds the decoded folder in memory (every
+      image the same size; CIFAR); True decodes each step's share per process with ImageNet
+      preprocessing (any image sizes; data/streaming.py, configs/imagenet.py).
   """
   import ml_collections  # Imported here so that numpy-only users of `data` need not have it.
 
@@ -320,6 +325,16 @@ def load(cfg: Any) -> Dataset:
           "out as <split>/<class>/<image>, e.g. "
           "--config.data.path=../shared/data/cifar10.tar.gz"
       )
+    if _get(cfg, "streaming"):
+      # Decoded per step, never held (data/streaming.py): ImageNet-sized and variable-size images.
+      from data import streaming  # pylint: disable=import-outside-toplevel
+
+      if int(_get(cfg, "train_subset")) or int(_get(cfg, "test_subset")):
+        raise ValueError(
+            "data.streaming=True reads whole splits; data.train_subset and data.test_subset "
+            "must be 0 (make a smaller folder instead)."
+        )
+      return streaming.load(path, int(_get(cfg, "image_size")))
     name = image_folder.dataset_name(path)
     cache_dir = resolve_cache_dir(_get(cfg, "cache_dir"))
     arrays = image_folder.load_image_folder(path, cache_dir=cache_dir)

@@ -540,14 +540,20 @@ def _train_feed(config, dataset, mesh, batch_sharding) -> Callable[[int], tuple]
   """
   if config.replicas == 1:
     # The epoch order depends on the run seed, so seeds differ in data order as well as init.
-    batches = data_lib.TrainBatches(
-        dataset.train_images,
-        dataset.train_labels,
-        config.seed,
-        config.batch_size,
-        jax.process_index(),
-        jax.process_count(),
-    )
+    # A streamed folder (data/streaming.py) gives its own batches: the same indices, decoded.
+    if hasattr(dataset, 'train_batches'):
+      batches = dataset.train_batches(
+          config.seed, config.batch_size, jax.process_index(), jax.process_count()
+      )
+    else:
+      batches = data_lib.TrainBatches(
+          dataset.train_images,
+          dataset.train_labels,
+          config.seed,
+          config.batch_size,
+          jax.process_index(),
+          jax.process_count(),
+      )
 
     def feed(step):
       images, labels = batches.batch(step)
