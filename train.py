@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import traceback
 from typing import Optional
 
@@ -51,7 +52,9 @@ USER_ERRORS = (
     ValueError,
     FileNotFoundError,
     NotADirectoryError,
+    IsADirectoryError,
     checkpoint.CheckpointError,
+    checkpoint.CheckpointSaveError,
     workdir_lib.WorkdirLockedError,
     FloatingPointError,
 )
@@ -76,6 +79,14 @@ flags.DEFINE_bool(
     'If the workdir holds a run with a different config, move it to '
     '<workdir>.old-<timestamp> and start afresh (without this flag such a run '
     'refuses to start). A workdir of the same config is resumed either way.',
+)
+flags.DEFINE_bool(
+    'allow_unverified_checkpoint',
+    False,
+    'Restore the newest checkpoint even if it has no digests.json (written by an '
+    'older version, or its digests were removed), so its bytes cannot be verified. '
+    "Its config is still checked against the workdir's config.json (refused "
+    'without one). Without this flag such a checkpoint is refused.',
 )
 flags.DEFINE_bool(
     'distributed',
@@ -177,6 +188,23 @@ def _fail(message: str, exc: Optional[BaseException], code: int = USER_ERROR_EXI
   if FLAGS.verbose:
     print(text, file=sys.stderr)
   print(f'\nError: {message}\n({where}; --verbose prints it here)', file=sys.stderr)
+  _exit(code)
+
+
+def _exit(code: int):
+  """sys.exit(code); os._exit(code) when threads that Python would wait for are still alive
+  (Orbax's background save threads after a failed save wait forever for signals that never
+  come, and the interpreter would hang at exit joining them)."""
+  stray = [
+      t
+      for t in threading.enumerate()
+      if t is not threading.main_thread() and not t.daemon and t.is_alive()
+  ]
+  if stray:
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # pylint: disable=protected-access
   sys.exit(code)
 
 
@@ -192,9 +220,37 @@ def _load_config():
         None,
     )
   try:
-    return FLAGS.config
+    config = FLAGS.config
   except OSError as e:  # ml_collections reports a failed import as "Failed loading config file"
     _fail(f'--config={given} cannot be loaded: {e.__cause__ or e}', e)
+  _check_config_argument(given)
+  return config
+
+
+def _check_config_argument(given: str):
+  """`--config=file.py:arg` where get_config ignores `arg` (it gives the same config as without
+  it) is refused, naming the argument: it would otherwise train another config than asked."""
+  path, _, arg = given.partition(':')
+  if not arg:
+    return
+  import importlib.util  # pylint: disable=import-outside-toplevel
+
+  try:
+    spec = importlib.util.spec_from_file_location('_config_argument_check', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    plain = module.get_config().to_json_best_effort(sort_keys=True)
+    with_arg = module.get_config(arg).to_json_best_effort(sort_keys=True)
+  except Exception:  # pylint: disable=broad-except  # needs its argument, or checks it itself
+    return
+  if plain == with_arg:
+    fields = ' '.join(f'--config.{part}' for part in arg.split(',') if '=' in part)
+    _fail(
+        f'--config={given}: {path} ignores its argument {arg!r} (the config is the same '
+        'without it), so it would change nothing.'
+        + (f' To set config fields, use {fields}.' if fields else ''),
+        None,
+    )
 
 
 def main(argv):
@@ -207,7 +263,12 @@ def main(argv):
   runtime.configure_xla_cpu(model=config.model)
   initialize_distributed()
   try:
-    result = train_and_evaluate(config, FLAGS.workdir, overwrite=FLAGS.overwrite)
+    result = train_and_evaluate(
+        config,
+        FLAGS.workdir,
+        overwrite=FLAGS.overwrite,
+        allow_unverified=FLAGS.allow_unverified_checkpoint,
+    )
   except KeyboardInterrupt as e:  # a second Ctrl-C, or one before training started
     _fail(
         'Interrupted (Ctrl-C) without saving; the newest checkpoint in '

@@ -422,7 +422,10 @@ def test_a_step_without_digests_older_format_is_restored_with_a_warning(
   for name in ('summary.json', 'dynamics.npz'):  # the run died after its final checkpoint
     os.remove(os.path.join(workdir, name))
   os.remove(os.path.join(workdir, 'checkpoints', '24', checkpoint.DIGESTS_FILE))
-  result = loop.train_and_evaluate(_config(), workdir)
+  # Unverified: refused unless asked for (issue 26; tests/test_reliability_second_pass.py).
+  with pytest.raises(checkpoint.CheckpointError, match='allow_unverified_checkpoint'):
+    loop.train_and_evaluate(_config(), workdir)
+  result = loop.train_and_evaluate(_config(), workdir, allow_unverified=True)
   _assert_same_run(*reference, workdir, result['state'])
   assert 'checkpoints/24 has no digests.json' in caplog.text
   assert not os.path.exists(os.path.join(workdir, checkpoint.DAMAGED_DIR))

@@ -43,6 +43,10 @@ class CheckpointConfigError(ValueError):
   """The checkpoints in the workdir were written by a run with a different config."""
 
 
+class CheckpointSaveError(RuntimeError):
+  """Writing a checkpoint failed (in the background or at its start): the run stops at once."""
+
+
 class NoSpaceError(OSError):
   """A checkpoint does not fit on its disk; the last good checkpoint is left as it was."""
 
@@ -194,7 +198,7 @@ class Manager(ocp.CheckpointManager):
         if last is not None
         else 'No checkpoint was saved before; ' 'run the same command again to start afresh'
     )
-    size = f'needs about {_megabytes(needed)}, ' if needed else ''
+    size = f'needs about {_megabytes(needed)}, ' if needed else 'does not fit, '
     return NoSpaceError(
         f'No space left on the disk of {self.directory}: the checkpoint of step {step} '
         f'{size}{_megabytes(free)} are free. {kept} once space is freed (or with a --workdir '
@@ -207,18 +211,56 @@ class Manager(ocp.CheckpointManager):
       tmp = os.path.join(str(self.directory), f'{step}{_TMP_SUFFIX}')
       if jax.process_index() == 0 and os.path.isdir(tmp):  # half written: frees the space
         shutil.rmtree(tmp, ignore_errors=True)
-      raise self._no_space(step, None, free_bytes(str(self.directory))) from e
+      needed = getattr(self, '_needed', None)
+      raise self._no_space(step, needed, free_bytes(str(self.directory))) from e
+
+  def _save_failed(self, e: BaseException, step: Optional[int]) -> CheckpointSaveError:
+    step = self._saving if step is None else step
+    last = self.latest_step()
+    kept = (
+        f'the last good checkpoint (step {last}) is intact, and the same command resumes from ' 'it'
+        if last is not None and last != step
+        else 'no checkpoint was committed before it, and the same command starts afresh'
+    )
+    return CheckpointSaveError(
+        f'Saving the checkpoint of step {step} in {self.directory} failed '
+        f'({type(e).__name__}: {_first_line(e)}); the run stopped there. Once that is fixed '
+        f'(a folder that can be written, with room), run again: {kept}.'
+    )
+
+  def _background_error(self) -> Optional[BaseException]:
+    """The error of a background save that has failed, without waiting for anything (None if
+    none failed, or where this Orbax version keeps it elsewhere)."""
+    async_manager = getattr(getattr(self, '_checkpointer', None), '_async_manager', None)
+    error = getattr(async_manager, '_exception', None)
+    if error is not None:
+      return error
+    # The CheckpointManager's finalize thread takes the error over once it has waited for the
+    # commit, and keeps it as its `exception` when it ends.
+    finalize = getattr(self, '_finalize_thread', None)
+    try:
+      return finalize.map(lambda t: t.exception if t is not None and not t.is_alive() else None)
+    except Exception:  # pylint: disable=broad-except  # another Orbax: found at the next save
+      return None
+
+  def check_saves(self):
+    """Raises CheckpointSaveError (NoSpaceError for a full disk) as soon as the save in flight
+    has failed in the background; cheap, so the loop calls it every step instead of finding
+    out at the next save."""
+    if self._background_error() is not None:
+      self.wait_until_finished()  # raises it, translated
 
   def wait_until_finished(self):
     try:
       super().wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
       self._translate(e, None)
-      raise
+      raise self._save_failed(e, None) from e
 
   def save(self, step: int, *args, **kwargs) -> bool:
     self.wait_until_finished()  # Orbax does it too; here so that _saving is the step in flight
     needed = kwargs.pop('needed_bytes', None)
+    self._needed = needed
     if needed is not None:
       free = free_bytes(str(self.directory))
       if free < needed:
@@ -228,7 +270,7 @@ class Manager(ocp.CheckpointManager):
       return super().save(step, *args, **kwargs)
     except Exception as e:  # pylint: disable=broad-except
       self._translate(e, step)
-      raise
+      raise self._save_failed(e, step) from e
 
 
 def make_manager(workdir: str, keep: int, config=None) -> Manager:
@@ -291,10 +333,13 @@ def _move_aside(manager, steps: List[int]) -> List[str]:
   return moved
 
 
-def _check_config(manager, step: int, record: Dict[str, Any]):
-  """Refuses a step written by a run of another config, naming the differing fields."""
-  saved, new = record.get('config'), getattr(manager, '_config', None)
-  if saved is None or new is None:
+ALLOW_UNVERIFIED_FLAG = '--allow_unverified_checkpoint'
+
+
+def _refuse_config(manager, step: int, saved: Dict[str, Any], what: str):
+  """Refuses a step whose config (`saved`, as `what` tells it) differs from this run's."""
+  new = getattr(manager, '_config', None)
+  if new is None:
     return
   from training import loop  # pylint: disable=import-outside-toplevel  # loop imports us
 
@@ -303,13 +348,66 @@ def _check_config(manager, step: int, record: Dict[str, Any]):
     shown = '; '.join(differences[:12]) + ('; ...' if len(differences) > 12 else '')
     raise CheckpointConfigError(
         f'{_step_dir(manager, step)} was written by a run with a different config '
-        f'({len(differences)} field(s), checkpoint -> now: {shown}). Resume it with its own '
+        f'({len(differences)} field(s), {what} -> now: {shown}). Resume it with its own '
         'config, or move the checkpoints folder away (or choose a new --workdir) to start '
         'afresh.'
     )
 
 
-def restore_latest(manager: ocp.CheckpointManager, template, sharding) -> Optional[object]:
+def _check_config(manager, step: int, record: Dict[str, Any], allow_unverified: bool):
+  """Refuses a step written by a run of another config, naming the differing fields.
+
+  The config in digests.json is covered by its SHA-256: it is the step's own. A record without
+  one (a manager made without a config) binds the bytes to no config: such a step is
+  unverified, see _check_unverified."""
+  if record.get('config') is None and getattr(manager, '_config', None) is not None:
+    _check_unverified(manager, step, f'its {DIGESTS_FILE} holds no config', allow_unverified)
+    return
+  if record.get('config') is not None:
+    _refuse_config(manager, step, record['config'], 'checkpoint')
+
+
+def _check_unverified(manager, step: int, why: str, allow_unverified: bool):
+  """A step that digests.json does not vouch for (no digests, or digests of no config): refused
+  unless `allow_unverified`, and then only with the workdir's config.json to check its config
+  against (never restored under a config nobody can tell)."""
+  step_dir = _step_dir(manager, step)
+  config_path = os.path.join(os.path.dirname(str(manager.directory)), 'config.json')
+  what = (
+      f'{step_dir} has no {DIGESTS_FILE}: its bytes and its config cannot be verified (a step '
+      'written by an older version of this code, or one whose digests were removed)'
+      if why == 'no digests'
+      else f'{step_dir} cannot be verified: {why}'
+  )
+  if not allow_unverified:
+    raise CheckpointError(
+        f'{what}. It is restored only if asked for: pass {ALLOW_UNVERIFIED_FLAG} '
+        '(train_and_evaluate(..., allow_unverified=True)) to restore it anyway, its config '
+        f'checked against {config_path}; or move {step_dir} out of checkpoints/ to resume '
+        'from an older verified step.'
+    )
+  if getattr(manager, '_config', None) is None:
+    return
+  try:
+    with open(config_path) as f:
+      saved = json.load(f)
+  except FileNotFoundError:
+    raise CheckpointError(
+        f'{what}, and the workdir has no config.json to check its config against, so it is '
+        f'not restored even with {ALLOW_UNVERIFIED_FLAG}: put the config.json of the run that '
+        f'wrote it back in {os.path.dirname(config_path)}, or move {step_dir} out of '
+        'checkpoints/.'
+    ) from None
+  except (OSError, ValueError) as e:
+    raise CheckpointError(
+        f'{what}, and {config_path} cannot be read ({e}) to check its config against.'
+    ) from None
+  _refuse_config(manager, step, saved, 'config.json')
+
+
+def restore_latest(
+    manager: ocp.CheckpointManager, template, sharding, allow_unverified: bool = False
+) -> Optional[object]:
   """The newest intact checkpoint restored into `template`'s structure with `sharding`.
 
   template: a TrainState (abstract or concrete) with the shapes of this config.
@@ -318,24 +416,29 @@ def restore_latest(manager: ocp.CheckpointManager, template, sharding) -> Option
   or that Orbax cannot read, is damaged: it is moved to
   `<workdir>/checkpoints.damaged/<step>-<time>` with a warning once an older one has been
   restored, and the next older one is tried; nothing is deleted. A step without digests.json
-  (written before they existed) is restored with Orbax's own checks only, with a warning.
+  (written before they existed, or whose digests were removed), or whose digests hold no
+  config, is unverified: refused with CheckpointError unless `allow_unverified`, and then
+  restored with Orbax's own checks only, with a warning, once its config matches the
+  workdir's config.json (refused when there is none).
 
   Raises:
     CheckpointConfigError: the step about to be restored was written with another config.
-    CheckpointError: checkpoints exist but none can be read (they are left where they are).
+    CheckpointError: checkpoints exist but none can be read (they are left where they are), or
+      the newest readable one is unverified and `allow_unverified` is not set.
   """
   failures: List[Tuple[int, str]] = []
   for step in sorted(manager.all_steps(), reverse=True):
     record, problem = verify_digests(_step_dir(manager, step))
     if problem is None:
       if record is not None:
-        _check_config(manager, step, record)
+        _check_config(manager, step, record, allow_unverified)
       else:
+        _check_unverified(manager, step, 'no digests', allow_unverified)
         logging.warning(
-            'Checkpoint %s has no %s (written by an older version): its bytes '
-            'cannot be verified, only what Orbax checks.',
+            'Checkpoint %s has no %s: restored as asked (%s), its bytes checked by ' 'Orbax only.',
             _step_dir(manager, step),
             DIGESTS_FILE,
+            ALLOW_UNVERIFIED_FLAG,
         )
       try:
         state = _restore_step(manager, step, template, sharding)

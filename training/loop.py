@@ -65,16 +65,18 @@ def _save_config(config, workdir: str):
   # Written to a temporary file and renamed: other processes may be reading it (see
   # _prepare_workdir), and a half-written file would look like a different config.
   if jax.process_index() == 0:
-    path = os.path.join(workdir, 'config.json')
-    with open(path + '.tmp', 'w') as f:
+    with writers_lib.atomic_file(os.path.join(workdir, 'config.json')) as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    os.replace(path + '.tmp', path)
     # Each replica's folder reads like the 1-replica run it equals (seed + k).
     for k in range(config.replicas if config.replicas > 1 else 0):
       folder = replicas_lib.replica_dir(workdir, k)
       os.makedirs(folder, exist_ok=True)
-      with open(os.path.join(folder, 'config.json'), 'w') as f:
-        json.dump(replicas_lib.replica_config(config, k), f, indent=2, sort_keys=True)
+      writers_lib.write_json(
+          os.path.join(folder, 'config.json'),
+          replicas_lib.replica_config(config, k),
+          indent=2,
+          sort_keys=True,
+      )
 
 
 def _flatten(tree: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
@@ -121,6 +123,7 @@ def _prepare_workdir(config, workdir: str, overwrite: bool):
   identical config, `overwrite` changes nothing and the run resumes, so a job restarted with
   the same command line never throws away its progress.
   """
+  workdir_lib.check_workdir_files(workdir)
   path = os.path.join(workdir, 'config.json')
   if os.path.exists(path):
     new = json.loads(config.to_json_best_effort(sort_keys=True))  # same types as the file's
@@ -439,6 +442,9 @@ class _Sink(NamedTuple):
 def _open_sinks(config, workdir: str, start_step: int) -> List[_Sink]:
   n = config.replicas
   sinks = []
+  stamp = time.strftime('%Y%m%d-%H%M%S')
+  if start_step == 0 and n > 1 and jax.process_index() == 0:
+    workdir_lib.set_aside_previous_records(workdir, stamp)  # the whole run's summary.json
   for k in range(n):
     folder = workdir if n == 1 else replicas_lib.replica_dir(workdir, k)
     if n == 1:
@@ -446,6 +452,10 @@ def _open_sinks(config, workdir: str, start_step: int) -> List[_Sink]:
     else:  # the loop logs one line for all replicas, not one per replica
       writer, jsonl = writers_lib.create_replica_writers(folder)
     if jsonl is not None:
+      if start_step == 0:
+        # No checkpoint: records of an earlier run here cannot be redone from one. They are
+        # moved aside, never truncated (nothing when the folder holds no records).
+        workdir_lib.set_aside_previous_records(folder, stamp)
       # Records past the restored step come from steps that are about to be redone.
       workdir_lib.repair_metrics(os.path.join(folder, 'metrics.jsonl'))
       jsonl.truncate_after(start_step)
@@ -593,16 +603,24 @@ def spread_text(values: Sequence[float], digits: int = 4) -> str:
 
 
 def train_and_evaluate(
-    config, workdir: str, stop_after: Optional[int] = None, overwrite: bool = False
+    config,
+    workdir: str,
+    stop_after: Optional[int] = None,
+    overwrite: bool = False,
+    allow_unverified: bool = False,
 ) -> Dict[str, Any]:
   """_train_and_evaluate (below) holding the workdir's lock: a second run on the same workdir
   stops at once with WorkdirLockedError naming the first one (training/workdir.py)."""
   with workdir_lib.locked(workdir):
-    return _train_and_evaluate(config, workdir, stop_after, overwrite)
+    return _train_and_evaluate(config, workdir, stop_after, overwrite, allow_unverified)
 
 
 def _train_and_evaluate(
-    config, workdir: str, stop_after: Optional[int] = None, overwrite: bool = False
+    config,
+    workdir: str,
+    stop_after: Optional[int] = None,
+    overwrite: bool = False,
+    allow_unverified: bool = False,
 ) -> Dict[str, Any]:
   """Trains config.model on config.data, evaluating every epoch; writes to workdir.
 
@@ -612,8 +630,9 @@ def _train_and_evaluate(
   notice) or SIGINT (Ctrl-C) the run saves a checkpoint at the current step and returns with
   `preempted` set (checkpoint.last_signal() tells which).
   `stop_after` ends the run early after that global step with a checkpoint, as a preemption
-  would (tests use it to interrupt a run). A NaN/Inf loss, gradient norm or state raises
-  FloatingPointError before anything diverged is saved.
+  would (tests use it to interrupt a run). A checkpoint step without digests.json is restored
+  only with `allow_unverified` (checkpoint.restore_latest). A NaN/Inf loss, gradient norm or
+  state raises FloatingPointError before anything diverged is saved.
   With config.replicas = N > 1 the seeds seed .. seed + N - 1 train in one program
   (training/replicas.py); replica k writes its records, dynamics.npz and summary.json to
   `<workdir>/replica_<k>/` and `checkpoints/` holds the one stacked state.
@@ -684,7 +703,7 @@ def _train_and_evaluate(
     manager.close()
     raise
   # N > 1: restored replicated (one sharding for every leaf), then split over 'replica'.
-  restored = checkpoint.restore_latest(manager, state, replicated)
+  restored = checkpoint.restore_latest(manager, state, replicated, allow_unverified)
   if restored is not None:
     state = restored if n == 1 else jax.device_put(restored, exp.state_sharding)
   start_step = int(jax.device_get(state.step))
@@ -903,6 +922,7 @@ def _train_and_evaluate(
   try:
     for step in range(start_step, total_steps if not stopped_early else start_step):
       state, metrics = train_step(state, *feed(step))
+      manager.check_saves()  # a background save that failed stops the run here, not later
       steps_in_interval += 1
       if step == start_step:  # the compilation is not training throughput
         t_interval += train_step.seconds
@@ -969,6 +989,26 @@ def _train_and_evaluate(
   )
 
 
+def _previous_summary(path: str) -> Optional[Dict[str, Any]]:
+  """The summary.json a finished run left; None if there is none, or if it cannot be read (a
+  version that wrote it in place, cut short): that one is moved to `<path>.damaged-<time>`
+  with a warning, and the run writes it again."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path, 'rb') as f:
+      summary = json.loads(f.read().decode('utf-8'))
+    if isinstance(summary, dict) and 'finished' in summary:
+      return summary
+    problem = 'not a complete summary'
+  except (OSError, ValueError) as e:
+    problem = f'{type(e).__name__}: {e}'
+  aside = f'{path}.damaged-{time.strftime("%Y%m%d-%H%M%S")}'
+  os.replace(path, aside)
+  logging.warning('%s cannot be read (%s): moved to %s; written again.', path, problem, aside)
+  return None
+
+
 def _eval_fields(eval_metrics: List[Dict[str, float]], n: int) -> Dict[str, Any]:
   """eval_accuracy / eval_loss of a summary: numbers with one replica, lists over replicas."""
   rows = eval_metrics or [{}] * n
@@ -1023,10 +1063,13 @@ def _finish(
       export = tracker.export(dyn)
       export['config_json'] = np.asarray(config.dynamics.to_json_best_effort(sort_keys=True))
       export['steps_per_epoch'] = np.asarray(steps_per_epoch)
-      np.savez(os.path.join(sink.workdir, 'dynamics.npz'), **export)
+      with writers_lib.atomic_file(os.path.join(sink.workdir, 'dynamics.npz'), 'wb') as f:
+        np.savez(f, **export)
   summary_path = os.path.join(workdir, 'summary.json')
+  previous = _previous_summary(summary_path) if jax.process_index() == 0 else None
+  has_previous = previous is not None if jax.process_index() == 0 else os.path.exists(summary_path)
   complete = final_step >= total_steps or stopped_early
-  if complete and not eval_metrics and not os.path.exists(summary_path):
+  if complete and not eval_metrics and not has_previous:
     # Killed after its final checkpoint but before summary.json: report the final state.
     eval_metrics = evaluate(state)
   acted_at = early_stop_lib.epochs_acted(state.early_stop, n)
@@ -1051,15 +1094,14 @@ def _finish(
     ]
     if early_stop_lib.enabled(config):
       summary['stop_epochs'] = [int(e) if e >= 0 else None for e in acted_at]
-  if (start_step >= total_steps or stopped_early) and os.path.exists(summary_path):
-    with open(summary_path) as f:  # a finished run restarted: nothing new to report
-      summary = json.load(f)
+  if (start_step >= total_steps or stopped_early) and previous is not None:
+    summary = previous  # a finished run restarted: nothing new to report
   elif jax.process_index() == 0 and summary['finished']:
+    # Each written whole or not at all (writers.atomic_file): a summary.json that exists
+    # parses and is complete.
     for sink, replica_summary in zip(sinks if n > 1 else [], summary.get('replicas', [])):
-      with open(os.path.join(sink.workdir, 'summary.json'), 'w') as f:
-        json.dump(replica_summary, f, indent=2)
+      writers_lib.write_json(os.path.join(sink.workdir, 'summary.json'), replica_summary, indent=2)
     # Written last: its presence marks a finished run (the sweep skips those).
-    with open(summary_path, 'w') as f:
-      json.dump(summary, f, indent=2)
+    writers_lib.write_json(summary_path, summary, indent=2)
   logging.info('Training took %s.', _format_seconds(summary['seconds']))
   return dict(summary, preempted=False, state=state, outputs=outputs)

@@ -20,7 +20,9 @@ class WorkdirLockedError(RuntimeError):
 def lock_path(workdir: str) -> str:
   # Next to the workdir, not in it: `--overwrite` moves the workdir aside while the lock must
   # stay, and a lock in a fresh folder would be taken before the workdir check has run.
-  return os.path.abspath(workdir).rstrip(os.sep) + '.lock'
+  # Keyed on the resolved path: two names of one folder (a symlink, `..`, a trailing slash)
+  # are one workdir and must share one lock.
+  return os.path.realpath(workdir).rstrip(os.sep) + '.lock'
 
 
 def _start_time(pid: int) -> Optional[str]:
@@ -64,17 +66,30 @@ class WorkdirLock:
   """
 
   def __init__(self, workdir: str):
+    if not workdir or not str(workdir).strip():
+      raise ValueError(
+          '--workdir is empty: give the folder for the run (it is created if needed), e.g. '
+          '--workdir=runs/tiny.'
+      )
     self.path = lock_path(workdir)
     self._mine: Optional[Dict[str, Any]] = None
 
   def _read(self) -> Optional[Dict[str, Any]]:
+    """The holder's record; None when there is no lock, {} when it cannot be parsed (being
+    written right now, or damaged), and {'malformed': why} for a JSON value that no run writes
+    (a list, null, no integer pid): damaged, not in the middle of a write."""
     try:
       with open(self.path) as f:
-        return json.load(f)
+        holder = json.load(f)
     except FileNotFoundError:
       return None
     except (OSError, ValueError):
-      return {}  # being written right now, or damaged
+      return {}
+    if not isinstance(holder, dict):
+      return {'malformed': f'a JSON {type(holder).__name__}, not an object'}
+    if isinstance(holder.get('pid'), bool) or not isinstance(holder.get('pid'), int):
+      return {'malformed': f'its pid is {holder.get("pid")!r}, not a process id'}
+    return holder
 
   def acquire(self) -> 'WorkdirLock':
     if jax.process_index() != 0:
@@ -94,7 +109,9 @@ class WorkdirLock:
         holder = self._read()
         if holder is None:  # released in between
           continue
-        if not holder:  # empty or unparsable: a holder that is writing it now, unless old
+        if 'malformed' in holder:
+          reason = f'a malformed lock file ({holder["malformed"]})'
+        elif not holder:  # empty or unparsable: a holder that is writing it now, unless old
           age = time.time() - os.path.getmtime(self.path) if os.path.exists(self.path) else 0
           if age < 10:
             time.sleep(0.2)
@@ -196,3 +213,68 @@ def repair_metrics(path: str) -> List[int]:
     f.write(b''.join(line + b'\n' for line in kept))
   os.replace(path + '.tmp', path)
   return bad
+
+
+# What a workdir holds, and whether each is a folder: anything else in its place is refused
+# before the run starts (instead of an error deep inside Orbax, or a run that silently starts
+# afresh because it cannot see its checkpoints).
+_WORKDIR_ENTRIES = {
+    'checkpoints': True,
+    'checkpoints.damaged': True,
+    'config.json': False,
+    'metrics.jsonl': False,
+    'summary.json': False,
+    'dynamics.npz': False,
+}
+
+
+def check_workdir_files(workdir: str):
+  """Raises NotADirectoryError / IsADirectoryError naming the path when the workdir, or one
+  of the entries a run writes in it, exists with the wrong kind (a file for a folder, or the
+  other way round)."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise NotADirectoryError(
+        f'--workdir={workdir} is not a directory (a file is in its place): remove or rename '
+        'it, or choose another --workdir.'
+    )
+  for name, folder in _WORKDIR_ENTRIES.items():
+    path = os.path.join(workdir, name)
+    if not os.path.lexists(path) or os.path.isdir(path) == folder:
+      continue
+    if folder:
+      raise NotADirectoryError(
+          f'{path} is not a directory: the run keeps its checkpoints there. Move that file '
+          'away (if this run had checkpoints, put their folder back in its place) and run '
+          'again.'
+      )
+    raise IsADirectoryError(
+        f'{path} is a directory, where the run writes a file: move it away and run again.'
+    )
+
+
+def set_aside_previous_records(folder: str, stamp: str) -> List[str]:
+  """Before a run starts from step 0 (no checkpoint to resume from): the records of an earlier
+  run in `folder` (a metrics.jsonl with anything in it, summary.json, dynamics.npz) are moved
+  to `<name>.old-<stamp>`, with a warning, so that nothing recorded is truncated and no stale
+  summary.json marks the new run finished. Returns the new paths (none in a fresh folder)."""
+  metrics = os.path.join(folder, 'metrics.jsonl')
+  has_records = os.path.isfile(metrics) and os.path.getsize(metrics) > 0
+  if not has_records and not os.path.exists(os.path.join(folder, 'summary.json')):
+    return []
+  moved = []
+  for name in ('metrics.jsonl', 'summary.json', 'dynamics.npz'):
+    path = os.path.join(folder, name)
+    if os.path.isfile(path):
+      aside, n = f'{path}.old-{stamp}', 1
+      while os.path.exists(aside):
+        n += 1
+        aside = f'{path}.old-{stamp}-{n}'
+      os.replace(path, aside)
+      moved.append(aside)
+  logging.warning(
+      'No checkpoint to resume from, but %s holds the records of an earlier run: moved to %s '
+      '(not deleted); training starts from step 0.',
+      folder,
+      ', '.join(moved),
+  )
+  return moved

@@ -11,14 +11,60 @@ Nothing here prints: the console gets the loop's progress lines only. With --ver
 verbosity >= 1) every write is also logged, as clu's LoggingWriter would.
 """
 
+import contextlib
+import errno
 import json
 import os
+import shutil
 import time
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
 from absl import logging
+
+
+def no_space_error(path: str, e: OSError) -> OSError:
+  """A full disk while writing `path`: one message with the path and the bytes free."""
+  try:
+    free = f'{shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free / 2**20:.1f} MiB'
+  except OSError:
+    free = 'unknown'
+  return OSError(
+      errno.ENOSPC,
+      f'No space left on the disk of {path} while writing it ({free} free). Free some space '
+      '(or use a --workdir on a disk with room) and run the same command again: the run '
+      'resumes from its last checkpoint.',
+      None,
+  ).with_traceback(e.__traceback__)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str, mode: str = 'w') -> Iterator[Any]:
+  """A file object whose contents replace `path` only once complete: written to
+  `<path>.tmp`, flushed and fsynced, then renamed over `path` (atomic on POSIX). A write that
+  fails, or a process killed while writing, leaves `path` as it was (absent or the old one);
+  a failed write removes its temporary file."""
+  tmp = path + '.tmp'
+  try:
+    with open(tmp, mode) as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+  except BaseException as e:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+      raise no_space_error(path, e) from e
+    raise
+  os.replace(tmp, path)
+
+
+def write_json(path: str, obj: Any, **kwargs):
+  """json.dump(obj, indent=...) to `path`, atomically (atomic_file)."""
+  text = json.dumps(obj, **kwargs)
+  with atomic_file(path) as f:
+    f.write(text)
 
 
 class JsonlWriter:
@@ -66,8 +112,13 @@ class JsonlWriter:
   def flush(self):
     if self._step is None:
       return
-    with open(self._path, 'a') as f:
-      f.write(json.dumps({'step': self._step, **self._record}) + '\n')
+    try:
+      with open(self._path, 'a') as f:
+        f.write(json.dumps({'step': self._step, **self._record}) + '\n')
+    except OSError as e:
+      if e.errno == errno.ENOSPC:
+        raise no_space_error(self._path, e) from e
+      raise
     self._step, self._record = None, {}
 
   def close(self):
