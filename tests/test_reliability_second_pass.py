@@ -20,7 +20,7 @@ import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
 from configs import tiny
-from training import checkpoint, loop, workdir as workdir_lib
+from training import checkpoint, loop, validate, workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 2 epochs of 4 steps, a checkpoint at each epoch end (4, 8), records every 2 steps.
@@ -399,3 +399,53 @@ def test_a_config_argument_the_file_ignores_is_refused(tmp_path):
       out.stderr,
   ), out.stderr[-3000:]
   assert not os.path.exists(tmp_path / 'run')
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Meaningless values: refused naming the field, or warned about, before anything is loaded
+
+MEANINGLESS = {  # case: (changes, the message)
+    'image_size=1': ({'image_size': 1}, r'image_size=1 is not allowed; allowed: 0 \(the dataset'),
+    'one surrogate': (
+        {'dynamics.surrogates': 1},
+        r'dynamics\.surrogates=1 is not allowed; allowed: 0 \(no null models\) or at least 2',
+    ),
+    'nesterov without momentum': (
+        {'nesterov': True, 'momentum': 0.0},
+        r"nesterov=True is not allowed; allowed: False, unless optimizer='sgd' with momentum > 0",
+    ),
+    'vit image not a multiple of the patch': (
+        {'model': 'vit_tiny', 'image_size': 30},
+        r"image_size=30 is not allowed; allowed: a multiple of 4, the patch size of 'vit_tiny'",
+    ),
+    'every_steps past the run': (
+        {'dynamics.every_steps': 1000},
+        r'dynamics\.every_steps=1000 but the run has 16 steps .* no step-mode metric would ever '
+        r'be computed',
+    ),
+}
+
+
+@pytest.mark.parametrize('case', sorted(MEANINGLESS))
+def test_meaningless_value_is_refused_naming_the_field(case, tmp_path, monkeypatch):
+  changes, pattern = MEANINGLESS[case]
+  config = tiny.get_config()
+  for field, value in changes.items():
+    _set(config, field, value)
+
+  def no_loading(*args, **kwargs):
+    raise AssertionError('data were loaded before the config was checked')
+
+  monkeypatch.setattr(loop.data_lib, 'load', no_loading)
+  with pytest.raises(ValueError, match=pattern):
+    loop.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run')
+
+
+def test_meaningful_but_doubtful_values_are_warned_about_naming_the_field():
+  config = tiny.get_config()
+  config.warmup_epochs = 1e6
+  config.dynamics.surrogates = 5
+  warnings = ' '.join(validate.fit_to_run(config, 16, 8).warnings)
+  assert re.search(r'warmup_epochs=1e\+06 is 8000000 steps of warm-up but the run has 16', warnings)
+  assert re.search(r'dynamics\.surrogates=5: the smallest p-value it can give is 1/6', warnings)

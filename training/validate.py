@@ -145,6 +145,35 @@ def _synthetic(config):
   return config.data.source == 'synthetic'
 
 
+def _patch_size(config) -> Optional[int]:
+  """The patch side of a ViT model (its image side must be a multiple), else None."""
+  from models import vit  # pylint: disable=import-outside-toplevel
+
+  variant = vit.VARIANTS.get(config.model)
+  return None if variant is None else int(variant.keywords.get('patch_size', 0)) or None
+
+
+def _fits_patches(value, config) -> bool:
+  patch = _patch_size(config)
+  side = value or _image_side(config)
+  return patch is None or side is None or (side >= patch and side % patch == 0)
+
+
+def _patch_text(config) -> str:
+  patch = _patch_size(config)
+  return (
+      f'a multiple of {patch}, the patch size of {config.model!r} (else the edge pixels past '
+      f"the last whole patch are dropped); 0 keeps the dataset's size, "
+      f'{_image_side(config) or "?"}'
+  )
+
+
+def _nesterov_ok(value, config) -> bool:
+  return not value or (config.optimizer == 'sgd' and config.momentum > 0)
+
+
+MIN_IMAGE_SIDE = 8
+
 NONNEG_INT = Number(0, integer=True)
 POS_INT = Number(1, integer=True)
 
@@ -171,11 +200,30 @@ FIELDS = (  # field, constraint, applies when
     ('init_checkpoint', Rule(_has_loader, _loader_text), _always),
     ('init_checkpoint', Rule(_exists, "'' or the path of an existing file"), _always),
     ('image_size', Number(0, 4096, integer=True, note="0 keeps the dataset's size"), _always),
+    (
+        'image_size',
+        Rule(
+            lambda v, c: v == 0 or v >= MIN_IMAGE_SIDE,
+            f"0 (the dataset's size) or at least {MIN_IMAGE_SIDE} pixels (smaller images "
+            'hold nothing to classify once cropped and strided)',
+        ),
+        _always,
+    ),
+    ('image_size', Rule(_fits_patches, _patch_text), _always),
     ('crop_padding', Number(0, _crop_limit, integer=True, note=_CROP_NOTE), _always),
     ('optimizer', OneOf(optim.OPTIMIZERS), _always),
     ('schedule', OneOf(optim.SCHEDULES), _always),
     ('learning_rate', Number(0, lo_open=True), _always),
     ('momentum', Number(0, 1, hi_open=True, note='0 = plain SGD'), _always),
+    (
+        'nesterov',
+        Rule(
+            _nesterov_ok,
+            "False, unless optimizer='sgd' with momentum > 0 (Nesterov momentum needs "
+            'momentum; with momentum=0, or another optimizer, it would change nothing)',
+        ),
+        _always,
+    ),
     ('weight_decay', Number(0), _always),
     ('warmup_epochs', Number(0), _always),
     ('label_smoothing', Number(0, 1, hi_open=True, note='0 = hard labels'), _always),
@@ -231,6 +279,15 @@ DYNAMICS_FIELDS = (
     (
         'surrogates',
         Number(0, integer=True, note='surrogates per metric evaluation; 0 = no null ' 'models'),
+        _always,
+    ),
+    (
+        'surrogates',
+        Rule(
+            lambda v, c: v != 1,
+            '0 (no null models) or at least 2 (with 1 surrogate every p is 0.5 and no z-score '
+            'can be formed)',
+        ),
         _always,
     ),
 )
@@ -430,8 +487,22 @@ def fit_to_run(config, total_steps: int, steps_per_epoch: int) -> RunFit:
   config = config.copy_and_resolve_references()
   dcfg = config.dynamics
   notes, warnings = [], []
+  warmup = int(round(config.warmup_epochs * steps_per_epoch))
+  if config.warmup_epochs > 0 and warmup >= total:
+    warnings.append(
+        f'warmup_epochs={config.warmup_epochs:g} is {warmup} steps of warm-up but the run has '
+        f'{total}: the warm-up is cut to {max(total - 1, 0)} steps, so the learning rate '
+        'reaches its peak only at the last step. Lower warmup_epochs (at most '
+        f'{(total - 1) / steps_per_epoch:.3g} here) or train longer.'
+    )
   if not dcfg.enabled:
     return RunFit(config, notes, warnings)
+  if 2 <= dcfg.surrogates < 19:
+    warnings.append(
+        f'dynamics.surrogates={dcfg.surrogates}: the smallest p-value it can give is '
+        f'1/{dcfg.surrogates + 1} = {1 / (dcfg.surrogates + 1):.3f}; 19 or more are needed '
+        'for a p below 0.05.'
+    )
   spec = tracker_lib.MetricSpec.from_config(dcfg)
   phase_min = tracker_lib.min_phase_samples(spec)
   dfa_min = min_dfa_length(dcfg)
@@ -449,6 +520,13 @@ def fit_to_run(config, total_steps: int, steps_per_epoch: int) -> RunFit:
         f'the phase metrics need; allowed: 0 .. {max((window - 3 - diff) // 2, 0)}.',
     )
     computed = tracker_lib.computed_windows(total, window, int(dcfg.every_steps))
+    if computed == 0 and total >= window and dcfg.every_steps > 1:
+      raise ValueError(
+          f'dynamics.every_steps={dcfg.every_steps} but {run} and a step window of {window}: '
+          'no step from the first full window on is a multiple of it, so no step-mode metric '
+          f'would ever be computed; allowed here: 1 .. {total - window + 1} (or any value '
+          f'with a multiple between {window} and {total}).'
+      )
     with config.unlocked():
       _fit_volatility(dcfg, computed, window, notes, warnings)
     vol = int(dcfg.volatility_window_steps)
