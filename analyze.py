@@ -13,6 +13,12 @@ Reads <workdir>/metrics.jsonl and <workdir>/dynamics.npz and writes <workdir>/pl
 metastability, DSI and its volatility), the epoch-mode series with the convergence signal and
 the accuracy plateau marked, and the per-tap DFA exponents.
 
+A pre-registered study (a folder results/<study>/ holding PLAN.md and runs/): the plan's
+primary tests, Holm-corrected secondary tests, loss-only baselines and verdicts
+(analysis/confirm.py), from the committed run artefacts:
+
+  python analyze.py --runs=results/confirm/runs --out=results/confirm
+
 The study (many runs; analysis/report.py), optionally with an offline ablation of the metric
 definition (analysis/ablation.py; no retraining):
 
@@ -28,6 +34,7 @@ logged and the recomputed metrics side by side.
 
 import logging as pylogging
 import os
+import sys
 from typing import List
 
 from training import runtime
@@ -194,6 +201,17 @@ def analyze_run(workdir: str) -> str:
         f'Final test accuracy: {acc[-1]:.2f}% (best {np.nanmax(acc):.2f}%, '
         f'{len(acc)} epoch(s)).'
     )
+  elif run.finished:  # the records are gone or unreadable, not missing
+    final = run.summary.get('eval_accuracy')
+    lines.append(
+        'Test accuracy: metrics.jsonl holds no evaluation record (it is empty or unreadable) '
+        'although the run finished'
+        + (
+            f'; summary.json gives the final test accuracy, {final:.2f}%.'
+            if isinstance(final, (int, float))
+            else '.'
+        )
+    )
   else:
     lines.append('Test accuracy: not evaluated yet (no epoch finished).')
   dyn = run.dynamics
@@ -218,6 +236,7 @@ def analyze_run(workdir: str) -> str:
         lines.append('Epoch mode, last epoch (expanding history):' + nulls)
     figures.run_alphas(run, os.path.join(plots, 'alphas.png'), min_epochs)
     written.append('alphas.png')
+  lines += [f'Skipped (unreadable): {note}.' for note in run.skipped]
   lines = [line if line.startswith('#') or not line else f'- {line}' for line in lines]
   lines += [''] + [f'![{f}](plots/{f})' for f in written]
   report = os.path.join(workdir, 'report.md')
@@ -310,23 +329,43 @@ def main(argv):
     raise app.UsageError('--set works in study mode: --runs=<workdir> --out=<dir> --set ...')
   from analysis import runs as runs_lib  # pylint: disable=g-import-not-at-top
 
+  failed = []
   for workdir in FLAGS.workdir:
-    replica_dirs = runs_lib.replica_dirs(workdir)
-    report = analyze_replicas(workdir, replica_dirs) if replica_dirs else analyze_run(workdir)
+    try:
+      replica_dirs = runs_lib.replica_dirs(workdir)
+      report = analyze_replicas(workdir, replica_dirs) if replica_dirs else analyze_run(workdir)
+    except (ValueError, OSError) as e:  # no or unreadable config.json: not a run to analyse
+      print(f'Error: {workdir}: {e}', file=sys.stderr)
+      failed.append(workdir)
+      continue
     print(f'Report: {os.path.abspath(report)}')
     print(f'Plots:  {os.path.abspath(os.path.join(workdir, "plots"))}/')
+  if failed:
+    sys.exit(1)
 
 
 def study_main():
   import shlex  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
 
-  from analysis import ablation, report as report_lib, runs as runs_lib  # pylint: disable=g-import-not-at-top
+  from analysis import ablation, confirm, report as report_lib, runs as runs_lib  # pylint: disable=g-import-not-at-top
 
   if not FLAGS.out:
     raise app.UsageError('--runs needs --out=<directory for report.md and figures/>.')
   try:
     workdirs = runs_lib.find_runs(FLAGS.runs)
+    if len(FLAGS.runs) == 1 and not FLAGS.set and confirm.is_plan_study(FLAGS.runs[0]):
+      # A pre-registered study (a PLAN.md beside its runs folder): the plan's tests.
+      print(
+          f'Analysing {len(workdirs)} run(s) by {os.path.join(FLAGS.runs[0], "..", "PLAN.md")} ...'
+      )
+      path = confirm.build_report(
+          workdirs,
+          FLAGS.out,
+          command=' '.join(shlex.quote(a) for a in ['python', 'analyze.py'] + sys.argv[1:]),
+      )
+      print(f'Report:  {os.path.abspath(path)}')
+      print(f'Figures: {os.path.abspath(os.path.join(FLAGS.out, "figures"))}/')
+      return
     overrides = None
     if FLAGS.set:
       first = runs_lib.load_run(workdirs[0]).dynamics_config()

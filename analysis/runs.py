@@ -17,6 +17,12 @@ seed + k): every replica is a seed of its cell, and `find_runs` lists the replic
 the run.
 
 `find_runs` expands directories and globs into workdirs; `load_run` reads one.
+
+A killed or damaged workdir is read as far as it can be: a torn last line of metrics.jsonl (the
+normal state after SIGKILL) or any line that is not a JSON record is skipped, and so is an
+unreadable dynamics.npz or summary.json; each skip is named, with its reason, in a warning and
+in `Run.skipped`. A run whose config.json cannot be read is not a run (`find_runs` names it and
+leaves it out; `load_run` raises ValueError naming the file).
 """
 
 import dataclasses
@@ -27,6 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import ml_collections
 import numpy as np
+from absl import logging
 
 from dynamics import config as dynamics_config_lib
 
@@ -38,12 +45,24 @@ def is_run_dir(path: str) -> bool:
   return os.path.isfile(os.path.join(path, 'config.json'))
 
 
+def read_config(workdir: str) -> Dict[str, Any]:
+  """config.json as a dict; ValueError naming the file and why when it cannot be read."""
+  path = os.path.join(workdir, 'config.json')
+  try:
+    with open(path, 'rb') as f:
+      config = json.loads(f.read().decode('utf-8'))
+  except (OSError, ValueError) as e:
+    raise ValueError(f'{path} cannot be read ({type(e).__name__}: {e})') from None
+  if not isinstance(config, dict):
+    raise ValueError(f'{path} cannot be read (a JSON {type(config).__name__}, not an object)')
+  return config
+
+
 def replica_dirs(path: str) -> List[str]:
   """The replica_<k>/ folders of a run of config.replicas > 1, in k order; [] otherwise."""
   try:
-    with open(os.path.join(path, 'config.json')) as f:
-      replicas = int(json.load(f).get('replicas', 1))
-  except (OSError, ValueError):
+    replicas = int(read_config(path).get('replicas', 1))
+  except (ValueError, TypeError):
     return []
   if replicas <= 1:
     return []
@@ -67,18 +86,31 @@ def find_runs(patterns: Sequence[str]) -> List[str]:
   found = []
   for pattern in patterns:
     matches = sorted(glob.glob(os.path.expanduser(pattern))) or [pattern]
-    hits = []
+    candidates, unreadable = [], []
     for path in matches:
       if is_run_dir(path):
-        hits.extend(_expand(path))
+        candidates.append(path)
       elif os.path.isdir(path):
-        for d in sorted(os.listdir(path)):
-          if is_run_dir(os.path.join(path, d)):
-            hits.extend(_expand(os.path.join(path, d)))
+        candidates += [
+            os.path.join(path, d)
+            for d in sorted(os.listdir(path))
+            if is_run_dir(os.path.join(path, d))
+        ]
+    hits = []
+    for path in candidates:
+      try:
+        read_config(path)
+      except ValueError as e:
+        logging.warning('Skipped the run %s: %s.', path, e)
+        unreadable.append(str(e))
+        continue
+      hits.extend(_expand(path))
     if not hits:
       raise FileNotFoundError(
           f'--runs={pattern!r} matches no run directory (a directory holding config.json, '
-          'or a directory of such directories).'
+          'or a directory of such directories)'
+          + (f'; skipped: {"; ".join(unreadable)}' if unreadable else '')
+          + '.'
       )
     found.extend(hits)
   out, seen = [], set()
@@ -90,13 +122,52 @@ def find_runs(patterns: Sequence[str]) -> List[str]:
   return out
 
 
-def read_records(workdir: str) -> List[Dict[str, Any]]:
-  """metrics.jsonl as a list of dicts (empty if the file is missing)."""
+def read_records(workdir: str, skipped: Optional[List[str]] = None) -> List[Dict[str, Any]]:
+  """metrics.jsonl as a list of dicts (empty if the file is missing).
+
+  Lines that are not a JSON record with an integer `step` (a torn last line after a kill, a
+  damaged or binary file) are skipped; what was skipped, and why, is appended to `skipped`
+  (and logged) as one text per file.
+  """
   path = os.path.join(workdir, 'metrics.jsonl')
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  notes = [] if skipped is None else skipped
+
+  def skip(why):
+    notes.append(f'{path}: {why}')
+    logging.warning('%s: %s', path, why)
+
+  try:
+    with open(path, 'rb') as f:
+      data = f.read()
+  except OSError as e:
+    skip(f'cannot be read ({type(e).__name__}: {e}); no records')
+    return []
+  lines = data.split(b'\n')
+  torn = lines.pop()  # b'' when the file ends with a newline
+  records, bad = [], []
+  for number, line in enumerate(lines + ([torn] if torn.strip() else []), 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line.decode('utf-8'))
+      ok = isinstance(record, dict) and isinstance(record.get('step'), int)
+    except ValueError:  # UnicodeDecodeError included
+      ok = False
+    if ok:
+      records.append(record)
+    elif line is torn:
+      skip(f'the last line ({number}) is cut short (a run killed while writing it); skipped')
+    else:
+      bad.append(number)
+  if bad:
+    shown = ', '.join(map(str, bad[:10])) + (f' and {len(bad) - 10} more' if len(bad) > 10 else '')
+    skip(
+        f'{len(bad)} line(s) are not JSON records with a step ({shown}); skipped, '
+        f'{len(records)} record(s) read'
+    )
+  return records
 
 
 def scalar_series(records: Sequence[Dict[str, Any]]) -> Dict[str, np.ndarray]:
@@ -135,6 +206,8 @@ class Run:
   records: List[Dict[str, Any]]
   dynamics: Optional[Dict[str, np.ndarray]]
   summary: Optional[Dict[str, Any]]
+  # Files (or lines) that could not be read and were left out, each with its reason.
+  skipped: List[str] = dataclasses.field(default_factory=list)
 
   @property
   def name(self) -> str:
@@ -238,26 +311,45 @@ class Run:
     return None
 
 
+def _read_dynamics(path: str) -> Dict[str, np.ndarray]:
+  with np.load(path) as npz:
+    return {k: npz[k] for k in npz.files}
+
+
+def _read_summary(path: str) -> Dict[str, Any]:
+  with open(path, 'rb') as f:
+    summary = json.loads(f.read().decode('utf-8'))
+  if not isinstance(summary, dict):
+    raise ValueError(f'a JSON {type(summary).__name__}, not an object')
+  return summary
+
+
 def load_run(workdir: str) -> Run:
+  """One workdir; what cannot be read is left out and named in `Run.skipped` (see the module
+  docstring). ValueError when config.json cannot be read, FileNotFoundError without one."""
   config_path = os.path.join(workdir, 'config.json')
   if not os.path.exists(config_path):
     raise FileNotFoundError(f'{workdir} is not a run directory: no config.json.')
-  with open(config_path) as f:
-    config = json.load(f)
-  dyn_path = os.path.join(workdir, 'dynamics.npz')
-  dynamics = None
-  if os.path.exists(dyn_path):
-    with np.load(dyn_path) as npz:
-      dynamics = {k: npz[k] for k in npz.files}
-  summary = None
-  summary_path = os.path.join(workdir, 'summary.json')
-  if os.path.exists(summary_path):
-    with open(summary_path) as f:
-      summary = json.load(f)
+  config = read_config(workdir)
+  skipped: List[str] = []
+  optional = {}
+  for name, read in (('dynamics.npz', _read_dynamics), ('summary.json', _read_summary)):
+    path = os.path.join(workdir, name)
+    optional[name] = None
+    if not os.path.exists(path):
+      continue
+    try:
+      optional[name] = read(path)
+    except Exception as e:  # pylint: disable=broad-except  # zip, zlib, pickle, JSON, OS errors
+      why = f'cannot be read ({type(e).__name__}: {str(e).strip()[:200] or "empty"}); skipped'
+      skipped.append(f'{path}: {why}')
+      logging.warning('%s: %s', path, why)
+  records = read_records(workdir, skipped)
   return Run(
       workdir=workdir,
       config=config,
-      records=read_records(workdir),
-      dynamics=dynamics,
-      summary=summary,
+      records=records,
+      dynamics=optional['dynamics.npz'],
+      summary=optional['summary.json'],
+      skipped=skipped,
   )

@@ -449,3 +449,66 @@ def test_meaningful_but_doubtful_values_are_warned_about_naming_the_field():
   warnings = ' '.join(validate.fit_to_run(config, 16, 8).warnings)
   assert re.search(r'warmup_epochs=1e\+06 is 8000000 steps of warm-up but the run has 16', warnings)
   assert re.search(r'dynamics\.surrogates=5: the smallest p-value it can give is 1/6', warnings)
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. analyze.py on a killed or damaged workdir: what is readable is analysed, each skip named
+
+
+def _report(workdir):
+  import analyze  # pylint: disable=import-outside-toplevel
+
+  with open(analyze.analyze_run(workdir)) as f:
+    return f.read()
+
+
+def test_analyze_reads_what_a_killed_run_left(finished, tmp_path):
+  workdir = _copy(finished, tmp_path / 'run')
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
+    f.write('{"step": 9, "train/lo')  # SIGKILL in the middle of a write
+  _truncate(os.path.join(workdir, 'dynamics.npz'))
+  _truncate(os.path.join(workdir, 'summary.json'))
+
+  report = _report(workdir)
+
+  assert 'Final test accuracy' in report  # the records that are there
+  assert re.search(r'Skipped.*metrics\.jsonl: the last line \(\d+\) is cut short', report)
+  assert re.search(r'Skipped.*dynamics\.npz: cannot be read', report)
+  assert re.search(r'Skipped.*summary\.json: cannot be read \(JSONDecodeError', report)
+
+
+def test_analyze_empty_or_binary_files(finished, tmp_path):
+  workdir = _copy(finished, tmp_path / 'run')
+  open(os.path.join(workdir, 'metrics.jsonl'), 'w').close()
+  open(os.path.join(workdir, 'dynamics.npz'), 'w').close()
+  report = _report(workdir)
+  assert 'not evaluated yet' not in report
+  assert re.search(r'no evaluation record .* summary\.json gives the final test accuracy', report)
+  assert re.search(r'Skipped.*dynamics\.npz: cannot be read', report)
+
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'wb') as f:
+    f.write(bytes(range(256)) * 8)
+  assert re.search(r'Skipped.*metrics\.jsonl: \d+ line\(s\) are not JSON records', _report(workdir))
+
+
+def test_analyze_names_an_unreadable_config_json(finished, tmp_path):
+  from analysis import runs as runs_lib  # pylint: disable=import-outside-toplevel
+
+  good = _copy(finished, tmp_path / 'runs' / 'good')
+  bad = _copy(finished, tmp_path / 'runs' / 'bad')
+  _truncate(os.path.join(bad, 'config.json'))
+  with pytest.raises(ValueError, match=r'bad/config\.json cannot be read'):
+    runs_lib.load_run(bad)
+  assert runs_lib.find_runs([str(tmp_path / 'runs')]) == [good]
+  with pytest.raises(FileNotFoundError, match=r'skipped: \S+/bad/config\.json cannot be read'):
+    runs_lib.find_runs([bad])
+
+  out = subprocess.run(
+      [sys.executable, 'analyze.py', f'--workdir={bad}'],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
+  assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr[-3000:]
+  assert re.search(r'Error: \S+bad: \S+/bad/config\.json cannot be read', out.stderr)
