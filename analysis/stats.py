@@ -6,7 +6,7 @@ docstring, so the report can state it next to the result.
 
 import itertools
 import math
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import scipy.stats
@@ -145,6 +145,38 @@ def loo_accuracy(features: np.ndarray, labels: Sequence[str], groups: Sequence) 
   return correct / len(labels)
 
 
+def loo_accuracies(features: np.ndarray, labellings: np.ndarray, groups: Sequence) -> np.ndarray:
+  """`loo_accuracy` for many labellings of the same runs at once.
+
+  The standardisation depends only on which rows are held out, not on the labels, so each
+  group's standardised rows are computed once and every labelling's centroids come from one
+  one-hot product.
+
+  Args:
+    features: f[N, F].
+    labellings: [P, N] labels (any values; each row one labelling of the N runs).
+    groups: N group ids.
+  Returns:
+    f64[P]: each labelling's leave-one-group-out nearest-centroid accuracy.
+  """
+  x = np.asarray(features, np.float64)
+  classes, codes = np.unique(np.asarray(labellings), return_inverse=True)
+  codes = codes.reshape(np.shape(labellings))  # int[P, N]
+  groups = np.asarray(groups)
+  onehot_all = codes[..., None] == np.arange(len(classes))  # bool[P, N, C]
+  correct = np.zeros(codes.shape[0])
+  for g in np.unique(groups):
+    test = groups == g
+    xtr, xte = _standardise(x[~test], x[test])
+    onehot = onehot_all[:, ~test].astype(np.float64)  # [P, Ntr, C]
+    counts = onehot.sum(1)  # [P, C]
+    centroids = np.einsum('pnc,nf->pcf', onehot, xtr) / np.maximum(counts, 1)[..., None]
+    dist = ((xte[None, :, None, :] - centroids[:, None]) ** 2).sum(-1)  # [P, Nte, C]
+    dist = np.where(counts[:, None, :] > 0, dist, np.inf)  # a class with no training row
+    correct += (dist.argmin(-1) == codes[:, test]).sum(1)
+  return correct / codes.shape[1]
+
+
 def _num_labellings(counts) -> int:
   """Distinct assignments of labels with these class sizes to n runs: n! / prod(counts!)."""
   total, left = 1, int(np.sum(counts))
@@ -212,11 +244,11 @@ def classification_test(
     return out
   observed = loo_accuracy(x, labels, groups)
   if _num_labellings(counts) <= num:  # exact: every distinct labelling (the observed one too)
-    null = np.asarray([loo_accuracy(x, perm, groups) for perm in _labellings(labels)])
+    null = loo_accuracies(x, np.stack(list(_labellings(labels))), groups)
     p = np.sum(null >= observed - 1e-12) / len(null)
   else:
     rng = np.random.default_rng(seed)
-    null = np.asarray([loo_accuracy(x, rng.permutation(labels), groups) for _ in range(num)])
+    null = loo_accuracies(x, np.stack([rng.permutation(labels) for _ in range(num)]), groups)
     p = (1 + np.sum(null >= observed - 1e-12)) / (1 + num)
   out.update(
       accuracy=observed,
@@ -311,3 +343,136 @@ def slope_rule_epoch(loss, window: int = 3, rate: float = 0.02) -> int:
       if (v[e - window] - v[e]) / (window * v[e - window]) < rate:
         return e
   return -1
+
+
+# ------------------------------------------------------ the confirmatory study's tests (PLAN.md)
+
+
+def welch_tost(a, b, margin: float) -> Dict[str, float]:
+  """Equivalence of two means: two one-sided Welch t-tests of H0 diff <= -margin and H0
+  diff >= +margin (diff = mean(a) - mean(b)); p = the larger of the two. p < ALPHA says
+  |diff| < margin. NaN with fewer than 2 values in a group or no spread."""
+  a, b = _finite(a), _finite(b)
+  if len(a) < 2 or len(b) < 2:
+    return {'p': np.nan, 'diff': np.nan, 'margin': margin}
+  va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+  se = math.sqrt(va + vb)
+  diff = float(a.mean() - b.mean())
+  if se == 0:
+    return {'p': 0.0 if abs(diff) < margin else 1.0, 'diff': diff, 'margin': margin}
+  df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+  lower = scipy.stats.t.sf((diff + margin) / se, df)
+  upper = scipy.stats.t.cdf((diff - margin) / se, df)
+  return {'p': float(max(lower, upper)), 'diff': diff, 'margin': margin}
+
+
+def one_sample_tost(values, margin: float) -> Dict[str, float]:
+  """Equivalence of a mean to 0 within +-margin: two one-sided t-tests; p = the larger."""
+  v = _finite(values)
+  if len(v) < 2:
+    return {'p': np.nan, 'mean': np.nan, 'margin': margin}
+  se = v.std(ddof=1) / math.sqrt(len(v))
+  mean = float(v.mean())
+  if se == 0:
+    return {'p': 0.0 if abs(mean) < margin else 1.0, 'mean': mean, 'margin': margin}
+  df = len(v) - 1
+  lower = scipy.stats.t.sf((mean + margin) / se, df)
+  upper = scipy.stats.t.cdf((mean - margin) / se, df)
+  return {'p': float(max(lower, upper)), 'mean': mean, 'margin': margin}
+
+
+def sign_flip_test(
+    values, alternative: str = 'two-sided', num: int = 99_999, seed: int = 0
+) -> Dict[str, Any]:
+  """Sign-flip permutation test of mean(values) = 0 (paired differences, or leads).
+
+  Under H0 each value is as likely to have the other sign. Exact (every one of the 2^n sign
+  patterns, p = #{at least as extreme} / 2^n) when 2^n <= num + 1, else `num` random patterns
+  with p = (1 + #) / (1 + num). alternative: 'greater' (mean > 0), 'less', or 'two-sided'
+  (|mean|).
+
+  Returns:
+    {'p', 'mean', 'n', 'exact', 'min_p'}.
+  """
+  v = _finite(values)
+  n = len(v)
+  if n == 0:
+    return {'p': np.nan, 'mean': np.nan, 'n': 0, 'exact': False, 'min_p': np.nan}
+  if alternative not in ('greater', 'less', 'two-sided'):
+    raise ValueError(f'alternative={alternative!r}: greater, less or two-sided.')
+  observed = v.mean()
+  tol = 1e-12 * max(1.0, float(np.abs(v).max()))
+  exact = 2**n <= num + 1
+  if exact:
+    signs = 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)) & 1)
+  else:
+    signs = np.random.default_rng(seed).choice(np.asarray([-1.0, 1.0]), size=(num, n))
+  means = (signs * v).mean(axis=1)
+  if alternative == 'greater':
+    hits = np.sum(means >= observed - tol)
+  elif alternative == 'less':
+    hits = np.sum(means <= observed + tol)
+  else:
+    hits = np.sum(np.abs(means) >= abs(observed) - tol)
+  if exact:
+    p = hits / len(signs)
+    min_p = (2 if alternative == 'two-sided' else 1) / len(signs)
+  else:
+    p = (1 + hits) / (1 + num)
+    min_p = 1 / (1 + num)
+  return {'p': float(p), 'mean': float(observed), 'n': n, 'exact': exact, 'min_p': min_p}
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+  """Holm-adjusted p-values (family-wise error control), in the input order; NaN stays NaN and
+  does not count towards the family size."""
+  p = np.asarray(pvalues, np.float64)
+  out = np.full(p.shape, np.nan)
+  ok = np.flatnonzero(np.isfinite(p))
+  m = len(ok)
+  running = 0.0
+  for rank, i in enumerate(ok[np.argsort(p[ok], kind='stable')]):
+    running = max(running, min(1.0, (m - rank) * p[i]))
+    out[i] = running
+  return out
+
+
+def clopper_pearson_upper(k: int, n: int, confidence: float = 0.95) -> float:
+  """One-sided upper confidence bound of a binomial proportion (k successes of n)."""
+  if n <= 0:
+    return float('nan')
+  if k >= n:
+    return 1.0
+  return float(scipy.stats.beta.ppf(confidence, k + 1, n - k))
+
+
+def adjusted_group_effect(y, group, covariate) -> Dict[str, float]:
+  """OLS y ~ 1 + group + covariate: the group coefficient, its t-test and the covariate's
+  collinearity with the group (variance inflation factor 1 / (1 - R^2) of group on covariate).
+
+  group: 0/1 per row (e.g. 1 = CIFAR-10). NaN rows are dropped. NaN results with fewer than 4
+  rows or a singular design.
+  """
+  y, g, c = (np.asarray(x, np.float64) for x in (y, group, covariate))
+  ok = np.isfinite(y) & np.isfinite(g) & np.isfinite(c)
+  y, g, c = y[ok], g[ok], c[ok]
+  out = {'coef': np.nan, 'se': np.nan, 'p': np.nan, 'vif': np.nan, 'n': int(len(y))}
+  if len(y) < 4:
+    return out
+  x = np.stack([np.ones_like(g), g, c], axis=1)
+  if np.linalg.matrix_rank(x) < 3:
+    return out
+  beta, *_ = np.linalg.lstsq(x, y, rcond=None)
+  resid = y - x @ beta
+  df = len(y) - 3
+  sigma2 = resid @ resid / df
+  cov = sigma2 * np.linalg.inv(x.T @ x)
+  se = math.sqrt(cov[1, 1])
+  r = np.corrcoef(g, c)[0, 1]
+  out.update(
+      coef=float(beta[1]),
+      se=se,
+      p=float(2 * scipy.stats.t.sf(abs(beta[1] / se), df)) if se > 0 else np.nan,
+      vif=float(1 / (1 - r**2)) if abs(r) < 1 else float('inf'),
+  )
+  return out

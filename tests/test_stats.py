@@ -134,3 +134,82 @@ def test_held_out_verdict_reports_the_control_also_when_one_model_cannot_be_clas
   control = stats.fake_groups_control(x, labels, 'resnet', num=99)
   text = report.HeldOut('CIFAR-10', '', result, {'resnet': control}).verdict()
   assert 'cannot be assessed' in text and 'over 8 runs' in text and '**passes** for 1 of 1' in text
+
+
+# ------------------------------------------------------ the confirmatory study's tests (PLAN.md)
+
+
+def test_welch_tost_equals_two_shifted_one_sided_welch_tests():
+  rng = np.random.default_rng(3)
+  a, b = rng.normal(0.02, 0.05, 6), rng.normal(0.0, 0.04, 6)
+  margin = 0.1
+  lower = scipy.stats.ttest_ind(a + margin, b, equal_var=False, alternative='greater').pvalue
+  upper = scipy.stats.ttest_ind(a - margin, b, equal_var=False, alternative='less').pvalue
+  np.testing.assert_allclose(stats.welch_tost(a, b, margin)['p'], max(lower, upper), rtol=1e-12)
+  # Far apart groups are not equivalent; identical spreads around one mean are.
+  assert stats.welch_tost(a + 1.0, b, margin)['p'] > 0.5
+  assert stats.welch_tost(a, a + 1e-3, margin)['p'] < stats.ALPHA
+
+
+def test_one_sample_tost_equals_two_shifted_one_sample_t_tests():
+  v = np.random.default_rng(4).normal(0.2, 1.0, 24)
+  lower = scipy.stats.ttest_1samp(v, -1.0, alternative='greater').pvalue
+  upper = scipy.stats.ttest_1samp(v, 1.0, alternative='less').pvalue
+  np.testing.assert_allclose(stats.one_sample_tost(v, 1.0)['p'], max(lower, upper), rtol=1e-12)
+
+
+def test_sign_flip_test_is_scipys_exact_one_sample_permutation_test():
+  v = np.asarray([1.5, -0.3, 2.0, 0.7, 1.1, -0.2, 0.9])
+  for alternative in ('greater', 'less', 'two-sided'):
+    ref = scipy.stats.permutation_test(
+        (v,), np.mean, permutation_type='samples', alternative=alternative, n_resamples=np.inf
+    ).pvalue
+    ours = stats.sign_flip_test(v, alternative)
+    assert ours['exact']
+    np.testing.assert_allclose(ours['p'], ref, rtol=1e-12)
+  # Random sign flips (2^24 patterns > num): close to the exact answer.
+  w = np.random.default_rng(5).normal(0.3, 1.0, 24)
+  exact = stats.sign_flip_test(w, 'greater', num=2**24)['p']
+  approx = stats.sign_flip_test(w, 'greater', num=20_000)
+  assert not approx['exact'] and abs(approx['p'] - exact) < 0.01
+  assert stats.sign_flip_test(np.ones(6), 'two-sided')['p'] == 2 / 64  # its smallest p
+
+
+def test_holm_adjusts_in_order_and_skips_nan():
+  np.testing.assert_allclose(stats.holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
+  out = stats.holm([0.02, np.nan, 0.5])
+  assert np.isnan(out[1]) and out[0] == 0.04 and out[2] == 0.5
+  np.testing.assert_array_equal(stats.holm([0.6, 0.9]), [1.0, 1.0])  # capped, monotone
+
+
+def test_clopper_pearson_upper_equals_scipys_exact_interval():
+  for k, n in ((0, 12), (5, 12), (6, 12), (11, 12)):
+    ref = scipy.stats.binomtest(k, n).proportion_ci(confidence_level=0.90, method='exact').high
+    np.testing.assert_allclose(stats.clopper_pearson_upper(k, n), ref, rtol=1e-10)
+  assert stats.clopper_pearson_upper(12, 12) == 1.0
+
+
+def test_adjusted_group_effect_is_the_frisch_waugh_slope():
+  rng = np.random.default_rng(6)
+  g = np.repeat([1.0, 0.0], 8)
+  c = rng.normal(0, 1, 16) + 0.3 * g
+  y = 2 + 0.5 * g + 1.5 * c + rng.normal(0, 0.1, 16)
+  out = stats.adjusted_group_effect(y, g, c)
+  # Frisch-Waugh: the coefficient of g is the slope of y on g, both residualised on [1, c].
+  z = np.stack([np.ones(16), c], 1)
+  res = lambda v: v - z @ np.linalg.lstsq(z, v, rcond=None)[0]
+  np.testing.assert_allclose(out['coef'], res(g) @ res(y) / (res(g) @ res(g)), rtol=1e-10)
+  assert out['p'] < 1e-6 and 1 < out['vif'] < 2
+  # A covariate that is the group itself leaves nothing to estimate.
+  assert np.isnan(stats.adjusted_group_effect(y, g, g)['coef'])
+
+
+def test_loo_accuracies_equal_loo_accuracy_per_labelling():
+  rng = np.random.default_rng(7)
+  x = rng.normal(0, 1, (12, 4)) + np.repeat([[0.0], [1.0], [2.0]], 4, axis=0)
+  labels = np.repeat(['a', 'b', 'c'], 4)
+  for groups in (np.arange(12), np.tile(np.arange(4), 3)):  # runs, or seeds held out together
+    perms = np.stack([labels] + [rng.permutation(labels) for _ in range(40)])
+    batched = stats.loo_accuracies(x, perms, groups)
+    one_by_one = [stats.loo_accuracy(x, p, groups) for p in perms]
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-12)
