@@ -944,8 +944,12 @@ def _model_label(run: runs_lib.Run) -> str:
 
 
 def _seed_counts(runs: Sequence[runs_lib.Run]) -> Dict[Tuple[str, str], int]:
+  """Runs per (model, dataset) cell; the constant-rate control runs are a cell apart and are
+  not counted as seeds of their cosine cell."""
   counts: Dict[Tuple[str, str], int] = {}
   for run in runs:
+    if run.is_control:
+      continue
     key = (run.model, run.dataset)
     counts[key] = counts.get(key, 0) + 1
   return counts

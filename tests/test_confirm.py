@@ -10,6 +10,8 @@ plateau; finding 3 step-series integration offset between the two CNNs.
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -156,3 +158,48 @@ def test_a_cell_below_the_accuracy_gate_is_not_evidence(source_run, tmp_path):
   assert 'FAILS (≥ 30%)' in text
   assert _verdict(text, 1).startswith('not shown: VGG-16 below the accuracy gate')
   assert _verdict(text, 3).startswith('not shown')
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMMAND = 'python analyze.py --runs=results/confirm/runs --out=results/confirm'
+
+
+def test_analyze_py_takes_the_plan_when_a_plan_lies_beside_the_runs(source_run, tmp_path):
+  study_dir = tmp_path / 'results' / 'x'
+  fabricate(source_run, str(study_dir / 'runs'), drop=('cifar10_vit_tiny_s22',))
+  (study_dir / 'PLAN.md').write_text('# plan\n')
+  proc = subprocess.run(
+      [sys.executable, 'analyze.py', f'--runs={study_dir / "runs"}', f'--out={tmp_path / "o"}'],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'),
+      timeout=600,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'PLAN.md' in proc.stdout
+  text = (tmp_path / 'o' / 'report.md').read_text()
+  assert text.startswith('# Confirmatory study: report')
+  assert 'interim: 35 of 36' in text
+  assert _verdict(text, 1) == 'holds'  # the third family is not needed for the primary tests
+
+
+def test_the_committed_report_regenerates_from_the_committed_runs(tmp_path):
+  """results/confirm/report.md equals a report generated now from the runs it names."""
+  committed = os.path.join(ROOT, 'results', 'confirm', 'report.md')
+  names = confirm.runs_in_report(committed)
+  workdirs = [os.path.join(ROOT, 'results', 'confirm', 'runs', n) for n in names]
+  out = confirm.build_report(workdirs, str(tmp_path), command=COMMAND)
+  with open(out) as a, open(committed) as b:
+    assert a.read() == b.read()
+
+
+def test_the_study_reports_seed_count_leaves_out_the_control_runs():
+  from analysis import report, runs as runs_lib
+
+  def run(seed, schedule):
+    config = dict(model='resnet18', seed=seed, schedule=schedule, data=dict(name='cifar10'))
+    return runs_lib.Run('w', config, [], None, None)
+
+  runs = [run(s, 'cosine') for s in range(3)] + [run(s, 'constant') for s in range(3)]
+  assert report._seed_counts(runs) == {('resnet18', 'cifar10'): 3}
