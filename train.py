@@ -22,6 +22,7 @@ All logic lives in training.loop.train_and_evaluate(config, workdir).
 import datetime
 import errno
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -302,5 +303,45 @@ def _accuracy_text(accuracy) -> str:
   return f'{each} (replicas 0..{len(accuracy) - 1}; mean {spread_text(accuracy, 2)}%)'
 
 
+def _parse_flags(argv):
+  """absl's flag parsing, with a config override of a field that does not exist
+  (`--config.dynamics.windw=5`) or a value absl refuses reported in one line, exit status 1."""
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError) as e:  # ml_collections: an unknown field of the config
+    # "'windw'\nDid you mean ...", escaped once more when re-raised as AttributeError
+    text = (str(e.args[0]) if e.args else str(e)).replace('\\n', '\n').replace("\\'", "'")
+    found = re.search(r"'(\w+)'", text)
+    if found is None:
+      raise
+    name = found.group(1)
+    given = next(
+        (
+            a
+            for a in argv
+            if a.startswith('--config.') and re.search(rf'[.]{re.escape(name)}(=|$)', a)
+        ),
+        None,
+    )
+    if given is None:
+      raise
+    field = given[len('--config.') :].split('=', 1)[0]
+    match = re.search(r'Did you mean "([^"]+)"', text)
+    near = field.rsplit('.', 1)[0] + '.' + match.group(1) if match and '.' in field else None
+    near = near or (match.group(1) if match else None)
+    print(
+        f'\nError: {given}: the config has no field {field!r}'
+        + (f'; did you mean --config.{near}?' if near else '.'),
+        file=sys.stderr,
+    )
+    sys.exit(USER_ERROR_EXIT_CODE)
+  except (flags.Error, ValueError) as e:  # a flag value absl or the config file refuses
+    lines = str(e).strip().splitlines()
+    if 'Traceback (most recent call last):' in lines:  # ml_collections quotes the config's
+      lines = [lines[0].rstrip(': ') + ': ' + lines[-1].strip()]
+    print('\nError: ' + '\n'.join(lines), file=sys.stderr)
+    sys.exit(USER_ERROR_EXIT_CODE)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -512,3 +512,37 @@ def test_analyze_names_an_unreadable_config_json(finished, tmp_path):
   )
   assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr[-3000:]
   assert re.search(r'Error: \S+bad: \S+/bad/config\.json cannot be read', out.stderr)
+
+
+# ----------------------------------------------------------------------------------------------
+# 9. Command-line errors: one line, exit status 1
+
+CLI_PARSE = {  # flags: the message
+    '--config.dynamics.windw=5': (
+        r"Error: --config\.dynamics\.windw=5: the config has no field 'dynamics\.windw'; did you "
+        r'mean --config\.dynamics\.window\?'
+    ),
+    '--config.foo=1': r"Error: --config\.foo=1: the config has no field 'foo'\.",
+    '--config=configs/study.py:scale=xyz': (
+        r'Error: flag --config=configs/study\.py:scale=xyz: Error whilst parsing config file: '
+        r"ValueError: configs/study\.py: scale='xyz'; allowed: "
+    ),
+}
+
+
+def test_command_line_parse_errors_are_one_line(tmp_path):
+  procs = {}
+  for flag in CLI_PARSE:
+    config = [] if flag.startswith('--config=') else ['--config=configs/tiny.py']
+    procs[flag] = subprocess.Popen(
+        [sys.executable, 'train.py'] + config + [flag, f'--workdir={tmp_path / "run"}'],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+  for flag, proc in procs.items():
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 1 and 'Traceback' not in output, output[-3000:]
+    assert re.search(CLI_PARSE[flag], output), output[-3000:]
+  assert not os.path.exists(tmp_path / 'run')
