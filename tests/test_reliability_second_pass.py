@@ -418,6 +418,10 @@ MEANINGLESS = {  # case: (changes, the message)
         {'model': 'vit_tiny', 'image_size': 30},
         r"image_size=30 is not allowed; allowed: a multiple of 4, the patch size of 'vit_tiny'",
     ),
+    'init_checkpoint a folder': (
+        {'model': 'vit_tiny', 'init_checkpoint': '/'},
+        r"init_checkpoint='/' is not allowed; allowed: '' or the path of a file, not a folder",
+    ),
     'every_steps past the run': (
         {'dynamics.every_steps': 1000},
         r'dynamics\.every_steps=1000 but the run has 16 steps .* no step-mode metric would ever '
@@ -440,6 +444,15 @@ def test_meaningless_value_is_refused_naming_the_field(case, tmp_path, monkeypat
   with pytest.raises(ValueError, match=pattern):
     loop.train_and_evaluate(config, str(tmp_path / 'run'))
   assert not os.path.exists(tmp_path / 'run')
+
+
+def test_an_init_checkpoint_that_is_not_weights_is_named(tmp_path):
+  text = tmp_path / 'notes.txt'
+  text.write_text('these are not weights\n')
+  config = _config(model='vit_tiny', init_checkpoint=str(text))
+  config.dynamics.enabled = False
+  with pytest.raises(ValueError, match=rf"init_checkpoint='{re.escape(str(text))}' cannot be read"):
+    loop.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
 def test_meaningful_but_doubtful_values_are_warned_about_naming_the_field():

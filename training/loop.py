@@ -492,7 +492,13 @@ def _initial_state(config, exp: Experiment, replicated):
     if config.init_checkpoint:
       # Every replica gets the same pretrained weights; what the release does not hold (the
       # new head) keeps replica k's own initialisation from seed + k.
-      init_params = models.load_pretrained(config.model, state.params, config.init_checkpoint)
+      try:
+        init_params = models.load_pretrained(config.model, state.params, config.init_checkpoint)
+      except (OSError, ValueError, KeyError, EOFError) as e:  # numpy's own words name no file
+        raise ValueError(
+            f'init_checkpoint={config.init_checkpoint!r} cannot be read as pretrained weights '
+            f'of {config.model!r} ({type(e).__name__}: {e})'
+        ) from e
       state = jax.device_put(
           state.replace(params=init_params, opt_state=exp.tx.init(init_params)), replicated
       )

@@ -199,6 +199,11 @@ FIELDS = (  # field, constraint, applies when
     ('model_args.growth', Number(0, integer=True, note="0 keeps the model's own"), _always),
     ('init_checkpoint', Rule(_has_loader, _loader_text), _always),
     ('init_checkpoint', Rule(_exists, "'' or the path of an existing file"), _always),
+    (
+        'init_checkpoint',
+        Rule(lambda v, c: not v or os.path.isfile(v), "'' or the path of a file, not a folder"),
+        _always,
+    ),
     ('image_size', Number(0, 4096, integer=True, note="0 keeps the dataset's size"), _always),
     (
         'image_size',
