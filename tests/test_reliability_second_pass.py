@@ -422,6 +422,11 @@ MEANINGLESS = {  # case: (changes, the message)
         {'model': 'vit_tiny', 'init_checkpoint': '/'},
         r"init_checkpoint='/' is not allowed; allowed: '' or the path of a file, not a folder",
     ),
+    'two DFA scales': (
+        {'dynamics.dfa_num_scales': 2},
+        r'dynamics\.dfa_num_scales=2 is not allowed; allowed: an integer >= 3 \(points of the '
+        r'log-spaced DFA grid',
+    ),
     'every_steps past the run': (
         {'dynamics.every_steps': 1000},
         r'dynamics\.every_steps=1000 but the run has 16 steps .* no step-mode metric would ever '

@@ -270,7 +270,11 @@ DYNAMICS_FIELDS = (
     ('dfa_order', POS_INT, _always),
     ('dfa_min_scale', Number(2, integer=True), _always),
     ('dfa_max_divisor', POS_INT, _always),
-    ('dfa_num_scales', POS_INT, _always),
+    (
+        'dfa_num_scales',
+        Number(3, integer=True, note='points of the log-spaced DFA grid; the fit needs 3'),
+        lambda dcfg: not dcfg.dfa_scales,
+    ),
     ('integration_method', OneOf(('per_layer_mean', 'mean_field')), _always),
     ('phase_preprocess', OneOf(('detrend', 'demean', 'diff')), _always),
     ('dsi_form', OneOf(('product', 'linear')), _always),
@@ -557,9 +561,12 @@ def fit_to_run(config, total_steps: int, steps_per_epoch: int) -> RunFit:
 def _fit_window(dcfg, total, needed, dfa_min, run, notes, warnings):
   """Resolves dynamics.window = auto, or checks an explicit one against the run."""
   if dfa_min is None:
-    raise ValueError(
-        f'{_scales_text(dcfg)} are not defined on any series length; fix ' 'dynamics.dfa_scales.'
+    fields = (
+        'dynamics.dfa_scales'
+        if dcfg.dfa_scales
+        else 'dynamics.dfa_min_scale, dfa_max_divisor or dfa_num_scales'
     )
+    raise ValueError(f'{_scales_text(dcfg)} are not defined on any series length; fix {fields}.')
   if dcfg.window == AUTO:
     dcfg.window = tracker_lib.auto_window(dcfg, total)
     if total < needed:
