@@ -1,8 +1,12 @@
 """The streaming image-folder path (data/streaming.py) and configs/imagenet.py, on a generated
 folder of variable-size JPEGs and PNGs in 10 classes (no network, no real data)."""
 
+import json
 import math
 import os
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -165,3 +169,69 @@ def test_imagenet_config_trains_two_steps_on_generated_variable_size_images(fold
   summary = loop.train_and_evaluate(config, str(tmp_path / 'run'))
   assert summary['final_step'] == 2 and summary['finished']
   assert 0 <= summary['eval_accuracy'] <= 100 and math.isfinite(summary['eval_loss'])
+
+
+def _train_cli(folder, workdir, log_path, env, flags=()):
+  """train.py with configs/imagenet.py at CPU-test size, 2 steps (a float32 net, so that one
+  process and two agree to rounding)."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cmd = [
+      sys.executable,
+      'train.py',
+      '--config=configs/imagenet.py:model=resnet18,batch=8,size=64',
+      f'--workdir={workdir}',
+      f'--config.data.path={folder}',
+      '--config.model_args.width=8',
+      '--config.dtype=float32',
+      '--config.num_train_steps=2',
+      '--config.log_every_steps=1',
+      '--config.dynamics.probe_size=8',
+      *flags,
+  ]
+  with open(log_path, 'w') as log:
+    return subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  return [r['train/loss'] for r in records if 'train/loss' in r]
+
+
+def test_imagenet_config_in_two_processes_trains_like_one(folder, tmp_path):
+  """Two processes on loopback, one CPU device each, each decoding its half of every batch,
+  give the single process's losses (same global batches, same crops)."""
+  base = dict(os.environ, JAX_PLATFORMS='cpu')
+  single = tmp_path / 'single'
+  proc = _train_cli(
+      folder,
+      single,
+      tmp_path / 'single.log',
+      dict(base, XLA_FLAGS='--xla_force_host_platform_device_count=2'),
+  )
+  assert proc.wait(timeout=600) == 0, (tmp_path / 'single.log').read_text()[-3000:]
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    address = f'127.0.0.1:{s.getsockname()[1]}'
+  pair = [
+      _train_cli(
+          folder,
+          tmp_path / 'multi',
+          tmp_path / f'multi{rank}.log',
+          base,
+          [f'--coordinator_address={address}', '--num_processes=2', f'--process_id={rank}'],
+      )
+      for rank in (0, 1)
+  ]
+  try:
+    codes = [p.wait(timeout=600) for p in pair]
+  finally:
+    for p in pair:
+      if p.poll() is None:
+        p.kill()
+  assert codes == [0, 0], (tmp_path / 'multi0.log').read_text()[-3000:]
+  assert 'process 1 of 2' in (tmp_path / 'multi1.log').read_text()
+  multi, one = _losses(tmp_path / 'multi'), _losses(single)
+  assert len(multi) == len(one) == 2
+  np.testing.assert_allclose(multi[0], one[0], rtol=1e-5)
+  np.testing.assert_allclose(multi, one, rtol=1e-3)
