@@ -53,26 +53,42 @@ def test_tiny_train_step_compiles_for_v5e_2x2_with_its_shardings(tiny_v5e):
   assert train['flops'] > 0 and train['bytes_accessed'] > 0 and train['optimal_seconds'] > 0
 
 
-def test_table_states_the_numbers_of_a_result():
-  fake = dict(
+def _analysis(flops, gb, peak_gib, temp_gib=0.5):
+  return dict(
+      flops=flops,
+      bytes_accessed=gb * 1e9,
+      peak_bytes=peak_gib * 2**30,
+      temp_bytes=temp_gib * 2**30,
+      hbm_fraction=peak_gib / 16,
+      optimal_seconds=-3.0,
+  )
+
+
+def test_derived_figures_and_table_from_raw_analyses():
+  v5e = pod_compile.CHIP_BY_NAME['v5e']
+  # 8.19 GB at 819 GB/s: a 10 ms memory-bound step; its 0.197 TFLOP would take 1 ms.
+  on = dict(chip='v5e', devices=4, train=_analysis(0.197e12, 8.19, 1.0))
+  off = dict(chip='v5e', devices=4, train=_analysis(0.19503e12, 8.10, 0.99, 0.48))
+  single = dict(chip='v5e', devices=1, train=_analysis(0.197e12 / 8, 8.19 / 4, 0.25))
+  r = dict(
       what='x',
       topology='v5e:2x2',
       global_batch=32,
-      images_per_second=1000.0,
-      mfu=0.5,
-      tracker_share=dict(flops=0.01, bytes_accessed=0.02, peak_bytes=0.03, optimal_seconds=0.04),
-      replica_speedup=5.0,
-      tracker_on=dict(
-          devices=4,
-          train=dict(
-              peak_bytes=2**30,
-              hbm_fraction=1 / 16,
-              flops=2e12,
-              bytes_accessed=3e9,
-              optimal_seconds=0.032,
-          ),
-      ),
+      replicas=8,
+      tracker_on=on,
+      tracker_off=off,
+      single_replica=single,
   )
-  text = pod_compile.table({'s': fake})
-  assert '| s | v5e:2x2 (4 dev) | train | 1.00 (6%) | 2.000 | 3.00 | 32.00 | 1,000 | 50% |' in text
-  assert '| s | +1.00% | +2.00% | +3.00% | +4.00% | 5.00x |' in text
+  pod_compile.derive(r)
+  t = on['train']['roofline_seconds']
+  assert t == pytest.approx(8.19e9 / v5e['hbm_bandwidth']) == pytest.approx(0.01)
+  assert r['images_per_second'] == pytest.approx(8 * 32 / 0.01)
+  assert r['mfu'] == pytest.approx(0.1)
+  assert r['tracker_share']['flops'] == pytest.approx(0.197 / 0.19503 - 1)
+  assert 'optimal_seconds' not in r['tracker_share']  # negative: not a time
+  # 8 single steps of 2.5 ms against one 10 ms step of all 8.
+  assert r['replica_speedup'] == pytest.approx(2.0)
+  text = pod_compile.table({'s': r})
+  assert '| s | v5e:2x2 (4 devices) | train | 1.00 (6.2%) | 0.197 | 8.19 | 10.00 | ' in text
+  assert '(-3,000: negative) | 25,600 | 10% |' in text
+  assert '| s | 8 | 2.00x | 1.000 | 0.500 | 1.00 / 0.25 |' in text
