@@ -424,8 +424,21 @@ MEANINGLESS = {  # case: (changes, the message)
     ),
     'two DFA scales': (
         {'dynamics.dfa_num_scales': 2},
-        r'dynamics\.dfa_num_scales=2 is not allowed; allowed: an integer >= 3 \(points of the '
-        r'log-spaced DFA grid',
+        r'dynamics\.dfa_num_scales=2 is not allowed; allowed: an integer in \[3, 1024\] '
+        r'\(points of the log-spaced DFA grid',
+    ),
+    'a billion DFA scales': (
+        {'dynamics.dfa_num_scales': 10**9},
+        r'dynamics\.dfa_num_scales=1000000000 is not allowed; allowed: an integer in \[3, 1024\]',
+    ),
+    '1e8 surrogates': (
+        {'dynamics.surrogates': 10**8},
+        r'dynamics\.surrogates=100000000 is not allowed; allowed: an integer in \[0, 10000\]',
+    ),
+    'synthetic images larger than the host': (
+        {'data.image_size': 100000},
+        r'data\.image_size=100000 with data\.train_size \+ data\.test_size = 352 synthetic images '
+        r'needs 10560\.0 GB of host memory',
     ),
     'every_steps past the run': (
         {'dynamics.every_steps': 1000},
@@ -458,6 +471,23 @@ def test_an_init_checkpoint_that_is_not_weights_is_named(tmp_path):
   config.dynamics.enabled = False
   with pytest.raises(ValueError, match=rf"init_checkpoint='{re.escape(str(text))}' cannot be read"):
     loop.train_and_evaluate(config, str(tmp_path / 'run'))
+
+
+def test_a_state_larger_than_a_device_is_refused_before_compiling(tmp_path, monkeypatch):
+  monkeypatch.setattr(loop, 'memory_per_device', lambda: 10**5)
+
+  def no_compiling(*args, **kwargs):
+    raise AssertionError('the initial state was compiled before its size was checked')
+
+  monkeypatch.setattr(loop, '_initial_state', no_compiling)
+  with pytest.raises(ValueError) as info:
+    loop.train_and_evaluate(_config(), str(tmp_path / 'run'))
+  assert re.match(
+      r'The train state needs \S+ GB per device but a device here holds 0\.00 GB; largest '
+      r'parts: \S+ float32\[',
+      str(info.value),
+  ), str(info.value)
+  assert 'num_train_steps' in str(info.value)
 
 
 def test_meaningful_but_doubtful_values_are_warned_about_naming_the_field():

@@ -185,6 +185,58 @@ def _fit_to_run(config, train_size: int):
   return fit.config
 
 
+def memory_per_device() -> Optional[int]:
+  """Bytes one device can hold: the accelerator's limit, or the host's RAM for CPU devices
+  (None where neither can be read). Tests replace it."""
+  device = jax.local_devices()[0]
+  try:
+    limit = (device.memory_stats() or {}).get('bytes_limit')
+  except Exception:  # pylint: disable=broad-except  # not every backend has memory stats
+    limit = None
+  if limit:
+    return int(limit)
+  try:
+    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+def _gigabytes(n: float) -> str:
+  return f'{n / 1e9:.2f} GB'
+
+
+def _check_state_fits(config, exp: 'Experiment'):
+  """Refuses, before anything is compiled or allocated, a train state (parameters, optimiser
+  slots and the dynamics buffers, whose step-mode series grow with the run's length) larger
+  than one device's memory, naming its largest parts and the fields that size them."""
+  available = memory_per_device()
+  if not available:
+    return
+  abstract = jax.eval_shape(exp.init_state, 0)
+  leaves = [
+      (jax.tree_util.keystr(path, simple=True, separator='/'), leaf)
+      for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]
+  ]
+  sizes = sorted(
+      ((math.prod(leaf.shape) * leaf.dtype.itemsize, name, leaf) for name, leaf in leaves),
+      key=lambda row: -row[0],
+  )
+  # Replicas stack their states on one program; a state is replicated on every device.
+  needed = sum(size for size, _, _ in sizes) * max(int(config.replicas), 1)
+  if needed <= available:
+    return
+  largest = ', '.join(
+      f'{name} {leaf.dtype}{list(leaf.shape)} {_gigabytes(size)}' for size, name, leaf in sizes[:3]
+  )
+  raise ValueError(
+      f'The train state needs {_gigabytes(needed)} per device but a device here holds '
+      f'{_gigabytes(available)}; largest parts: {largest}. The dynamics buffers grow with '
+      'num_train_steps (step mode: one value per step and signal), dynamics.surrogates and '
+      'dynamics.dfa_num_scales, the rest with the model (model, model_args.*): lower those, or '
+      'set dynamics.step_mode=False.'
+  )
+
+
 def _device_batch(sharding, local_array, global_batch):
   global_shape = (global_batch,) + local_array.shape[1:]
   return jax.make_array_from_process_local_data(sharding, local_array, global_shape)
@@ -695,6 +747,7 @@ def _train_and_evaluate(
   std = jnp.asarray(dataset.std, jnp.float32)
 
   exp = build(config, num_classes, image_shape, mean, std, steps_per_epoch, total_steps, mesh)
+  _check_state_fits(config, exp)
   tracker, schedule = exp.tracker, exp.schedule
   state = _initial_state(
       config,

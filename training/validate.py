@@ -173,6 +173,33 @@ def _nesterov_ok(value, config) -> bool:
 
 
 MIN_IMAGE_SIDE = 8
+MAX_DFA_NUM_SCALES = 1024
+MAX_SURROGATES = 10_000
+
+
+def host_memory() -> Optional[int]:
+  """Bytes of RAM of this host (None where unknown); tests replace it."""
+  try:
+    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+def _check_synthetic_size(config):
+  """The synthetic dataset is generated in host memory (uint8): refused when it cannot fit."""
+  if config.data.source != 'synthetic':
+    return
+  side = int(config.data.image_size)
+  count = int(config.data.train_size) + int(config.data.test_size)
+  needed, available = count * side * side * 3, host_memory()
+  _require(
+      not available or needed <= available // 2,
+      f'data.image_size={side} with data.train_size + data.test_size = {count} synthetic '
+      f'images needs {needed / 1e9:.1f} GB of host memory, this host has '
+      f'{(available or 0) / 1e9:.1f} GB (at most half of it is used for data); lower '
+      'data.image_size, data.train_size or data.test_size.',
+  )
+
 
 NONNEG_INT = Number(0, integer=True)
 POS_INT = Number(1, integer=True)
@@ -272,7 +299,13 @@ DYNAMICS_FIELDS = (
     ('dfa_max_divisor', POS_INT, _always),
     (
         'dfa_num_scales',
-        Number(3, integer=True, note='points of the log-spaced DFA grid; the fit needs 3'),
+        Number(
+            3,
+            MAX_DFA_NUM_SCALES,
+            integer=True,
+            note='points of the log-spaced DFA grid; the fit needs 3, and more points than '
+            'distinct window sizes add nothing',
+        ),
         lambda dcfg: not dcfg.dfa_scales,
     ),
     ('integration_method', OneOf(('per_layer_mean', 'mean_field')), _always),
@@ -287,7 +320,14 @@ DYNAMICS_FIELDS = (
     ('plateau_delta', Number(0), _always),
     (
         'surrogates',
-        Number(0, integer=True, note='surrogates per metric evaluation; 0 = no null ' 'models'),
+        Number(
+            0,
+            MAX_SURROGATES,
+            integer=True,
+            note='surrogates per metric evaluation; 0 = no null models; p resolves to '
+            f'1/(1 + surrogates), 1e-4 at {MAX_SURROGATES - 1}, and every one is drawn each '
+            'evaluation',
+        ),
         _always,
     ),
     (
@@ -328,6 +368,7 @@ def check_fields(table, config, prefix: str = ''):
 def validate_config(config, num_devices: int, num_processes: int = 1):
   """Raises ValueError with the offending field for any config this run cannot honour."""
   check_fields(FIELDS, config)
+  _check_synthetic_size(config)
   _require(
       config.num_epochs > 0 or config.num_train_steps > 0,
       'Set num_epochs > 0 (or num_train_steps > 0).',
