@@ -36,10 +36,17 @@ class _QuietOrbax(pylogging.Filter):
   (and, with --verbose, everything), drop the chatter."""
 
   def filter(self, record):
+    verbose = logging.get_verbosity() >= logging.DEBUG
+    orbax = '/orbax/' in record.pathname
+    if orbax and record.exc_info and not verbose:
+      # A failed background save: Orbax logs its traceback from each thread it passes through;
+      # the run reports the error itself, once (CheckpointSaveError), its traceback in the log
+      # file train.py names. Orbax's one-line message is kept.
+      record.exc_info, record.exc_text = None, None
     return (
         record.levelno >= pylogging.WARNING
-        or logging.get_verbosity() >= logging.DEBUG
-        or not ('/orbax/' in record.pathname or record.pathname.endswith('xla_bridge.py'))
+        or verbose
+        or not (orbax or record.pathname.endswith('xla_bridge.py'))
     )
 
 
