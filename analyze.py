@@ -19,6 +19,13 @@ primary tests, Holm-corrected secondary tests, loss-only baselines and verdicts
 
   python analyze.py --runs=results/confirm/runs --out=results/confirm
 
+Ablation as a job (analysis/grid.py): a grid of metric definitions over one run or a folder
+of runs, a tidy table (ablation.parquet, .csv) and ablation.md, with each finding's verdict
+under every definition when the runs are a pre-registered study:
+
+  python analyze.py ablate --runs=runs/quickstart --grid dfa_order=1,2 \
+      --grid phase_preprocess=detrend,demean,diff --out=runs/quickstart/ablation [--product]
+
 The study (many runs; analysis/report.py), optionally with an offline ablation of the metric
 definition (analysis/ablation.py; no retraining):
 
@@ -64,6 +71,16 @@ flags.DEFINE_multi_string(
     'Study mode: dynamics.<field>=<value> (repeatable): '
     'recompute every metric offline with this definition and show it '
     'beside the logged one.',
+)
+flags.DEFINE_multi_string(
+    'grid',
+    None,
+    'ablate: field=value1,value2 (repeatable), the values of one definition field.',
+)
+flags.DEFINE_bool(
+    'product',
+    False,
+    'ablate: every combination of the --grid values (default: one axis at a time).',
 )
 flags.DEFINE_bool(
     'include_unfinished',
@@ -318,8 +335,11 @@ def analyze_replicas(workdir: str, replica_dirs) -> str:
 
 
 def main(argv):
+  if argv[1:] == ['ablate']:
+    ablate_main()
+    return
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]} (the one command is `ablate`).')
   if FLAGS.runs:
     study_main()
     return
@@ -342,6 +362,31 @@ def main(argv):
     print(f'Plots:  {os.path.abspath(os.path.join(workdir, "plots"))}/')
   if failed:
     sys.exit(1)
+
+
+def ablate_main():
+  """`analyze.py ablate`: the definition grid (analysis/grid.py). A bad grid or definition
+  is one line on stderr and exit status 2, before any work and without an output folder."""
+  import shlex  # pylint: disable=g-import-not-at-top
+
+  from analysis import grid_report  # pylint: disable=g-import-not-at-top
+
+  if not FLAGS.runs or not FLAGS.out:
+    print('Error: ablate needs --runs=<run or folder of runs> and --out=<dir>.', file=sys.stderr)
+    sys.exit(2)
+  try:
+    path = grid_report.run_job(
+        FLAGS.runs,
+        FLAGS.grid or [],
+        FLAGS.out,
+        product=FLAGS.product,
+        command=' '.join(shlex.quote(a) for a in ['python', 'analyze.py'] + sys.argv[1:]),
+    )
+  except (ValueError, FileNotFoundError) as e:
+    print(f'Error: {e}', file=sys.stderr)
+    sys.exit(2)
+  print(f'Report: {os.path.abspath(path)}')
+  print(f'Table:  {os.path.abspath(os.path.join(FLAGS.out, "ablation.parquet"))} (and .csv)')
 
 
 def study_main():

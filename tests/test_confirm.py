@@ -203,3 +203,24 @@ def test_the_study_reports_seed_count_leaves_out_the_control_runs():
 
   runs = [run(s, 'cosine') for s in range(3)] + [run(s, 'constant') for s in range(3)]
   assert report._seed_counts(runs) == {('resnet18', 'cifar10'): 3}
+
+
+def test_ablation_grid_gives_each_findings_verdict_under_every_definition(source_run, tmp_path):
+  from analysis import grid_report
+
+  study_dir = tmp_path / 'results' / 'x'
+  fabricate(source_run, str(study_dir / 'runs'))
+  (study_dir / 'PLAN.md').write_text('# plan\n')
+  path = grid_report.run_job(
+      [str(study_dir / 'runs')], ['convergence_rho=0.25,0.5'], str(tmp_path / 'abl')
+  )
+  text = open(path).read()
+  section = text.split('## Findings across definitions (multiverse)')[1]
+  rows = [
+      line for line in section.splitlines() if line.startswith('| logged') or 'rho=0.5 |' in line
+  ]
+  assert len(rows) == 2
+  for row in rows:  # finding 1 and 3 do not depend on the detector's rho
+    cells = [c.strip() for c in row.strip('|').split('|')]
+    assert cells[1] == 'holds' and cells[3] == 'holds', row
+  assert '- Finding 1: "holds" under 2 of 2.' in text

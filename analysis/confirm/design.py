@@ -67,10 +67,11 @@ class Measures:
     return float(self.plateau - getattr(self, which))
 
 
-def whole_run_integration(step_signals: np.ndarray) -> Tuple[float, int]:
+def whole_run_integration(step_signals: np.ndarray, order: int = 1) -> Tuple[float, int]:
   """Finding 1's statistic: mean over taps of DFA alpha of each whole step series.
 
-  step_signals: f32[S, T]. Returns (the mean of the finite alphas, how many were NaN).
+  step_signals: f32[S, T]; order: the DFA order (1, the plan's; an ablation may change it).
+  Returns (the mean of the finite alphas, how many were NaN).
   """
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
@@ -79,7 +80,9 @@ def whole_run_integration(step_signals: np.ndarray) -> Tuple[float, int]:
 
   dcfg = ml_collections.ConfigDict(WHOLE_RUN_DFA)
   scales = tracker_lib.resolve_scales(dcfg, step_signals.shape[-1], strict=True)
-  alphas = np.asarray(dynamics.dfa_exponent(jnp.asarray(step_signals, jnp.float32), scales))
+  alphas = np.asarray(
+      dynamics.dfa_exponent(jnp.asarray(step_signals, jnp.float32), scales, int(order))
+  )
   finite = np.isfinite(alphas)
   return (float(alphas[finite].mean()) if finite.any() else float('nan')), int((~finite).sum())
 
@@ -92,26 +95,29 @@ def _causal_epoch(start: int, patience: int, every: int, steps_per_epoch: int) -
   return (start + (patience - 1) * every) // steps_per_epoch
 
 
-def measure(run: runs_lib.Run) -> Measures:
-  dcfg = run.dynamics_config()
-  view = report.View(
-      run,
-      dcfg,
-      ablation.logged_probe_series(run.dynamics),
-      ablation.logged_step_series(run.dynamics),
-  )
+def measure(run: runs_lib.Run, definition=None) -> Measures:
+  """The run's measures under its logged definition, or under `definition` = (dynamics
+  config, step series, probe series) from an offline recomputation (analysis/grid.py)."""
+  if definition is None:
+    definition = (
+        run.dynamics_config(),
+        ablation.logged_step_series(run.dynamics),
+        ablation.logged_probe_series(run.dynamics),
+    )
+  dcfg, step, probe = definition
+  view = report.View(run, dcfg, probe, step)
   epochs = run.num_epochs
   spe = int(run.steps_per_epoch)
   patience = int(dcfg.convergence_patience)
   never = epochs  # "after the run": a rule that never fires anticipates nothing
-  step_conv = int(run.dynamics.get('step_convergence', -1))
+  step_conv = int(step.get('convergence', -1))
   signal = _causal_epoch(step_conv, patience, int(dcfg.every_steps), spe)
   sliding = int(view.probe.get('sliding_convergence', -1))
   sliding = None if sliding < 0 else sliding + patience - 1
   curves = report.epoch_curves(run)
   lr = stats.first_fraction_epoch(curves['lr'], report.LR_FRACTION)
   loss = stats.slope_rule_epoch(curves['loss'], report.LOSS_WINDOW, report.LOSS_RATE)
-  whole, dropped = whole_run_integration(run.dynamics['step_signals'])
+  whole, dropped = whole_run_integration(run.dynamics['step_signals'], int(dcfg.dfa_order))
   accuracy = run.test_accuracy
   summary = run.summary or {}
   return Measures(
