@@ -54,6 +54,7 @@ USER_ERRORS = (
     FileNotFoundError,
     NotADirectoryError,
     IsADirectoryError,
+    PermissionError,  # a read-only workdir: the message names the path
     checkpoint.CheckpointError,
     checkpoint.CheckpointSaveError,
     workdir_lib.WorkdirLockedError,

@@ -594,3 +594,20 @@ def test_command_line_parse_errors_are_one_line(tmp_path):
     assert proc.returncode == 1 and 'Traceback' not in output, output[-3000:]
     assert re.search(CLI_PARSE[flag], output), output[-3000:]
   assert not os.path.exists(tmp_path / 'run')
+
+
+def test_a_read_only_workdir_is_a_user_error():
+  # As root no folder is read-only, so the classification itself is checked: PermissionError
+  # (its message names the path) is reported in one line, not as a traceback.
+  out = subprocess.run(
+      [
+          sys.executable,
+          '-c',
+          'import train; print(train._is_user_error(PermissionError(13, "denied", "/x")))',
+      ],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
+  assert out.stdout.strip().splitlines()[-1] == 'True', out.stderr[-2000:]
