@@ -11,9 +11,11 @@ or any of the project's models, data or training code. Three layers:
 * the in-step tracker: ``make_tracker(dcfg, tap_shapes, num_steps, num_epochs)`` -> ``Tracker``
   with ``init``, ``record_step``, ``reduce``, ``probe_update``, ``summarize_step``,
   ``summarize_probe``, ``export``; ``default_config()`` lists every definition choice.
+
+docs/library.md is the guide for using it in your own training loop.
 """
 
-from dynamics.api import make_tracker
+from dynamics.api import RunFitWarning, make_tracker
 from dynamics.config import Config, as_config, default_config
 from dynamics.dfa import default_scales, dfa_exponent, fluctuation, integration, validate_scales
 from dynamics.nulls import surrogate_test, surrogates
@@ -31,16 +33,25 @@ from dynamics.taps import (
     nnx_apply_with_taps,
     taps_from_intermediates,
 )
-from dynamics.tracker import METRICS, MetricSpec, Tracker, compute_metrics, resolve_scales
+from dynamics.tracker import (
+    METRICS,
+    MetricSpec,
+    Tracker,
+    check_taps,
+    compute_metrics,
+    resolve_scales,
+)
 
 __all__ = [
     'METRICS',
     'Config',
     'MetricSpec',
+    'RunFitWarning',
     'Tracker',
     'accuracy_plateau',
     'apply_with_taps',
     'as_config',
+    'check_taps',
     'compute_metrics',
     'convergence_signal',
     'default_config',

@@ -17,6 +17,7 @@ gains a leading replica axis under `vmap` when several seeds train together.
 """
 
 import functools
+from collections.abc import Mapping
 from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import jax
@@ -220,6 +221,60 @@ def probe_volatility(dsi: jnp.ndarray, dcfg: Any) -> Tuple[jnp.ndarray, jnp.ndar
   return vol, conv
 
 
+def _expected_shape(shape: Tuple[int, ...]) -> str:
+  return '(B' + ''.join(f', {d}' for d in shape[1:]) + ')' if shape else '()'
+
+
+def check_taps(taps: Any, tap_shapes: Dict[str, Tuple[int, ...]], reduction: str = 'mean') -> None:
+  """Raises when `taps` are not the taps the tracker was built for (runs at trace time).
+
+  taps must be a mapping with exactly the names of `tap_shapes`, each an array of the same
+  rank whose axes after the first (batch) one equal the declared shape's: the batch may differ
+  (a probe batch, an `eval_shape` of one example), nothing else may (a missing tap would
+  otherwise stay a constant row and drop out of the metrics unnoticed).
+  """
+  if not isinstance(taps, Mapping):
+    what = f'a {type(taps).__name__}'
+    if isinstance(taps, (list, tuple)):
+      what += f' of {len(taps)} item(s)'
+    raise TypeError(
+        f'taps is {what}; the tracker takes a dict {{tap name: array}} with the names it was '
+        f'built with ({", ".join(sorted(tap_shapes))}). Build it with '
+        'dynamics.apply_with_taps / nnx_apply_with_taps, or '
+        'dynamics.taps_from_intermediates(collection) from a sown collection.'
+    )
+  expected = sorted(tap_shapes)
+  missing = [name for name in expected if name not in taps]
+  extra = sorted(str(name) for name in taps if name not in tap_shapes)
+  problems = []
+  if missing:
+    problems.append(f'missing {", ".join(missing)}')
+  if extra:
+    problems.append(f'not declared {", ".join(extra)}')
+  kind, _ = signals.parse_reduction(reduction)
+  for name in expected:
+    if name not in taps:
+      continue
+    got = tuple(getattr(taps[name], 'shape', ()))
+    want = tuple(tap_shapes[name])
+    if len(got) != len(want) or got[1:] != want[1:]:
+      problems.append(f'{name} has shape {got}, expected {_expected_shape(want)}')
+    elif kind == 'proj' and got[-1:] != want[-1:]:
+      problems.append(
+          f'{name} has {got[-1] if got else 0} channels, expected {want[-1]} '
+          f'(reduction={reduction!r} projects the last axis)'
+      )
+  if problems:
+    raise ValueError(
+        'taps do not match the tap_shapes the tracker was built with: '
+        + '; '.join(problems)
+        + f'. Expected the {len(expected)} taps '
+        + ', '.join(f'{n} {_expected_shape(tuple(tap_shapes[n]))}' for n in expected)
+        + ' (B: any batch size). Build the tracker from the same forward pass that makes the '
+        'taps (jax.eval_shape / nnx.eval_shape of it), with the same tap filter.'
+    )
+
+
 class Tracker(NamedTuple):
   """Pure functions over the tracker state; build with `make_tracker`."""
 
@@ -242,9 +297,14 @@ def make_tracker(
     num_steps: int,
     num_epochs: int,
     seed: int = 0,
+    on_step_past_end: Optional[Callable[[np.ndarray], None]] = None,
 ) -> Tracker:
   """dcfg: config.dynamics; tap_shapes: {tap: shape} from jax.eval_shape of the model; seed:
-  the run seed, from which the surrogate draws derive (state['surrogate_key'])."""
+  the run seed, from which the surrogate draws derive (state['surrogate_key']).
+
+  A `record_step` at a step >= num_steps (past the end of the step buffers) records nothing;
+  on_step_past_end, if given, is called on the host with that step (a jax.debug.callback, only
+  traced in when given: dynamics.make_tracker warns with it)."""
   spec = MetricSpec.from_config(dcfg)
   with_nulls = int(spec.surrogates) > 0
   nulls.parse_methods(spec.surrogate_methods)  # a config error now, not inside the step
@@ -267,12 +327,21 @@ def make_tracker(
   capacity = max(int(num_steps), window) if dcfg.step_mode else 0
 
   def reduce(taps: Dict[str, jnp.ndarray]) -> jnp.ndarray:
+    """taps {name: f[B, ..., C]}, the names and shapes of `tap_shapes` -> signals f32[S]."""
+    check_taps(taps, tap_shapes, dcfg.reduction)
     return signals.reduce_taps(taps, dcfg.reduction, projections)
 
   def init() -> State:
+    # Every entry is its own buffer (no array shared between keys), so that a step may donate
+    # the state (jax.jit(..., donate_argnums=...)): XLA refuses to donate one buffer twice.
     f32 = jnp.float32
-    nan_steps = jnp.full((capacity,), jnp.nan, f32)
-    nan_epochs = jnp.full((num_epochs,), jnp.nan, f32)
+
+    def nan_steps():
+      return jnp.full((capacity,), jnp.nan, f32)
+
+    def nan_epochs():
+      return jnp.full((num_epochs,), jnp.nan, f32)
+
     state = {}
     if with_nulls:
       # Raw key data, so the state stays a plain dict of uint/float arrays (checkpointable,
@@ -286,7 +355,7 @@ def make_tracker(
           step_streak=jnp.zeros((), jnp.int32),
           step_streak_start=jnp.full((), -1, jnp.int32),
           step_convergence=jnp.full((), -1, jnp.int32),
-          **{f'step_{m}': nan_steps for m in metric_keys + ('dsi_volatility',)},
+          **{f'step_{m}': nan_steps() for m in metric_keys + ('dsi_volatility',)},
       )
     if dcfg.probe_mode:
       state.update(
@@ -294,7 +363,7 @@ def make_tracker(
           probe_count=jnp.zeros((), jnp.int32),
           probe_alphas=jnp.full((num_signals,), jnp.nan, f32),
           **{
-              f'probe_{h}{m}': nan_epochs
+              f'probe_{h}{m}': nan_epochs()
               for h in ('', 'sliding_')
               for m in metric_keys + ('dsi_volatility',)
           },
@@ -322,9 +391,19 @@ def make_tracker(
     step = jnp.asarray(step, jnp.int32)
     index = jnp.minimum(step, capacity - 1)
     sig = reduce(taps)
+    # Past the end of the buffers the sample is dropped (it used to overwrite the last one).
+    inside = step < capacity
+    column = jax.lax.dynamic_slice(state['step_signals'], (0, index), (num_signals, 1))
     state['step_signals'] = jax.lax.dynamic_update_slice(
-        state['step_signals'], sig[:, None], (0, index)
+        state['step_signals'], jnp.where(inside, sig[:, None], column), (0, index)
     )
+    if on_step_past_end is not None:
+      jax.lax.cond(
+          inside,
+          lambda s: None,
+          lambda s: jax.debug.callback(on_step_past_end, s),
+          step,
+      )
     due = (step + 1 >= window) & ((step + 1) % every == 0) & (step < num_steps)
     start = jnp.maximum(index - window + 1, 0)
     window_signals = jax.lax.dynamic_slice(state['step_signals'], (0, start), (num_signals, window))

@@ -104,7 +104,7 @@ def test_installed_package_imports_from_outside_the_repository(tmp_path):
       loaded = sorted({{m.split('.')[0] for m in sys.modules}} & set({FORBIDDEN!r}))
       assert not loaded, loaded
       import jax.numpy as jnp
-      tracker = dynamics.make_tracker({DCFG!r}, {{'00_a': (2, 3), '01_b': (2, 5)}}, 4)
+      tracker = dynamics.make_tracker({DCFG!r}, {{'00_a': (2, 3), '01_b': (2, 5)}}, {NUM_STEPS})
       state, out = tracker.record_step(tracker.init(), {{'00_a': jnp.ones((2, 3)),
                                                          '01_b': jnp.zeros((2, 5))}}, 0)
       print(sorted(out), tracker.export(state)['step_signals'][:, 0].tolist())
@@ -433,8 +433,10 @@ LIBRARY_FILES = [
     'dynamics/config.py',
     'models',
     'dynamics/taps.py',
+    'dynamics/run_length.py',
     'examples/own_training_loop.py',
     'tests/test_library.py',
+    'tests/test_library_checks.py',
 ]
 
 
