@@ -349,7 +349,9 @@ def test_a_full_disk_during_a_checkpoint_write_says_what_it_needs(tmp_path, monk
   with pytest.raises(checkpoint.NoSpaceError) as info:
     manager.save(16, args=None, needed_bytes=2**19)  # the estimate fits, the write fails
   assert re.search(
-      r'checkpoint of step 16 needs about 0\.5 MiB, 1\.0 MiB are free', str(info.value)
+      r'checkpoint of step 16 needs more than estimated \(0\.5 MiB\) and did not fit: 1\.0 MiB are '
+      r'free',
+      str(info.value),
   )
   monkeypatch.undo()
   manager.close()

@@ -190,7 +190,9 @@ class Manager(ocp.CheckpointManager):
       folder = os.path.join(str(self.directory), str(step))
     write_digests(folder, step, self._config)
 
-  def _no_space(self, step: int, needed: Optional[int], free: int) -> NoSpaceError:
+  def _no_space(
+      self, step: int, needed: Optional[int], free: int, wrote: bool = False
+  ) -> NoSpaceError:
     last = self.latest_step()
     kept = (
         f'The last good checkpoint (step {last}) is intact; run the same command again '
@@ -198,7 +200,10 @@ class Manager(ocp.CheckpointManager):
         if last is not None
         else 'No checkpoint was saved before; ' 'run the same command again to start afresh'
     )
-    size = f'needs about {_megabytes(needed)}, ' if needed else 'does not fit, '
+    if wrote and needed:  # the estimate passed, the write itself ran out of room
+      size = f'needs more than estimated ({_megabytes(needed)}) and did not fit: '
+    else:
+      size = f'needs about {_megabytes(needed)}, ' if needed else 'does not fit, '
     return NoSpaceError(
         f'No space left on the disk of {self.directory}: the checkpoint of step {step} '
         f'{size}{_megabytes(free)} are free. {kept} once space is freed (or with a --workdir '
@@ -212,7 +217,7 @@ class Manager(ocp.CheckpointManager):
       if jax.process_index() == 0 and os.path.isdir(tmp):  # half written: frees the space
         shutil.rmtree(tmp, ignore_errors=True)
       needed = getattr(self, '_needed', None)
-      raise self._no_space(step, needed, free_bytes(str(self.directory))) from e
+      raise self._no_space(step, needed, free_bytes(str(self.directory)), wrote=True) from e
 
   def _save_failed(self, e: BaseException, step: Optional[int]) -> CheckpointSaveError:
     step = self._saving if step is None else step
