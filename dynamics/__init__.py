@@ -10,7 +10,9 @@ or any of the project's models, data or training code. Three layers:
   collections, NNX ``nnx.capture`` states), ``apply_with_taps`` (Linen), ``nnx_apply_with_taps``;
 * the in-step tracker: ``make_tracker(dcfg, tap_shapes, num_steps, num_epochs)`` -> ``Tracker``
   with ``init``, ``record_step``, ``reduce``, ``probe_update``, ``summarize_step``,
-  ``summarize_probe``, ``export``; ``default_config()`` lists every definition choice.
+  ``summarize_probe``, ``export``; ``default_config()`` lists every definition choice; the
+  step outputs averaged for clu.metrics / nnx.Metric loops: ``StepAverage``,
+  ``clu_average``, ``nnx_average`` (NaN before the first window left out).
 
 docs/library.md is the guide for using it in your own training loop.
 """
@@ -18,6 +20,7 @@ docs/library.md is the guide for using it in your own training loop.
 from dynamics.api import RunFitWarning, make_tracker
 from dynamics.config import Config, as_config, default_config
 from dynamics.dfa import default_scales, dfa_exponent, fluctuation, integration, validate_scales
+from dynamics.interop import StepAverage, clu_average, nnx_average
 from dynamics.nulls import surrogate_test, surrogates
 from dynamics.phase import hilbert, kuramoto_order, metastability, preprocess, synchrony
 from dynamics.signals import reduce_taps, signal_names
@@ -47,11 +50,13 @@ __all__ = [
     'Config',
     'MetricSpec',
     'RunFitWarning',
+    'StepAverage',
     'Tracker',
     'accuracy_plateau',
     'apply_with_taps',
     'as_config',
     'check_taps',
+    'clu_average',
     'compute_metrics',
     'convergence_signal',
     'default_config',
@@ -65,6 +70,7 @@ __all__ = [
     'make_tracker',
     'metastability',
     'nnx_apply_with_taps',
+    'nnx_average',
     'preprocess',
     'reduce_taps',
     'resolve_scales',

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dynamics import dfa, nulls, phase, signals, stability
+from dynamics import config as config_lib, dfa, nulls, phase, signals, stability
 
 State = Dict[str, jnp.ndarray]
 METRICS = ('integration', 'metastability', 'synchrony', 'dsi')
@@ -42,7 +42,9 @@ class MetricSpec(NamedTuple):
   dsi_form: str = 'product'
   dsi_w_integration: float = 1.0
   dsi_w_metastability: float = 1.0
-  surrogates: int = 0
+  # The config's default (39), so that `compute_metrics(x, MetricSpec(), scales, key)` draws
+  # the same nulls as a run with the default config; 0 turns the nulls off.
+  surrogates: int = config_lib.SURROGATES
   surrogate_methods: str = nulls.DEFAULT_METHODS
 
   @classmethod
@@ -54,7 +56,11 @@ def resolve_scales(dcfg: Any, n: int, strict: bool = False) -> Optional[Tuple[in
   """The DFA scales for a series of n samples, or None when n is too short for them.
 
   With strict=True a too-short series is a config error (used for the fixed step window).
+  dcfg: the dynamics config (attribute access), or a plain mapping of the fields to change
+  from ``default_config()`` (``{'dfa_scales': '4,8,16'}``).
   """
+  if not hasattr(dcfg, 'dfa_scales'):
+    dcfg = config_lib.as_config(dcfg)
   try:
     if dcfg.dfa_scales:
       try:

@@ -434,6 +434,7 @@ LIBRARY_FILES = [
     'models',
     'dynamics/taps.py',
     'dynamics/run_length.py',
+    'dynamics/interop.py',
     'examples/own_training_loop.py',
     'tests/test_library.py',
     'tests/test_library_checks.py',

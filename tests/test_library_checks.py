@@ -1,5 +1,5 @@
 """`dynamics` in anyone's loop (issue 27): donation, tap checks, run-length checks, clear errors,
-and an NNX model with nnx.eval_shape. Tiny trackers only."""
+defaults that agree, and the clu / nnx averages of the step outputs. Tiny trackers only."""
 
 import warnings
 
@@ -10,7 +10,7 @@ import pytest
 
 import dynamics
 from configs import tiny
-from dynamics import run_length
+from dynamics import run_length, tracker as tracker_lib
 from training import validate
 
 SHAPES = {'00_a': (4, 3), '01_b': (4, 2, 5), '02_c': (4, 2)}
@@ -168,6 +168,60 @@ def test_the_library_checks_the_run_length_as_the_loop_does(overrides, total, pe
   config.dynamics.update(overrides)
   loop, library = _loop_and_library(config, total, per_epoch)
   assert library == loop
+
+
+# ----- (4) small traps ---------------------------------------------------------------------------
+
+
+def test_metric_spec_defaults_are_the_config_defaults():
+  assert dynamics.MetricSpec() == dynamics.MetricSpec.from_config(dynamics.default_config())
+  assert dynamics.MetricSpec().surrogates == 39
+
+
+def test_resolve_scales_takes_a_plain_dict():
+  assert dynamics.resolve_scales({'dfa_scales': '4,8,16'}, 64) == (4, 8, 16)
+  assert dynamics.resolve_scales({}, 64) == dynamics.resolve_scales(dynamics.default_config(), 64)
+  assert tracker_lib.resolve_scales({'dfa_min_scale': 4}, 8) is None
+
+
+def test_step_average_ignores_the_steps_before_the_first_window():
+  outputs = [
+      {'dynamics/dsi': jnp.float32(v), 'dynamics/convergence_step': jnp.int32(-1), 'loss': 1.0}
+      for v in (np.nan, np.nan, 0.5, np.nan, 1.5)
+  ]
+  average = dynamics.StepAverage.empty()
+  assert average.compute() == {}
+  merge = jax.jit(lambda a, out: a.merge(dynamics.StepAverage.from_step_output(out)))
+  average = merge(dynamics.StepAverage.from_model_output(**outputs[0]), outputs[1])
+  assert average.compute() == {} and average.undefined() == ['dynamics/dsi']
+  for out in outputs[2:]:
+    average = merge(average, out)
+  assert average.compute() == {'dynamics/dsi': 1.0}
+  assert average.reset().compute() == {} and average.reset().undefined() == ['dynamics/dsi']
+
+
+def test_clu_and_nnx_averages_count_only_finite_values():
+  from clu import metrics as clu_metrics  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  values = [np.nan, 0.5, np.nan, 1.5]
+  clu_avg = dynamics.clu_average('dynamics/dsi')
+  merged = clu_avg.empty()
+  plain = clu_metrics.Average.empty()
+  for v in values:
+    merged = merged.merge(clu_avg.from_model_output(**{'dynamics/dsi': jnp.float32(v)}))
+    plain = plain.merge(clu_metrics.Average.from_model_output(jnp.float32(v)))
+  assert float(merged.compute()) == 1.0 and np.isnan(plain.compute())  # clu's own is poisoned
+
+  nnx_avg = dynamics.nnx_average('dynamics/dsi')
+  for v in values:
+    nnx_avg.update(**{'dynamics/dsi': jnp.float32(v), 'loss': 0.0})
+  assert float(nnx_avg.compute()) == 1.0
+  nnx_avg.reset()
+  assert int(nnx_avg.count[...]) == 0
+  multi = nnx.MultiMetric(dsi=dynamics.nnx_average('dynamics/dsi'))
+  multi.update(**{'dynamics/dsi': jnp.float32(2.0)})
+  assert float(multi.compute()['dsi']) == 2.0
 
 
 def test_an_nnx_model_with_batch_norm_takes_nnx_eval_shape_and_donates_the_tracker_state():
