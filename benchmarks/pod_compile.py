@@ -12,11 +12,14 @@ compiled by the TPU compiler (MaxText's train_compile.py does the same for its m
 
 Reported per compiled program, per device: memory_analysis() (arguments, outputs, aliased,
 temporaries; peak = arguments + outputs - aliased + temporaries) against the chip's HBM, and
-cost_analysis() (flops, bytes accessed, the compiler's `optimal_seconds`). From these: images/s
-= global batch / optimal_seconds and MFU = flops / (optimal_seconds * peak bf16 flops/s). The
-tracker's share is (on - off) / off for each of them, compiled with config.dynamics.enabled on
-and off. The replicas' speedup is 8 x (one single-seed step's optimal_seconds) / (the 8-replica
-step's). All of these are the compiler's estimates, not measurements: no TPU ran anything.
+cost_analysis() (flops, bytes accessed, the compiler's `optimal_seconds`, which the TPU
+compiler returns negative for every large program, so it is kept but not used). The step time
+is the roofline of the program's own flops and bytes on the chip's published peak flop/s and
+HBM bandwidth; images/s = global batch / that time, MFU = flops / (time * peak flop/s). The
+tracker's share is (on - off) / off for each figure, compiled with config.dynamics.enabled on
+and off. The replicas' speedup is N x (one single-seed step's roofline) / (the N-replica
+step's). All of these are estimates from the compiler's output, not measurements: no TPU ran
+anything (docs/pod.md).
 """
 
 import argparse
