@@ -66,14 +66,17 @@ COLUMNS = (
 
 
 def parse_grid(items: Sequence[str]) -> List[Tuple[str, List[str]]]:
-  """['dfa_order=1,2', 'dynamics.phase_preprocess=detrend,demean'] -> [(field, [raw values])]."""
+  """['dfa_order=1,2', 'dynamics.phase_preprocess=detrend,demean'] -> [(field, [raw values])];
+  'phase_band=0.02,0.2;0.05,0.25' (';' when a value holds commas)."""
   axes, seen = [], set()
   for item in items:
     key, sep, raw = item.partition('=')
     field = key.strip()
     if field.startswith('dynamics.'):
       field = field[len('dynamics.') :]
-    values = [v.strip() for v in raw.split(',') if v.strip()]
+    # Values holding commas themselves (phase_band=lo,hi; dfa_scales=4,8,16) are separated
+    # by ';' instead: phase_band=0.02,0.2;0.05,0.25.
+    values = [v.strip() for v in raw.split(';' if ';' in raw else ',') if v.strip()]
     if not sep or not field or not values:
       raise ValueError(f'--grid {item!r}: expected field=value1,value2 (e.g. dfa_order=1,2).')
     if field in seen:

@@ -110,7 +110,10 @@ def default_config(plain: bool = False) -> Union['ml_collections.ConfigDict', Co
   c.integration_method = 'per_layer_mean'  # per_layer_mean | mean_field
 
   # Metastability (Kuramoto, DESIGN 3.3).
-  c.phase_preprocess = 'detrend'  # detrend | demean | diff
+  c.phase_preprocess = 'detrend'  # detrend | demean | diff | bandpass
+  # bandpass: the band kept before the Hilbert transform, 'lo,hi' in cycles per sample
+  # (0.5 = Nyquist); the default keeps periods of 5 to 50 samples.
+  c.phase_band = '0.02,0.2'
   c.phase_edge = 0  # samples dropped at each end of R(t)
 
   # Stability index and convergence (DESIGN 3.4).

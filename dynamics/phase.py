@@ -2,8 +2,10 @@
 
 Definition (DESIGN.md section 3.3), for tap series x[l, 0..N-1]:
 
-1. preprocess each row: 'detrend' (remove the least-squares line; default), 'demean', or 'diff'
-   (first difference, N-1 samples), then z-score (ddof 0);
+1. preprocess each row: 'detrend' (remove the least-squares line; default), 'demean', 'diff'
+   (first difference, N-1 samples), or 'bandpass:lo,hi' (detrend, then keep only the FFT
+   bins with lo <= |frequency| <= hi in cycles per sample: a band-limited phase, since Hilbert
+   phases of broadband signals are unreliable, Chavez et al. 2006), then z-score (ddof 0);
 2. analytic signal by the FFT Hilbert transform, identical to ``scipy.signal.hilbert`` along
    time; phase phi[l, t] = its angle;
 3. R(t) = | mean over l of exp(i phi[l, t]) |, in [0, 1], over the taps that are not constant
@@ -35,7 +37,7 @@ __all__ = [
     'excluded_signals',
 ]
 
-PREPROCESS_METHODS = ('detrend', 'demean', 'diff')
+PREPROCESS_METHODS = ('detrend', 'demean', 'diff', 'bandpass')
 
 # A row whose preprocessed spread is within a few ulps of its raw magnitude is constant up to
 # roundoff (e.g. a float32 constant whose mean does not round back to itself, or an exact line
@@ -75,10 +77,38 @@ def _hilbert(x: jax.Array) -> jax.Array:
   return jnp.fft.ifft(spectrum * jnp.asarray(h, dtype=x.dtype), axis=-1)
 
 
-def _check_method(method: str) -> None:
-  if method not in PREPROCESS_METHODS:
+def parse_band(band) -> tuple:
+  """'lo,hi' (or a pair) in cycles per sample -> (lo, hi), checked: 0 <= lo < hi <= 0.5."""
+  try:
+    lo, hi = (float(v) for v in (band.split(',') if isinstance(band, str) else band))
+  except (TypeError, ValueError):
     raise ValueError(
-        f'dynamics.phase_preprocess must be one of {PREPROCESS_METHODS}, got {method!r}.'
+        f'dynamics.phase_band={band!r} must be two numbers lo,hi in cycles per sample, e.g. '
+        "'0.02,0.2'."
+    ) from None
+  if not 0.0 <= lo < hi <= 0.5:
+    raise ValueError(
+        f'dynamics.phase_band={band!r} must satisfy 0 <= lo < hi <= 0.5 (cycles per sample; '
+        '0.5 is the Nyquist frequency).'
+    )
+  return lo, hi
+
+
+def bandpass_method(band) -> str:
+  """The static method string of a band-limited phase: 'bandpass:lo,hi'."""
+  lo, hi = parse_band(band)
+  return f'bandpass:{lo!r},{hi!r}'
+
+
+def _check_method(method: str) -> None:
+  if method.startswith('bandpass:'):
+    parse_band(method[len('bandpass:') :])
+    return
+  if method not in PREPROCESS_METHODS[:3]:
+    raise ValueError(
+        f'dynamics.phase_preprocess must be one of {PREPROCESS_METHODS}, got {method!r}'
+        + (' (bandpass takes its band from dynamics.phase_band)' if method == 'bandpass' else '')
+        + '.'
     )
 
 
@@ -111,13 +141,18 @@ def _preprocess_rows(x: jax.Array, method: str) -> jax.Array:
     r = jnp.diff(x, axis=-1)
   else:
     r = x - jnp.mean(x, axis=-1, keepdims=True)
-    if method == 'detrend':
+    if method == 'detrend' or method.startswith('bandpass:'):
       tc = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
       tcj = jnp.asarray(tc, dtype=x.dtype)
       # tc sums to zero, so the slope needs no centring of x and the line through the
       # means is removed by subtracting slope * tc from the demeaned row.
       slope = jnp.sum(r * tcj, axis=-1, keepdims=True) / float(np.sum(tc * tc))
       r = r - slope * tcj
+    if method.startswith('bandpass:'):
+      lo, hi = parse_band(method[len('bandpass:') :])
+      freq = np.abs(np.fft.fftfreq(n))
+      keep = jnp.asarray((freq >= lo) & (freq <= hi), dtype=x.dtype)
+      r = jnp.real(jnp.fft.ifft(jnp.fft.fft(r, axis=-1) * keep, axis=-1)).astype(x.dtype)
   rc = r - jnp.mean(r, axis=-1, keepdims=True)
   sd = jnp.sqrt(jnp.mean(jnp.square(rc), axis=-1, keepdims=True))
   scale = jnp.max(jnp.abs(x), axis=-1, keepdims=True)

@@ -49,7 +49,10 @@ class MetricSpec(NamedTuple):
 
   @classmethod
   def from_config(cls, dcfg: Any) -> 'MetricSpec':
-    return cls(**{field: dcfg[field] for field in cls._fields})
+    fields = {field: dcfg[field] for field in cls._fields}
+    if fields['phase_preprocess'] == 'bandpass':  # the band travels in the static method
+      fields['phase_preprocess'] = phase.bandpass_method(dcfg.get('phase_band', '0.02,0.2'))
+    return cls(**fields)
 
 
 def resolve_scales(dcfg: Any, n: int, strict: bool = False) -> Optional[Tuple[int, ...]]:

@@ -45,6 +45,9 @@ def test_parse_grid_and_definitions_one_axis_and_product(run_dir):
   both = grid.definitions(axes, base, product=True)
   assert len(both) == 2 * 3 and both[0] == {}
   assert {'dfa_order': 2, 'phase_preprocess': 'diff'} in both
+  assert grid.parse_grid(['phase_band=0.02,0.2;0.05,0.25']) == [
+      ('phase_band', ['0.02,0.2', '0.05,0.25'])
+  ]
   for bad in (['dfa_order'], ['dfa_order='], ['a=1', 'a=2'], []):
     with pytest.raises(ValueError):
       grid.parse_grid(bad)
@@ -89,7 +92,7 @@ def test_job_writes_a_tidy_table_and_a_short_report(run_dir, tmp_path):
       [run_dir],
       [
           'dfa_max_divisor=2,3',
-          'phase_preprocess=detrend,demean',
+          'phase_preprocess=detrend,demean,bandpass',
           'convergence_rho=0.25,0.5',
           'reduction=mean,rms',
       ],
@@ -101,10 +104,11 @@ def test_job_writes_a_tidy_table_and_a_short_report(run_dir, tmp_path):
       'logged',
       'dfa_max_divisor=3',
       'phase_preprocess=demean',
+      'phase_preprocess=bandpass',
       'convergence_rho=0.5',
   }
   # one row per definition x metric x resolution x history (one run)
-  assert len(table) == 4 * len(grid.SERIES) * len(grid.PLACES)
+  assert len(table) == 5 * len(grid.SERIES) * len(grid.PLACES)
   assert table.groupby(['definition', 'metric', 'resolution', 'history']).size().max() == 1
   csv = pd.read_csv(os.path.join(out, 'ablation.csv'))
   assert len(csv) == len(table)

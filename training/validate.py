@@ -309,7 +309,7 @@ DYNAMICS_FIELDS = (
         lambda dcfg: not dcfg.dfa_scales,
     ),
     ('integration_method', OneOf(('per_layer_mean', 'mean_field')), _always),
-    ('phase_preprocess', OneOf(('detrend', 'demean', 'diff')), _always),
+    ('phase_preprocess', OneOf(('detrend', 'demean', 'diff', 'bandpass')), _always),
     ('dsi_form', OneOf(('product', 'linear')), _always),
     ('dsi_w_integration', Number(0), _always),
     ('dsi_w_metastability', Number(0), _always),
