@@ -101,8 +101,17 @@ def finding2(design: Design, fig_dir: str) -> List[str]:
     )
   if excluded:
     lines.append(
-        'Cells below the accuracy gate, left out: '
-        + ', '.join(f'{_label(m)} {runs_lib.DATASET_LABELS[d]}' for m, d in excluded)
+        'Cells left out: '
+        + ', '.join(
+            f'{_label(m)} {runs_lib.DATASET_LABELS[d]} ('
+            + (
+                f'mean accuracy {design.gate(m, d)[1]:.2f}%, below the gate'
+                if design.cell(m, d)
+                else 'no runs yet'
+            )
+            + ')'
+            for m, d in excluded
+        )
         + '.'
     )
   pending = design.pending([(m, d) for m in PRIMARY_MODELS for d in DATASETS])
