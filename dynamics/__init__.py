@@ -12,7 +12,9 @@ or any of the project's models, data or training code. Three layers:
   with ``init``, ``record_step``, ``reduce``, ``probe_update``, ``summarize_step``,
   ``summarize_probe``, ``export``; ``default_config()`` lists every definition choice; the
   step outputs averaged for clu.metrics / nnx.Metric loops: ``StepAverage``,
-  ``clu_average``, ``nnx_average`` (NaN before the first window left out).
+  ``clu_average``, ``nnx_average`` (NaN before the first window left out);
+* offline: ``recompute(recorded, definition)``, the metrics of a recorded run (its
+  ``export()`` or dynamics.npz) under another definition, for ablations in any loop.
 
 docs/library.md is the guide for using it in your own training loop.
 """
@@ -22,6 +24,7 @@ from dynamics.config import Config, as_config, default_config
 from dynamics.dfa import default_scales, dfa_exponent, fluctuation, integration, validate_scales
 from dynamics.interop import StepAverage, clu_average, nnx_average
 from dynamics.nulls import surrogate_test, surrogates
+from dynamics.offline import recompute
 from dynamics.phase import hilbert, kuramoto_order, metastability, preprocess, synchrony
 from dynamics.signals import reduce_taps, signal_names
 from dynamics.stability import (
@@ -74,6 +77,7 @@ __all__ = [
     'preprocess',
     'reduce_taps',
     'resolve_scales',
+    'recompute',
     'rolling_volatility',
     'signal_names',
     'stability_index',

@@ -474,3 +474,30 @@ def test_every_public_function_of_dynamics_is_annotated():
     if signature.return_annotation is inspect.Signature.empty:
       missing.append(f'{f.__qualname__} -> ?')
   assert not missing, missing
+
+
+def test_recompute_from_an_export_equals_the_recorded_metrics_and_applies_a_definition():
+  """dynamics.recompute on what a tracker recorded in a loop of one's own."""
+  import dynamics
+
+  rng = np.random.default_rng(0)
+  dcfg = dynamics.default_config()
+  dcfg.update(window=16, dfa_min_scale=3, dfa_max_divisor=2, volatility_window_steps=4)
+  dcfg.update(probe_mode=False, surrogates=0)
+  num_steps = 40
+  tracker = dynamics.make_tracker(dcfg, {'a': (2, 3), 'b': (2, 3), 'c': (2, 3)}, num_steps)
+  state = tracker.init()
+  step = jax.jit(tracker.record_step)
+  for t in range(num_steps):
+    taps = {k: jnp.asarray(rng.standard_normal((2, 3)), jnp.float32) for k in 'abc'}
+    state, _ = step(state, taps, t)
+  recorded = tracker.export(state)
+  same = dynamics.recompute(recorded, dcfg)['step']
+  np.testing.assert_allclose(
+      same['integration'], recorded['step_integration'], rtol=1e-5, equal_nan=True
+  )
+  other = dynamics.recompute(recorded, dcfg, phase_preprocess='demean')['step']
+  with pytest.raises(ValueError, match='pass the definition'):
+    dynamics.recompute({'step_signals': recorded['step_signals']})
+  np.testing.assert_allclose(other['integration'], same['integration'], rtol=1e-5, equal_nan=True)
+  assert not np.allclose(other['metastability'], same['metastability'], equal_nan=True)
