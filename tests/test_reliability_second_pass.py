@@ -613,3 +613,17 @@ def test_a_read_only_workdir_is_a_user_error():
       timeout=300,
   )
   assert out.stdout.strip().splitlines()[-1] == 'True', out.stderr[-2000:]
+
+
+def test_a_config_written_before_a_field_existed_still_matches_its_default():
+  """A workdir from before `dynamics.phase_band`, `model_args.stem` or `data.streaming` existed
+  resumes under a config that keeps their defaults, and is refused when one is changed."""
+  from configs import tiny
+  from training import loop
+
+  new = tiny.get_config().to_dict()
+  old = json.loads(json.dumps(new))
+  del old['dynamics']['phase_band'], old['model_args']['stem'], old['data']['streaming']
+  assert loop.config_differences(old, new) == []
+  new['dynamics']['phase_band'] = '0.05,0.25'
+  assert loop.config_differences(old, new) == ["dynamics.phase_band: '<absent>' -> '0.05,0.25'"]

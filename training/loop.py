@@ -98,9 +98,20 @@ def _flatten(tree: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
 
 
 def config_differences(saved: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
-  """'field: saved -> new' for every dotted field that differs between two config dicts."""
+  """'field: saved -> new' for every dotted field that differs between two config dicts.
+
+  A field the saved config lacks (it was added to the project after that run was written)
+  counts as its default value, so a run written before a field existed still resumes when the
+  new config keeps that field's default.
+  """
+  from configs import common  # pylint: disable=g-import-not-at-top  (the fields' defaults)
+
   a, b = _flatten(saved), _flatten(new)
+  defaults = _flatten(common.base_config().to_dict())
   missing = '<absent>'
+  for k in set(b) - set(a):
+    if k in defaults and defaults[k] == b[k]:
+      a[k] = b[k]
   return [
       f'{k}: {a.get(k, missing)!r} -> {b.get(k, missing)!r}'
       for k in sorted(set(a) | set(b))
