@@ -295,13 +295,23 @@ def test_a_truncated_summary_json_of_a_finished_run_is_written_again(finished, t
 # 6. A failed background save stops the run at once, with one message, and the process exits
 
 _FAILING_SAVE = """
-import runpy, sys
+import runpy, sys, time
 from training import checkpoint
 
 def boom(folder, *args, **kwargs):
   raise PermissionError(13, 'Permission denied', folder)
 
 checkpoint.write_digests = boom  # Orbax's background commit callback fails
+
+# Tiny's steps take milliseconds: on a fast machine all eight steps after the failed save could
+# run before the background thread has even failed. A step of 0.25 s (the check is where the
+# loop spends it) gives the failure 2 s to surface, so "stopped before step 16" tests the
+# loop's per-step check, not the machine's speed.
+_check = checkpoint.Manager.check_saves
+def slow_check(self):
+  time.sleep(0.25)
+  return _check(self)
+checkpoint.Manager.check_saves = slow_check
 sys.argv = ['train.py'] + sys.argv[1:]
 runpy.run_path('train.py', run_name='__main__')
 """
