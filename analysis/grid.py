@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 
 from analysis import ablation, runs as runs_lib
-from dynamics import stability, tracker as tracker_lib
+from dynamics import offline, stability, tracker as tracker_lib
 
 DSI_FIELDS = ('dsi_form', 'dsi_w_integration', 'dsi_w_metastability')
 DETECTOR_FIELDS = (
@@ -179,31 +179,6 @@ def _stage(overrides: Dict[str, Any]) -> str:
   return 'window'
 
 
-def step_detector(dsi: np.ndarray, dcfg) -> Tuple[np.ndarray, int]:
-  """The step-mode volatility (f32[steps], NaN where not computed) and convergence step of a
-  DSI series, as `ablation.step_series` computes them."""
-  every, window = int(dcfg.every_steps), int(dcfg.window)
-  candidates = np.arange(every - 1, len(dsi), every)
-  due = candidates[candidates + 1 >= window]
-  vol = np.asarray(
-      stability.rolling_volatility(jnp.asarray(dsi[candidates]), int(dcfg.volatility_window_steps)),
-      np.float32,
-  )
-  out = np.full(dsi.shape, np.nan, np.float32)
-  out[due] = vol[candidates + 1 >= window]
-  warmup = int(np.sum(candidates < int(dcfg.convergence_warmup_steps)))
-  first = (
-      int(
-          stability.convergence_signal(
-              jnp.asarray(vol), dcfg.convergence_rho, dcfg.convergence_patience, warmup
-          )
-      )
-      if len(vol)
-      else -1
-  )
-  return out, (int(candidates[first]) if first >= 0 else -1)
-
-
 def recompute(run: runs_lib.Run, overrides: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
   """{'step': step series, 'probe': probe series} of the run under the definition."""
   logged_cfg = run.dynamics_config()
@@ -238,7 +213,7 @@ def recompute(run: runs_lib.Run, overrides: Dict[str, Any]) -> Dict[str, Dict[st
           if prefix + 'dsi' + suffix in series:
             series[prefix + 'dsi' + suffix] = np.full_like(series[prefix + 'dsi'], np.nan)
       if where == 'step':
-        series['dsi_volatility'], series['convergence'] = step_detector(series['dsi'], dcfg)
+        series['dsi_volatility'], series['convergence'] = offline.step_detector(series['dsi'], dcfg)
       else:
         vol, conv = tracker_lib.probe_volatility(jnp.asarray(series[prefix + 'dsi']), dcfg)
         series[prefix + 'dsi_volatility'] = np.asarray(vol, np.float32)

@@ -185,11 +185,29 @@ def step_series(
       for name in names:
         out[name][steps] = np.asarray(m[name])[: len(steps)]
       out['alphas'] = np.asarray(m['alphas'])[len(steps) - 1]
-  vol = stability.rolling_volatility(
-      jnp.asarray(out['dsi'][candidates]), int(dcfg.volatility_window_steps)
+  out['dsi_volatility'], out['convergence'] = step_detector(out['dsi'], dcfg)
+  return out
+
+
+def step_detector(dsi: np.ndarray, dcfg) -> Tuple[np.ndarray, int]:
+  """The step-mode volatility and convergence of a DSI series, as the tracker computes them.
+
+  Args:
+    dsi: f32[steps], NaN where no window was computed.
+    dcfg: a dynamics config (window, every_steps, volatility_window_steps, the detector).
+  Returns:
+    (f32[steps] volatility over the last `volatility_window_steps` computed values, NaN where
+    not computed; the 0-based step at which the convergence streak starts, -1 if none).
+  """
+  every, window = int(dcfg.every_steps), int(dcfg.window)
+  candidates = np.arange(every - 1, len(dsi), every)
+  due = candidates[candidates + 1 >= window]
+  vol = np.asarray(
+      stability.rolling_volatility(jnp.asarray(dsi[candidates]), int(dcfg.volatility_window_steps)),
+      np.float32,
   )
-  vol = np.asarray(vol, np.float32)
-  out['dsi_volatility'][due] = vol[candidates + 1 >= window]
+  out = np.full(np.shape(dsi), np.nan, np.float32)
+  out[due] = vol[candidates + 1 >= window]
   warmup = int(np.sum(candidates < int(dcfg.convergence_warmup_steps)))
   first = (
       int(
@@ -200,5 +218,4 @@ def step_series(
       if len(vol)
       else -1
   )
-  out['convergence'] = int(candidates[first]) if first >= 0 else -1
-  return out
+  return out, (int(candidates[first]) if first >= 0 else -1)
