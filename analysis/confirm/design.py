@@ -95,6 +95,19 @@ def _causal_epoch(start: int, patience: int, every: int, steps_per_epoch: int) -
   return (start + (patience - 1) * every) // steps_per_epoch
 
 
+def training_minutes(run: runs_lib.Run) -> float:
+  """Minutes of training steps, summed from the logged rates (each log interval's steps over
+  its steps/s), so that a run resumed across sessions counts every segment (summary.json's
+  `seconds` holds only the last one). Evaluation and compilation are not included."""
+  total, previous = 0.0, 0
+  for record in run.records:
+    rate = record.get('train/steps_per_sec')
+    if isinstance(rate, (int, float)) and rate > 0:
+      total += (int(record['step']) - previous) / rate
+      previous = int(record['step'])
+  return total / 60 if previous else float('nan')
+
+
 def measure(run: runs_lib.Run, definition=None) -> Measures:
   """The run's measures under its logged definition, or under `definition` = (dynamics
   config, step series, probe series) from an offline recomputation (analysis/grid.py)."""
@@ -124,7 +137,7 @@ def measure(run: runs_lib.Run, definition=None) -> Measures:
       view=view,
       schedule=str(run.config.get('schedule', 'cosine')),
       final_accuracy=float(summary.get('eval_accuracy', accuracy[-1] if len(accuracy) else np.nan)),
-      minutes=float(summary.get('seconds', np.nan)) / 60,
+      minutes=training_minutes(run),
       whole_integration=whole,
       whole_dropped_taps=dropped,
       final_loss=float(curves['loss'][-1]) if len(curves['loss']) else float('nan'),

@@ -44,7 +44,7 @@ def _runs_section(design: Design) -> List[str]:
           'runs',
           'final test accuracy (%)',
           'accuracy gate',
-          'training minutes (per run)',
+          'training-step minutes (per run)',
       ],
       rows,
   )
