@@ -27,7 +27,9 @@ An archive is read straight from the (gzip) stream, no extraction. The decoded a
 an uncompressed .npz in the cache dir, keyed by the archive's absolute path, size and mtime (for a
 directory: every file's relative path, size and mtime), so later loads take a fraction of a second.
 The cache is written atomically (temp file + rename), so concurrent runs or hosts sharing a cache
-dir cannot read a half-written file; an unreadable cache file is ignored and rebuilt.
+dir cannot read a half-written file; an unreadable cache file is ignored and rebuilt. A cache
+file that reads but holds a label outside [0, C - 1] is refused with a ValueError naming the file,
+the value and the range (delete the file to have the images decoded again).
 
 Decoding is serial on purpose: for 32x32 images the per-file cost is Python/Pillow overhead that
 holds the GIL; on the 2-core dev machine a 2-thread pool was slower than serial (6.1 s vs 4.5 s for
@@ -321,7 +323,7 @@ def _load_cache(cache_file, digest):
     with np.load(cache_file, allow_pickle=False) as z:
       if str(z["digest"]) != digest:
         return None
-      return (
+      arrays = (
           z["train_images"],
           z["train_labels"],
           z["test_images"],
@@ -331,6 +333,36 @@ def _load_cache(cache_file, digest):
   except Exception as e:  # pylint: disable=broad-except  # Any damage: rebuild, don't crash.
     log.warning("Ignoring unreadable cache file %s (%s); decoding again.", cache_file, e)
     return None
+  _check_cached_labels(cache_file, arrays)
+  return arrays
+
+
+def _check_cached_labels(cache_file, arrays):
+  """Raises ValueError naming `cache_file` if a label of a split is not a class index.
+
+  The file read (its key matched), so only its contents can be wrong: a label outside
+  [0, C - 1] would index past the class names, or crash the subset draw, far from the file.
+  """
+  _, train_labels, _, test_labels, class_names = arrays
+  top = len(class_names) - 1
+  for split, labels in (("train", train_labels), ("test", test_labels)):
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+      bad = f"holds {labels.dtype} values, not integers"
+    elif labels.size == 0 or (labels.min() >= 0 and labels.max() <= top):
+      continue
+    else:
+      wrong = np.flatnonzero((labels < 0) | (labels > top))
+      values = ", ".join(str(v) for v in np.unique(labels[wrong])[:5])
+      bad = (
+          f"holds {len(wrong)} label(s) outside the class range: {values} "
+          f"(the first at index {wrong[0]})"
+      )
+    raise ValueError(
+        f"The image-folder cache file {cache_file}: {split}_labels {bad}; expected integers "
+        f"in [0, {top}] for its {len(class_names)} classes. The file is damaged or was not "
+        "written by this code: delete it, and the images are decoded again at the next load."
+    )
 
 
 def _save_cache(cache_file, digest, arrays):
