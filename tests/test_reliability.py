@@ -7,7 +7,7 @@ errors in one message, and two processes train like one.
 
 Most cases are rows of a table (DAMAGE, CONFIG_MISMATCH, BAD_FIELDS, BAD_DATA, CLI_ERRORS) and
 each asserts the exit path, the key words of the message, and that no good checkpoint or record
-was lost. README "Running long jobs" lists the cases with their outcomes.
+was lost. docs/long_runs.md lists the cases with their outcomes.
 
 Runs that must be interrupted are `train.py` subprocesses (as a user starts them); the runs they
 are compared with, and the resumptions, run in this process (same machine, same XLA build, same
