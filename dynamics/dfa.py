@@ -177,6 +177,26 @@ def _detrend_cumsum_matrix(n: int, order: int) -> np.ndarray:
   return np.triu(np.ones((n, n))) @ projector
 
 
+def _window_residuals(w: jax.Array, n: int, order: int) -> jax.Array:
+  """w: f[..., k, n], k windows of n centred samples -> the residuals of each window's profile
+  (its within-window cumsum) after the least-squares polynomial of order `order` in i = 0..n-1.
+
+  Each window of the global profile is the within-window cumsum plus a constant offset, and
+  constants lie in the trend space, so the residuals are identical; working per window keeps
+  float32 magnitudes small where the global profile wanders far from 0. HIGHEST: TPU/GPU
+  default f32 dots drop to bf16/tf32 and residuals are small differences of large numbers.
+  (Shared by `_fluctuation` and the masked prefix form, dynamics/prefix.py.)
+  """
+  if n <= _DENSE_MAX_SCALE:
+    d = jnp.asarray(_detrend_cumsum_matrix(n, order), dtype=w.dtype)
+    return jnp.matmul(w, d, precision=jax.lax.Precision.HIGHEST)
+  # Same projector applied in factored form, y - Q (Q^T y): O(n) memory and work.
+  y = jnp.cumsum(w, axis=-1)
+  q = jnp.asarray(_trend_basis(n, order), dtype=w.dtype)
+  coef = jnp.matmul(y, q, precision=jax.lax.Precision.HIGHEST)
+  return y - jnp.matmul(coef, q.T, precision=jax.lax.Precision.HIGHEST)
+
+
 def fluctuation(x: jax.typing.ArrayLike, scales: Sequence[int], order: int = 1) -> jax.Array:
   """DFA fluctuation function F(n) (steps 1-3 of the definition).
 
@@ -208,21 +228,7 @@ def _fluctuation(x: jax.Array, scales: tuple[int, ...], order: int) -> jax.Array
   for n in scales:
     k = n_time // n
     w = xc[..., : k * n].reshape(*lead, k, n)
-    # Each window of the global profile is the within-window cumsum plus a constant offset,
-    # and constants lie in the trend space, so the residuals are identical; working per
-    # window keeps float32 magnitudes small where the global profile wanders far from 0.
-    # HIGHEST: TPU/GPU default f32 dots drop to bf16/tf32 and residuals are small
-    # differences of large numbers.
-    if n <= _DENSE_MAX_SCALE:
-      d = jnp.asarray(_detrend_cumsum_matrix(n, order), dtype=x.dtype)
-      resid = jnp.matmul(w, d, precision=jax.lax.Precision.HIGHEST)
-    else:
-      # Same projector applied in factored form, y - Q (Q^T y): O(n) memory and work.
-      y = jnp.cumsum(w, axis=-1)
-      q = jnp.asarray(_trend_basis(n, order), dtype=x.dtype)
-      coef = jnp.matmul(y, q, precision=jax.lax.Precision.HIGHEST)
-      resid = y - jnp.matmul(coef, q.T, precision=jax.lax.Precision.HIGHEST)
-    out.append(jnp.sqrt(jnp.mean(jnp.square(resid), axis=(-2, -1))))
+    out.append(jnp.sqrt(jnp.mean(jnp.square(_window_residuals(w, n, order)), axis=(-2, -1))))
   return jnp.stack(out, axis=-1)
 
 
@@ -260,11 +266,29 @@ def _dfa_exponent(x: jax.Array, scales: tuple[int, ...], order: int) -> jax.Arra
 _ROUNDOFF_FACTOR = 16
 
 
-def _slope(x: jax.Array, f: jax.Array, scales: tuple[int, ...]) -> jax.Array:
+def _slope(
+    x: jax.Array,
+    f: jax.Array,
+    scales: tuple[int, ...],
+    valid: jax.Array | None = None,
+    member: jax.Array | None = None,
+) -> jax.Array:
+  """alpha from F(n) (step 4). valid (bool[N]) and member (bool[S]), for the masked prefix form
+  (dynamics/prefix.py): only the samples where valid holds are the series, and only the sizes
+  where member holds are its scales; None: all of them."""
   log_n = jnp.asarray(np.log(np.asarray(tuple(scales), dtype=np.float64)), dtype=x.dtype)
   # A size whose F is at round-off level carries no fluctuation: treated as F == 0, which
   # nolds drops from the fit (a NaN F stays in and propagates, which is what we want too).
-  size = jnp.max(jnp.abs(x - jnp.mean(x, axis=-1, keepdims=True)), axis=-1, keepdims=True)
+  if valid is None:
+    size = jnp.max(jnp.abs(x - jnp.mean(x, axis=-1, keepdims=True)), axis=-1, keepdims=True)
+    # A constant series has F = 0 in exact arithmetic, but x - mean(x) need not round to
+    # exactly 0, which would leave roundoff-sized F values and a meaningless slope.
+    constant = jnp.all(x == x[..., :1], axis=-1)
+  else:
+    count_t = jnp.maximum(jnp.sum(valid), 1).astype(x.dtype)
+    mean = jnp.sum(jnp.where(valid, x, 0), axis=-1, keepdims=True) / count_t
+    size = jnp.max(jnp.where(valid, jnp.abs(x - mean), 0), axis=-1, keepdims=True)
+    constant = jnp.all(jnp.where(valid, x == x[..., :1], True), axis=-1)
   floor = (
       _ROUNDOFF_FACTOR
       * jnp.finfo(x.dtype).eps
@@ -272,6 +296,8 @@ def _slope(x: jax.Array, f: jax.Array, scales: tuple[int, ...]) -> jax.Array:
       * size
   )
   keep = ~(f <= floor)
+  if member is not None:
+    keep = keep & member
   w = keep.astype(x.dtype)
   count = jnp.sum(w, axis=-1)
   safe_count = jnp.maximum(count, 1)
@@ -282,9 +308,6 @@ def _slope(x: jax.Array, f: jax.Array, scales: tuple[int, ...]) -> jax.Array:
   sxx = jnp.sum(du * du, axis=-1)
   sxy = jnp.sum(du * (log_f - v_bar), axis=-1)
   slope = sxy / jnp.where(sxx > 0, sxx, 1)
-  # A constant series has F = 0 in exact arithmetic, but x - mean(x) need not round to exactly
-  # 0, which would leave roundoff-sized F values and a meaningless slope.
-  constant = jnp.all(x == x[..., :1], axis=-1)
   return jnp.where((count >= 2) & ~constant, slope, jnp.nan)
 
 

@@ -106,20 +106,37 @@ def probe_series(
   names = _metric_names(spec, surrogate_key)
   out = {p + m: np.full((num_epochs,), np.nan, np.float32) for p in HISTORIES for m in names}
   out['alphas'] = np.full((num_signals,), np.nan, np.float32)
-  key = None if names == METRICS else surrogate_key
-  for count in range(1, num_epochs + 1):
-    histories = tracker_lib.probe_histories(x[:, :count], dcfg, spec, key)
-    for prefix, m in jax.device_get(histories).items():
+  if num_epochs:
+    # Every epoch's histories in one compiled program (the tracker's probe_histories_at, the
+    # history length a traced count), mapped over the epochs.
+    plan = tracker_lib.probe_plan(dcfg, num_epochs, spec)
+    key = None if names == METRICS else jnp.asarray(surrogate_key, jnp.uint32)
+    histories = jax.device_get(_probe_program(plan, key is not None)(x, key))
+    for prefix, m in histories.items():
       for name in names:
-        out[prefix + name][count - 1] = m[name]
-      if not prefix:
-        out['alphas'] = np.asarray(m['alphas'])
+        out[prefix + name][:] = m[name]
+    out['alphas'] = np.asarray(histories['']['alphas'][-1])
   # The volatility at epoch e only looks back, so the final series holds every epoch's value.
   for prefix in HISTORIES:
     vol, conv = tracker_lib.probe_volatility(jnp.asarray(out[prefix + 'dsi']), dcfg)
     out[prefix + 'dsi_volatility'] = np.asarray(vol, np.float32)
     out[prefix + 'convergence'] = int(conv)
   return out
+
+
+@functools.lru_cache(maxsize=32)
+def _probe_program(plan: tracker_lib.ProbePlan, with_key: bool) -> Callable:
+  """jit((x f32[S, E], key) -> probe_histories_at at every count 1..E, stacked on axis 0)."""
+
+  def run(x, key):
+    def one(count):
+      return tracker_lib.probe_histories_at(x, count, plan, key if with_key else None)
+
+    # In sequence (a scan): each epoch's program has the tracker's shapes, so the values are
+    # the logged ones to float32 round-off; vmapping epochs together measured no faster.
+    return jax.lax.map(one, jnp.arange(1, x.shape[-1] + 1, dtype=jnp.int32))
+
+  return jax.jit(run)
 
 
 def _metric_names(spec, surrogate_key) -> Tuple[str, ...]:

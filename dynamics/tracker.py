@@ -7,16 +7,17 @@ Two sources of layer signals (DESIGN 3.1):
   (so a checkpoint holds the whole history), and every `every_steps` steps, once `window`
   samples exist, computes the window metrics with `vmap`-style batching over signals under a
   `lax.cond` (no retracing, nothing computed over unfilled samples).
-* probe (epoch) mode: `record_probe` runs at the end of every epoch on a fixed probe batch in
-  inference mode and computes the metrics over the whole history (expanding) and over the
-  last `sliding_epochs` samples. The history length is a static shape, so this small function
-  compiles once per epoch; `probe_update` keeps those compilations cached.
+* probe (epoch) mode: `probe_update` runs at the end of every epoch on the signals of a fixed
+  probe batch in inference mode and computes the metrics over the whole history (expanding)
+  and over the last `sliding_epochs` samples. The history is a buffer of the run's num_epochs
+  samples and its length a traced count (dynamics/prefix.py computes the metrics of a prefix
+  of it), so `probe_update` compiles once for the whole run and can be jitted inside a user's
+  own evaluation step; it equals `probe_histories` on the history sliced to its length.
 
 The state is a flat dict of arrays, so it checkpoints with the rest of the train state and
 gains a leading replica axis under `vmap` when several seeds train together.
 """
 
-import functools
 from collections.abc import Mapping
 from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
@@ -24,7 +25,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dynamics import config as config_lib, dfa, nulls, phase, signals, stability
+from dynamics import (
+    config as config_lib,
+    dfa,
+    nulls,
+    phase,
+    prefix as prefix_lib,
+    signals,
+    stability,
+)
 
 State = Dict[str, jnp.ndarray]
 METRICS = ('integration', 'metastability', 'synchrony', 'dsi')
@@ -212,6 +221,66 @@ def probe_histories(
   for mode, (prefix, h) in enumerate((('', history), ('sliding_', sliding)), start=1):
     key = None if surrogate_key is None else nulls.evaluation_key(surrogate_key, mode, n - 1)
     out[prefix] = compute_metrics(h, spec, resolve_scales(dcfg, h.shape[-1]), key)
+  return out
+
+
+class ProbePlan(NamedTuple):
+  """What the probe's metrics need to know on the host, for a history buffer of `capacity`
+  samples (hashable: it keys compiled programs). Built by `probe_plan`."""
+
+  spec: MetricSpec
+  sliding_epochs: int
+  expanding: prefix_lib.ScalePlan  # DFA scales of every history length 0..capacity
+  sliding: prefix_lib.ScalePlan  # ... 0..min(capacity, sliding_epochs)
+
+
+def probe_plan(dcfg: Any, capacity: int, spec: Optional[MetricSpec] = None) -> ProbePlan:
+  """The ProbePlan of a probe history of at most `capacity` samples under `dcfg`.
+
+  The DFA scales of every length come from `resolve_scales`, as `probe_histories` takes them,
+  and are checked against the DFA order here (what `probe_histories` would raise at the first
+  epoch long enough for them, this raises before the first epoch)."""
+  spec = MetricSpec.from_config(dcfg) if spec is None else spec
+  capacity = max(int(capacity), 1)
+  sliding = int(dcfg.sliding_epochs)
+  sets = []
+  for n in range(capacity + 1):
+    scales = resolve_scales(dcfg, n)
+    if scales is not None:
+      dfa.validate_scales(scales, n, int(spec.dfa_order))
+    sets.append(scales)
+  expanding = prefix_lib.ScalePlan(tuple(sets))
+  return ProbePlan(
+      spec=spec,
+      sliding_epochs=sliding,
+      expanding=expanding,
+      sliding=prefix_lib.ScalePlan(expanding.sets[: min(capacity, sliding) + 1]),
+  )
+
+
+def probe_histories_at(
+    buffer: jnp.ndarray,
+    count: jax.typing.ArrayLike,
+    plan: ProbePlan,
+    surrogate_key: Optional[jnp.ndarray] = None,
+) -> Dict[str, Dict[str, jnp.ndarray]]:
+  """`probe_histories(buffer[:, :count], ...)` with count traced: one program for every count.
+
+  buffer: f32[S, C] (C = the plan's capacity), the probe signals of epochs 0..count-1 in its
+  first count columns (what follows is ignored); count: int32[], 1 <= count <= C."""
+  count = jnp.asarray(count, jnp.int32)
+  num_signals, capacity = buffer.shape
+  width = min(capacity, plan.sliding_epochs)
+  start = jnp.maximum(count - plan.sliding_epochs, 0)
+  sliding = jax.lax.dynamic_slice(buffer, (0, start), (num_signals, width))
+  histories = (
+      ('', buffer, count, plan.expanding),
+      ('sliding_', sliding, jnp.minimum(count, plan.sliding_epochs), plan.sliding),
+  )
+  out = {}
+  for mode, (name, history, length, scale_plan) in enumerate(histories, start=1):
+    key = None if surrogate_key is None else nulls.evaluation_key(surrogate_key, mode, count - 1)
+    out[name] = prefix_lib.compute_metrics(history, length, plan.spec, scale_plan, key)
   return out
 
 
@@ -479,32 +548,52 @@ def make_tracker(
         out[key] = value
     return out
 
-  @functools.partial(jax.jit, static_argnums=2)
-  def _probe_update(state: State, sig: jnp.ndarray, count: int) -> State:
+  plan = probe_plan(dcfg, num_epochs, spec) if dcfg.probe_mode else None
+
+  @jax.jit
+  def _probe_update(state: State, sig: jnp.ndarray) -> State:
     state = dict(state)
-    index = count - 1
-    state['probe_signals'] = state['probe_signals'].at[:, index].set(sig)
-    state['probe_count'] = jnp.asarray(count, jnp.int32)
-    histories = probe_histories(
-        state['probe_signals'][:, :count], dcfg, spec, state.get('surrogate_key')
+    # A sample past the end of the history (num_epochs) is dropped, as record_step drops a
+    # step past num_steps; probe_update raises before that where it can see the count.
+    inside = state['probe_count'] < num_epochs
+    count = jnp.where(inside, state['probe_count'] + 1, state['probe_count'])
+    index = jnp.maximum(count - 1, 0)
+    column = jax.lax.dynamic_slice(state['probe_signals'], (0, index), (num_signals, 1))
+    state['probe_signals'] = jax.lax.dynamic_update_slice(
+        state['probe_signals'], jnp.where(inside, sig[:, None], column), (0, index)
     )
+    state['probe_count'] = count
+    histories = probe_histories_at(
+        state['probe_signals'], jnp.maximum(count, 1), plan, state.get('surrogate_key')
+    )
+    filled = jnp.arange(num_epochs) < count
     for history, m in histories.items():
       prefix = 'probe_' + history
       for name in metric_keys:
-        state[prefix + name] = state[prefix + name].at[index].set(m[name])
+        old = state[prefix + name]
+        state[prefix + name] = old.at[index].set(jnp.where(inside, m[name], old[index]))
       if not history:
-        state['probe_alphas'] = m['alphas']
-      vol, conv = probe_volatility(state[prefix + 'dsi'][:count], dcfg)
-      state[prefix + 'dsi_volatility'] = state[prefix + 'dsi_volatility'].at[:count].set(vol)
+        state['probe_alphas'] = jnp.where(inside, m['alphas'], state['probe_alphas'])
+      # Over the whole buffer: the volatility only looks back and the DSI is NaN past the
+      # count, so entries < count are those of the history and the rest stay NaN.
+      vol, conv = probe_volatility(state[prefix + 'dsi'], dcfg)
+      state[prefix + 'dsi_volatility'] = jnp.where(filled, vol, state[prefix + 'dsi_volatility'])
       state[prefix + 'convergence'] = conv
     return state
 
   def probe_update(state: State, sig: jnp.ndarray) -> State:
-    """At the end of an epoch: append the probe signals f32[S] and recompute the metrics."""
-    count = int(state['probe_count']) + 1
-    if count > num_epochs:
+    """At the end of an epoch: append the probe signals f32[S] and recompute the metrics.
+
+    Compiles once for the run (the history length is a traced count) and can be called
+    inside the user's own jitted evaluation step. Called eagerly it raises on a sample past
+    num_epochs; traced, such a sample is dropped (the state is returned unchanged)."""
+    try:
+      count = int(state['probe_count']) + 1
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError):
+      count = None  # traced (inside a jit): the step cannot raise; _probe_update drops it
+    if count is not None and count > num_epochs:
       raise ValueError(f'More probe samples ({count}) than epochs ({num_epochs}).')
-    return _probe_update(state, sig, count)
+    return _probe_update(state, sig)
 
   def summarize_probe(state: State) -> Tuple[Dict[str, float], Dict[str, np.ndarray]]:
     """Host side: scalars and per-tap alphas of the latest probe sample."""

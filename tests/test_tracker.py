@@ -174,7 +174,7 @@ def test_step_and_probe_nulls_equal_surrogate_test():
   )
   # Probe mode: the expanding history's nulls at the last epoch.
   rng = np.random.default_rng(1)
-  for _ in range(6):  # each epoch compiles once: kept short (integration needs 24 epochs)
+  for _ in range(6):  # integration needs 24 epochs: these test the phase nulls
     state = tracker.probe_update(state, jnp.asarray(rng.standard_normal(5), jnp.float32))
   history = state['probe_signals'][:, :6]
   key = nulls.evaluation_key(state['surrogate_key'], 1, 5)
@@ -229,8 +229,8 @@ def test_online_convergence_matches_offline_on_a_decaying_volatility():
 
 
 def test_probe_mode_equals_functions_on_the_history():
-  # Smaller DFA scales than the default so that 16 epochs reach them: every epoch compiles
-  # the probe update for its history length, which is what makes this test slow.
+  # Smaller DFA scales than the default so that 16 epochs reach them (the probe update
+  # compiles once for all 16: tests/test_probe_compile_once.py).
   dcfg = _dcfg(dfa_min_scale=3, dfa_max_divisor=2, sliding_epochs=10)
   epochs = 16
   tracker = tracker_lib.make_tracker(dcfg, TAP_SHAPES, 10, num_epochs=epochs)
