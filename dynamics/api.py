@@ -98,7 +98,10 @@ def make_tracker(
       and ``reduce`` refuse taps with other names, another rank or other sizes on any axis
       but the batch (B may differ), naming each offending tap.
     num_steps: the training steps of the run: the step buffers hold ``f32[S, num_steps]``.
-    num_epochs: probe samples the run will record (``probe_update`` calls), at least 1.
+    num_epochs: probe samples the run will record (``probe_update`` calls), at least 1: the
+      probe history's capacity. ``probe_update`` compiles once for all of them (the history
+      length is traced) and may be called inside the user's own jitted evaluation step; there
+      a sample past ``num_epochs`` is dropped (called eagerly, it is a ValueError).
     seed: the run's seed; the surrogate (null-model) draws derive from it.
 
   Fields left at ``auto`` (0: ``window``, ``volatility_window_steps``) are sized to
