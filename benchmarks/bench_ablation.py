@@ -7,7 +7,9 @@ The grid: the DFA scale range and integration method, the phase preprocessing an
 step window, the DSI form and the detector (12 definitions with the logged one, one axis at a
 time, on the demo's definition). Prints the wall time of
 the whole job (what a user waits for, the check and the outputs included), and per stage the
-definitions, their seconds and seconds per run-definition; JSON to --out.
+definitions, their seconds and seconds per run-definition; JSON to --out, with the machine's
+load average (1, 5, 15 minutes) at the start and at the end: on a shared machine the figures
+are only as quiet as that.
 """
 
 import json
@@ -48,6 +50,7 @@ GRID = (
 
 def main(argv):
   del argv
+  load_start = os.getloadavg()
   runs = [runs_lib.load_run(w) for w in runs_lib.find_runs(FLAGS.runs)]
   base = runs[0].dynamics_config()
   defs = grid.definitions(grid.parse_grid(GRID), base, product=False)
@@ -81,6 +84,8 @@ def main(argv):
             stages=stages,
             machine=platform.processor() or platform.machine(),
             cpus=os.cpu_count(),
+            load_average_start=load_start,
+            load_average_end=os.getloadavg(),
         ),
         f,
         indent=2,
