@@ -4,7 +4,7 @@ Each stands on its own: a title naming model, dataset and seed(s), axis labels w
 number of samples behind each series, a legend placed off the data, markers on short series,
 log scales where a spike would flatten the rest, the convergence signal and the accuracy
 plateau marked (or a note that they did not occur), and "not defined: needs N, has M" in
-place of an empty axis. Every function takes plain arrays, `runs.Run`s or `report.View`s and
+place of an empty axis. Every function takes plain arrays, `runs.Run`s or `views.View`s and
 writes one PNG (matplotlib, Agg).
 """
 

@@ -15,7 +15,17 @@ import sys
 import numpy as np
 import pytest
 
-from analysis import ablation, report, runs as runs_lib
+from analysis import (
+    ablation,
+    definitions as definitions_lib,
+    early_stopping,
+    finding1,
+    finding2,
+    finding3,
+    report,
+    runs as runs_lib,
+    views as views_lib,
+)
 from configs import tiny
 from training import loop
 
@@ -248,11 +258,11 @@ def test_study_findings_on_fabricated_runs(trained, tmp_path):
     )
   loaded = [runs_lib.load_run(w) for w in runs_lib.find_runs([str(tmp_path / 'runs')])]
   assert len(loaded) == len(offsets)
-  definitions, _ = report.build_definitions(loaded)
+  definitions, _ = definitions_lib.build_definitions(loaded)
   views = definitions[0].views
 
   # Finding 1: the sign of each model's CIFAR-10 - CIFAR-100 difference, and the seed spread.
-  sep = report.integration_separation(views, '')
+  sep = finding1.integration_separation(views, '')
   base = float(trained['default'].dynamics['probe_integration'][-1])
   expected_higher = set()
   for model in ('resnet18', 'vgg16', 'mobilenetv2'):
@@ -278,7 +288,7 @@ def test_study_findings_on_fabricated_runs(trained, tmp_path):
   # Finding 2: lead = plateau - convergence, against the reference plateau.
   plateau = _plateau(accuracy, trained['default'].dynamics_config().plateau_delta)
   assert plateau > 0
-  leads = report.lead_counts(views, '')
+  leads = finding2.lead_counts(views, '')
   expected_leads = sorted(plateau - c for c in convergences if c >= 0)
   assert sorted(leads.leads) == expected_leads
   assert len(leads.early) == sum(plateau - c > 0 for c in convergences if c >= 0)
@@ -288,10 +298,10 @@ def test_study_findings_on_fabricated_runs(trained, tmp_path):
 
   # Finding 3: offsets far larger than a trajectory's own spread separate the models; identical
   # trajectories do not.
-  for styles in report.style_separation(views, ''):
+  for styles in finding3.style_separation(views, ''):
     assert styles.accuracy == 1.0 and styles.accuracy > styles.baseline
-  same = [report.View(v.run, v.dcfg, views[0].probe) for v in views]
-  for styles in report.style_separation(same, ''):
+  same = [views_lib.View(v.run, v.dcfg, views[0].probe) for v in views]
+  for styles in finding3.style_separation(same, ''):
     assert styles.accuracy <= styles.baseline
     assert 'does not hold' in styles.verdict()
 
@@ -301,9 +311,9 @@ def test_study_findings_on_fabricated_runs(trained, tmp_path):
   for view in views:
     conv = view.convergence('')
     expected = conv + patience if conv >= 0 and conv + patience < 14 else None
-    assert report.stop_epoch(view, '') == expected
-    assert report.stop_epoch(view, 'oracle') == plateau + 1
-    assert report.stop_epoch(view, '', min_epochs=13) in (None, 13)
+    assert early_stopping.stop_epoch(view, '') == expected
+    assert early_stopping.stop_epoch(view, 'oracle') == plateau + 1
+    assert early_stopping.stop_epoch(view, '', min_epochs=13) in (None, 13)
 
   # Two constant-learning-rate runs: the control of finding 2, kept out of findings 1 and 3.
   for seed, conv in ((0, 4), (1, 6)):
@@ -371,7 +381,7 @@ def test_report_with_ablation(trained, tmp_path):
   overrides = ablation.parse_overrides(sets, src.dynamics_config())
   path = report.build_report([src.workdir], str(tmp_path), overrides=overrides)
   text = open(path).read()
-  title = report.definition_title(overrides)
+  title = definitions_lib.definition_title(overrides)
   assert f'## Ablation: {title}' in text
   assert text.count(f'### {title}') == 3  # findings 1 to 3 show the new definition too
   assert 'reproduces its logged series' in text
@@ -434,7 +444,7 @@ def _style_views(dcfg, centres, seeds, rng, dataset='CIFAR-10'):
         probe[prefix + 'integration'] = centre + 0.05 * rng.standard_normal(12)
         probe[prefix + 'metastability'] = 0.1 + 0.1 * centre + 0.01 * rng.standard_normal(12)
       run = types.SimpleNamespace(model=model, dataset_label=dataset, name=f'{model}_s{seed}')
-      views.append(report.View(run, dcfg, probe))
+      views.append(views_lib.View(run, dcfg, probe))
   return views
 
 
@@ -443,11 +453,11 @@ def test_held_out_styles_and_fake_group_control(trained):
   rng = np.random.default_rng(0)
   # 8 seeds per model: the fake-groups control needs 7 runs of a model to be able to fail.
   views = _style_views(dcfg, {'resnet18': 0.6, 'vgg16': 0.9, 'mobilenetv2': 1.2}, 8, rng)
-  held = report.held_out_styles(views, '', num=199)[0]
+  held = finding3.held_out_styles(views, '', num=199)[0]
   assert held.result['accuracy'] == 1.0 and held.result['distinct']
   assert all(c is not None and not c['distinct'] for c in held.controls.values())
   assert 'holds' in held.verdict() and '**passes** for 3 of 3 models' in held.verdict()
-  few = report.held_out_styles(views[:4] + views[8:12] + views[16:20], '', num=199)[0]
+  few = finding3.held_out_styles(views[:4] + views[8:12] + views[16:20], '', num=199)[0]
   assert all(c is None for c in few.controls.values())  # 4 runs each: no control
   assert 'no model has the 7 runs a fake split needs' in few.verdict()
   # The defect of the in-sample rule: four seeds of one model, split into two fake "models",
@@ -455,11 +465,11 @@ def test_held_out_styles_and_fake_group_control(trained):
   same = _style_views(dcfg, {'resnet18': 0.6}, 4, rng)
   for i, view in enumerate(same):
     view.run.model = 'fake_a' if i % 2 else 'fake_b'
-  assert 'not shown' in report.held_out_styles(same, '', num=199)[0].verdict()
+  assert 'not shown' in finding3.held_out_styles(same, '', num=199)[0].verdict()
 
 
 def test_the_step_false_alarm_detector_replays_the_online_step_signal(trained):
-  """report.detector_config(view, STEP) run offline over the logged step DSI fires where the
+  """finding2.detector_config(view, STEP) run offline over the logged step DSI fires where the
   tracker's online step rule fired: the null series of the step window go through the very
   detector of the run."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -467,17 +477,17 @@ def test_the_step_false_alarm_detector_replays_the_online_step_signal(trained):
   from dynamics import tracker as tracker_lib  # pylint: disable=g-import-not-at-top
 
   for run in trained.values():
-    (definition,), _ = report.build_definitions([run])
+    (definition,), _ = definitions_lib.build_definitions([run])
     view = definition.views[0]
-    dcfg = report.detector_config(view, report.STEP)
+    dcfg = finding2.detector_config(view, views_lib.STEP)
     if int(view.dcfg.every_steps) != 1:
       assert dcfg is None  # the changed definition computes every 2 steps: not replayable
       continue
     assert int(view.step['convergence']) >= 0  # BASE makes the step signal fire
     vol, conv = tracker_lib.probe_volatility(
-        jnp.asarray(view.series('dsi', report.STEP), jnp.float32), dcfg
+        jnp.asarray(view.series('dsi', views_lib.STEP), jnp.float32), dcfg
     )
     assert int(conv) == int(view.step['convergence'])
     np.testing.assert_allclose(
-        np.asarray(vol), view.series('dsi_volatility', report.STEP), rtol=1e-5, equal_nan=True
+        np.asarray(vol), view.series('dsi_volatility', views_lib.STEP), rtol=1e-5, equal_nan=True
     )

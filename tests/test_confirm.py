@@ -195,14 +195,14 @@ def test_the_committed_report_regenerates_from_the_committed_runs(tmp_path):
 
 
 def test_the_study_reports_seed_count_leaves_out_the_control_runs():
-  from analysis import report, runs as runs_lib
+  from analysis import definitions as definitions_lib, runs as runs_lib
 
   def run(seed, schedule):
     config = dict(model='resnet18', seed=seed, schedule=schedule, data=dict(name='cifar10'))
     return runs_lib.Run('w', config, [], None, None)
 
   runs = [run(s, 'cosine') for s in range(3)] + [run(s, 'constant') for s in range(3)]
-  assert report._seed_counts(runs) == {('resnet18', 'cifar10'): 3}
+  assert definitions_lib._seed_counts(runs) == {('resnet18', 'cifar10'): 3}
 
 
 def test_ablation_grid_gives_each_findings_verdict_under_every_definition(source_run, tmp_path):

@@ -15,7 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from analysis import report, runs as runs_lib
+from analysis import (
+    definitions as definitions_lib,
+    early_stopping,
+    runs as runs_lib,
+    views as views_lib,
+)
 from configs import tiny
 from training import early_stop, loop, replicas, steps, validate
 
@@ -107,17 +112,18 @@ def test_decay_multiplies_the_updates_after_the_signal_and_trains_on(decayed):
 
 
 def test_the_report_replays_the_online_rule_on_a_full_length_run(stopped, decayed, tmp_path):
-  """analysis.report.stop_epoch, applied to the full-length (decay) run's saved series, gives
-  the epoch at which the online rule stopped: with min_epochs 3 (the `stopped` run) and with
-  min_epochs 0 (a run that stops at the first epoch end after the signal, earlier)."""
-  (definition,), _ = report.build_definitions([runs_lib.load_run(decayed[0])])
+  """analysis.early_stopping.stop_epoch, applied to the full-length (decay) run's saved series,
+  gives the epoch at which the online rule stopped: with min_epochs 3 (the `stopped` run) and
+  with min_epochs 0 (a run that stops at the first epoch end after the signal, earlier)."""
+  (definition,), _ = definitions_lib.build_definitions([runs_lib.load_run(decayed[0])])
   view = definition.views[0]
   assert view.has_step and int(view.step['convergence']) >= 0
-  assert report.stop_epoch(view, report.STEP, 3) == _summary(stopped[0])['stop_epoch'] == 3
+  stop = early_stopping.stop_epoch(view, views_lib.STEP, 3)
+  assert stop == _summary(stopped[0])['stop_epoch'] == 3
   early = str(tmp_path / 'run')
   loop.train_and_evaluate(_config(**{'early_stop.min_epochs': 0}), early)
   online = _summary(early)['stop_epoch']
-  assert report.stop_epoch(view, report.STEP, 0) == online < 3
+  assert early_stopping.stop_epoch(view, views_lib.STEP, 0) == online < 3
 
 
 def test_apply_to_step_freezes_only_the_stopped_replica():

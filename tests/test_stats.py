@@ -124,7 +124,7 @@ def test_trivial_predictors():
 
 
 def test_held_out_verdict_reports_the_control_also_when_one_model_cannot_be_classified():
-  from analysis import report
+  from analysis import finding3
 
   rng = np.random.default_rng(6)
   labels = np.asarray(['resnet'] * 8)
@@ -132,7 +132,7 @@ def test_held_out_verdict_reports_the_control_also_when_one_model_cannot_be_clas
   result = stats.classification_test(x, labels, num=99)  # one model: no architecture test
   assert not np.isfinite(result['accuracy'])
   control = stats.fake_groups_control(x, labels, 'resnet', num=99)
-  text = report.HeldOut('CIFAR-10', '', result, {'resnet': control}).verdict()
+  text = finding3.HeldOut('CIFAR-10', '', result, {'resnet': control}).verdict()
   assert 'cannot be assessed' in text and 'over 8 runs' in text and '**passes** for 1 of 1' in text
 
 

@@ -7,8 +7,10 @@ from typing import List, Optional, Sequence, Tuple
 import ml_collections
 import numpy as np
 
-from analysis import ablation, report, runs as runs_lib, stats
+from analysis import ablation, runs as runs_lib, stats
 from analysis.confirm import tables
+from analysis.finding2 import LOSS_RATE, LOSS_WINDOW, LR_FRACTION, detector_config, epoch_curves
+from analysis.views import STEP, View
 
 # The accuracy gate: a primary cell counts only if its seeds' mean final test accuracy reaches it.
 GATES = {'cifar10': 70.0, 'cifar100': 30.0}
@@ -44,7 +46,7 @@ def is_plan_study(runs_dir: str) -> bool:
 class Measures:
   """One run's inputs to the tests; epochs are 0-based here, None where undefined."""
 
-  view: report.View
+  view: View
   schedule: str
   final_accuracy: float
   minutes: float
@@ -118,7 +120,7 @@ def measure(run: runs_lib.Run, definition=None) -> Measures:
         ablation.logged_probe_series(run.dynamics),
     )
   dcfg, step, probe = definition
-  view = report.View(run, dcfg, probe, step)
+  view = View(run, dcfg, probe, step)
   epochs = run.num_epochs
   spe = int(run.steps_per_epoch)
   patience = int(dcfg.convergence_patience)
@@ -127,9 +129,9 @@ def measure(run: runs_lib.Run, definition=None) -> Measures:
   signal = _causal_epoch(step_conv, patience, int(dcfg.every_steps), spe)
   sliding = int(view.probe.get('sliding_convergence', -1))
   sliding = None if sliding < 0 else sliding + patience - 1
-  curves = report.epoch_curves(run)
-  lr = stats.first_fraction_epoch(curves['lr'], report.LR_FRACTION)
-  loss = stats.slope_rule_epoch(curves['loss'], report.LOSS_WINDOW, report.LOSS_RATE)
+  curves = epoch_curves(run)
+  lr = stats.first_fraction_epoch(curves['lr'], LR_FRACTION)
+  loss = stats.slope_rule_epoch(curves['loss'], LOSS_WINDOW, LOSS_RATE)
   whole, dropped = whole_run_integration(run.dynamics['step_signals'], int(dcfg.dfa_order))
   accuracy = run.test_accuracy
   summary = run.summary or {}
@@ -161,8 +163,8 @@ def phase_null_false_alarms(m: Measures, num: int = FALSE_ALARM_SURROGATES) -> f
   from dynamics import tracker as tracker_lib  # pylint: disable=g-import-not-at-top
 
   view = m.view
-  dcfg = report.detector_config(view, report.STEP)
-  dsi = view.series('dsi', report.STEP).astype(np.float32)
+  dcfg = detector_config(view, STEP)
+  dsi = view.series('dsi', STEP).astype(np.float32)
   ok = np.isfinite(dsi)
   if dcfg is None or m.plateau is None or ok.sum() < int(dcfg.volatility_window_epochs) + 1:
     return float('nan')

@@ -11,7 +11,6 @@ import numpy as np  # noqa: E402
 
 from analysis import (  # noqa: E402
     figures,
-    report,
     runs as runs_lib,  # noqa: E402
     stats,
 )
@@ -23,14 +22,14 @@ from analysis.confirm.design import (  # noqa: E402  (the plan's constants)  # n
     Design,
 )
 from analysis.confirm.tables import (  # noqa: E402
-    _f,
     _label,
     _p,
     _secondary_table,
     _spread,
-    _table,
     _verdict,
 )
+from analysis.markdown import _f, _table  # noqa: E402
+from analysis.views import STEP  # noqa: E402
 
 
 def finding1(design: Design, fig_dir: str) -> List[str]:
@@ -82,7 +81,7 @@ def finding1(design: Design, fig_dir: str) -> List[str]:
     for prefix, what in (
         ('', '(b) final epoch, expanding'),
         ('sliding_', '(c) final epoch, sliding'),
-        (report.STEP, '(d) logged step window, last step'),
+        (STEP, '(d) logged step window, last step'),
     ):
       va = [m.view.final('integration', prefix) for m in design.cell(model, 'cifar10')]
       vb = [m.view.final('integration', prefix) for m in design.cell(model, 'cifar100')]
@@ -130,9 +129,9 @@ def finding1(design: Design, fig_dir: str) -> List[str]:
 
 
 def _null_note(design: Design) -> str:
-  z = [m.view.final('integration_z', report.STEP) for m in design.measures]
+  z = [m.view.final('integration_z', STEP) for m in design.measures]
   z = [v for v in z if np.isfinite(v)]
-  zm = [m.view.final('metastability_z', report.STEP) for m in design.measures]
+  zm = [m.view.final('metastability_z', STEP) for m in design.measures]
   zm = [v for v in zm if np.isfinite(v)]
   text = (
       'Against its shuffle null, step-window integration gives a median z of '

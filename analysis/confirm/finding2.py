@@ -26,14 +26,13 @@ from analysis.confirm.design import (  # noqa: E402  (the plan's constants)  # n
     phase_null_false_alarms,
 )
 from analysis.confirm.tables import (  # noqa: E402
-    _f,
     _label,
     _p,
     _secondary_table,
     _spread,
-    _table,
     _verdict,
 )
+from analysis.markdown import _f, _table  # noqa: E402
 
 
 def finding2(design: Design, fig_dir: str) -> List[str]:

@@ -10,7 +10,6 @@ import numpy as np  # noqa: E402
 
 from analysis import (  # noqa: E402
     figures,
-    report,
     runs as runs_lib,  # noqa: E402
     stats,
 )
@@ -25,17 +24,19 @@ from analysis.confirm.design import (  # noqa: E402  (the plan's constants)  # n
     Measures,
 )
 from analysis.confirm.tables import (  # noqa: E402
-    _f,
     _p,
     _secondary_table,
-    _table,
     _verdict,
 )
+from analysis.finding2 import epoch_curves  # noqa: E402
+from analysis.finding3 import trajectory_features  # noqa: E402
+from analysis.markdown import _f, _table  # noqa: E402
+from analysis.views import STEP  # noqa: E402
 
 
 def loss_features(m: Measures) -> np.ndarray:
   """f64[4]: mean and final training loss (per-epoch means), mean and final test accuracy."""
-  loss = report.epoch_curves(m.run)['loss']
+  loss = epoch_curves(m.run)['loss']
   acc = m.run.test_accuracy
   if not (len(loss) and len(acc)):
     return np.full(4, np.nan)
@@ -64,7 +65,7 @@ def finding3(design: Design, fig_dir: str) -> List[str]:
       '',
   ]
   rows, primary, names, pvalues = [], {}, [], []
-  step = lambda m: report.trajectory_features(m.view, report.STEP)
+  step = lambda m: trajectory_features(m.view, STEP)
   for dataset in DATASETS:
     ms = [m for model in PRIMARY_MODELS for m in design.cell(model, dataset)]
     r = _classify(ms, step, EXACT_LABELLINGS)
@@ -86,7 +87,7 @@ def finding3(design: Design, fig_dir: str) -> List[str]:
         ('', '(a) expanding epoch series'),
         ('sliding_', '(b) sliding epoch series'),
     ):
-      t = _classify(ms, lambda m, p=prefix: report.trajectory_features(m.view, p), EXACT_LABELLINGS)
+      t = _classify(ms, lambda m, p=prefix: trajectory_features(m.view, p), EXACT_LABELLINGS)
       names.append(f'{runs_lib.DATASET_LABELS[dataset]}: {what}, accuracy {_f(t["accuracy"], 2)}')
       pvalues.append(t['p'])
     names.append(
@@ -147,6 +148,6 @@ def finding3(design: Design, fig_dir: str) -> List[str]:
   views = [m.view for m in design.measures if m.schedule == 'cosine']
   if views:
     path = os.path.join(fig_dir, 'finding3_trajectories_step.png')
-    figures.trajectories(views, report.STEP, path, 'Integration against metastability, step window')
+    figures.trajectories(views, STEP, path, 'Integration against metastability, step window')
     lines.append(f'![trajectories, step window](figures/{os.path.basename(path)})')
   return lines

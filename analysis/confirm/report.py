@@ -8,7 +8,8 @@ import numpy as np
 from analysis import figures, runs as runs_lib
 from analysis.confirm import finding1, finding2, finding3
 from analysis.confirm.design import GATES, PRIMARY_MODELS, Design, load
-from analysis.confirm.tables import _f, _label, _spread, _table
+from analysis.confirm.tables import _label, _spread
+from analysis.markdown import _f, _table
 
 
 def _runs_section(design: Design) -> List[str]:

@@ -1,14 +1,12 @@
-"""Markdown pieces of the confirmatory report: numbers, spreads, tables, the Holm table."""
+"""Markdown pieces of the confirmatory report: p-values, spreads, labels, verdicts, the Holm
+table (numbers and tables: analysis/markdown.py, shared with the study report)."""
 
 from typing import List, Sequence
 
 import numpy as np
 
-from analysis import report, stats
-
-
-def _f(x, digits: int = 3) -> str:
-  return 'n/a' if x is None or not np.isfinite(x) else f'{x:.{digits}f}'
+from analysis import stats
+from analysis.markdown import _table
 
 
 def _p(p) -> str:
@@ -23,10 +21,6 @@ def _spread(values) -> str:
     return 'n/a (n = 0)'
   sd = f' ± {v.std(ddof=1):.3f}' if len(v) > 1 else ''
   return f'{v.mean():.3f}{sd} (n = {len(v)})'
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
-  return report._table(header, rows)  # pylint: disable=protected-access
 
 
 LABELS = {'resnet18': 'ResNet-18', 'vgg16': 'VGG-16', 'vit_tiny': 'vit_tiny'}
