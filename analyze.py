@@ -203,8 +203,7 @@ def _nulls(dyn, prefix: str) -> str:
 def analyze_run(workdir: str) -> str:
   """Writes the figures and report.md of one run; returns the report path."""
   from analysis import runs as runs_lib  # pylint: disable=g-import-not-at-top
-  from dynamics import stability  # pylint: disable=g-import-not-at-top
-  from training import validate  # pylint: disable=g-import-not-at-top
+  from dynamics import stability, tracker  # pylint: disable=g-import-not-at-top
 
   run = runs_lib.load_run(workdir)
   plots = os.path.join(workdir, 'plots')
@@ -236,7 +235,7 @@ def analyze_run(workdir: str) -> str:
     lines.append('Dynamics: no dynamics.npz (dynamics.enabled=False, or the run has not ended).')
   else:
     dcfg = run.dynamics_config()
-    min_epochs = validate.min_dfa_length(dcfg) or 0
+    min_epochs = tracker.min_dfa_length(dcfg) or 0
     plateau = int(stability.accuracy_plateau(acc, float(dcfg.plateau_delta))) if len(acc) else -1
     if 'step_dsi' in dyn:
       figures.run_step_dynamics(run, os.path.join(plots, 'step_dynamics.png'))

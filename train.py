@@ -44,7 +44,8 @@ from ml_collections import config_flags  # noqa: E402
 # Importing the project touches no device, so main can still set XLA's CPU flags for the model
 # and initialize jax.distributed.
 from training import checkpoint, runtime, workdir as workdir_lib  # noqa: E402
-from training.loop import spread_text, train_and_evaluate  # noqa: E402
+from training.console import spread_text
+from training.loop import train_and_evaluate  # noqa: E402
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what an unhandled SIGTERM would report
 USER_ERROR_EXIT_CODE = 1

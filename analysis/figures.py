@@ -50,9 +50,9 @@ def _wrap(title: str, width: int = 90) -> str:
 
 def _min_epochs(dcfg) -> int:
   """Probe samples (epochs) the DFA scales of `dcfg` need."""
-  from training import validate  # pylint: disable=g-import-not-at-top
+  from dynamics import tracker  # pylint: disable=g-import-not-at-top
 
-  return validate.min_dfa_length(dcfg) or 0
+  return tracker.min_dfa_length(dcfg) or 0
 
 
 def _colors(keys: Sequence[str]) -> Dict[str, str]:

@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from configs import default  # noqa: E402
-from training import loop, replicas  # noqa: E402
+from training import programs, replicas  # noqa: E402
 
 flags.DEFINE_list('models', ['resnet18', 'vgg16'], 'Registry names.')
 flags.DEFINE_integer('width', 16, 'model_args.width (base channels).')
@@ -71,8 +71,8 @@ def _config(model: str, n: int, impl: str = 'auto'):
 
 def _build(config):
   total = 10_000
-  mesh = loop.make_mesh() if config.replicas == 1 else replicas.make_mesh(config)
-  return loop.build(
+  mesh = programs.make_mesh() if config.replicas == 1 else replicas.make_mesh(config)
+  return programs.build(
       config,
       10,
       (32, 32, 3),

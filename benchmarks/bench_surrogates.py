@@ -42,7 +42,7 @@ from benchmarks.timing import time_calls  # noqa: E402
 from configs import default  # noqa: E402
 from dynamics import config as dynamics_config  # noqa: E402
 from dynamics import dfa, nulls, tracker as tracker_lib  # noqa: E402
-from training import loop  # noqa: E402
+from training import programs  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer('num', 1000, 'surrogates per test')
@@ -179,7 +179,7 @@ def _step_cost(name: str, enabled: bool, surrogates: int):
   config.dynamics.surrogates = surrogates
   window = config.dynamics.window
   total = window + 10_000
-  exp = loop.build(
+  exp = programs.build(
       config,
       10,
       (32, 32, 3),
@@ -187,7 +187,7 @@ def _step_cost(name: str, enabled: bool, surrogates: int):
       jnp.ones(3),
       steps_per_epoch=total,
       total_steps=total,
-      mesh=loop.make_mesh(),
+      mesh=programs.make_mesh(),
   )
   state = jax.eval_shape(lambda: exp.init_state(0))
   images = jax.ShapeDtypeStruct((FLAGS.batch, 32, 32, 3), jnp.uint8)

@@ -13,7 +13,7 @@ A table goes to stdout, everything (with the machine and versions) to --out as J
 Both sides do the same work on the same uint8 batch: random crop (pad 4) and flip,
 normalisation, forward, cross-entropy, backward and an SGD step with momentum and L2 weight
 decay, the recipe of configs/default.py. The JAX step is the one train.py runs
-(training.loop.build); the tracker runs with its defaults, metrics every step. PyTorch is the
+(training.programs.build); the tracker runs with its defaults, metrics every step. PyTorch is the
 eager CPU build, its default NCHW layout and thread count (one per core); it is optional
 (`pip install -r requirements-bench.txt`) and without it the PyTorch columns are left out.
 Rounds rotate the order of the three steps so that drift in machine speed hits all alike,
@@ -44,7 +44,7 @@ from absl import app, flags  # noqa: E402
 
 from configs import default  # noqa: E402
 from timing import time_calls  # noqa: E402
-from training import loop  # noqa: E402
+from training import programs  # noqa: E402
 
 CIFAR_MODELS = ('resnet18', 'resnet34', 'resnet50', 'vgg16', 'densenet121', 'mobilenetv2')
 
@@ -123,7 +123,7 @@ class JaxStep:
     config.dynamics.enabled = dynamics
     window = config.dynamics.window
     total = window + 10_000
-    self.exp = loop.build(
+    self.exp = programs.build(
         config,
         10,
         images.shape[1:],
@@ -131,7 +131,7 @@ class JaxStep:
         jnp.asarray(STD),
         steps_per_epoch=total,
         total_steps=total,
-        mesh=loop.make_mesh(),
+        mesh=programs.make_mesh(),
     )
     self.state = self.exp.init_state(0)
     if dynamics:  # past the first window, so that every timed step computes the metrics

@@ -5,8 +5,8 @@ r"""Compiles the project's train step, eval step and probe for TPU pod topologie
 
 Needs libtpu (requirements-tpu.txt: the `jax[tpu]` extra pinned to the installed jax), but no
 TPU: `jax.experimental.topologies.get_topology_desc` describes the pod's devices, a mesh is
-built over them exactly as train.py builds its own (training/loop.py make_mesh, or the
-replicas' ('replica', 'data') mesh), `training.loop.build` makes the jitted steps with their
+built over them exactly as train.py builds its own (training/programs.py make_mesh, or the
+replicas' ('replica', 'data') mesh), `training.programs.build` makes the jitted steps with their
 shardings, and each is lowered on `ShapeDtypeStruct` arguments carrying those shardings and
 compiled by the TPU compiler (MaxText's train_compile.py does the same for its models).
 
@@ -40,7 +40,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from configs import imagenet as imagenet_config, study, tiny  # noqa: E402
 from models import layers  # noqa: E402
-from training import loop, replicas as replicas_lib, validate  # noqa: E402
+from data import facts as facts_lib  # noqa: E402
+from training import plan as plan_lib, programs as programs_lib, replicas as replicas_lib  # noqa: E402
 
 # Per device, as JAX sees the chip (one device per chip on v4 with megacore and on v5e):
 # HBM in GiB, HBM bandwidth in bytes/s and peak dense bf16 flop/s (Google Cloud's figures).
@@ -121,7 +122,7 @@ def topology_devices(topology: str, **kwargs):
 
 
 def make_mesh(config, devices):
-  """The mesh train.py would build on these devices (training/loop.py, training/replicas.py)."""
+  """The mesh train.py would build on these devices (training/programs.py, training/replicas.py)."""
   if config.replicas > 1:
     return replicas_lib.make_mesh(config, devices)
   return jax.make_mesh(
@@ -160,21 +161,20 @@ def _analysis(compiled, chip) -> dict:
 
 
 def compile_experiment(config, meta, devices, programs=('train', 'eval', 'probe')) -> dict:
-  """Builds config's jitted steps with training.loop.build on a mesh over `devices` and
+  """Builds config's jitted steps with training.programs.build on a mesh over `devices` and
   compiles each for them. Returns {program: analysis} (per device) plus the compile times."""
   config = config.copy_and_resolve_references()
   if config.replicas > 1:
     # 'auto' resolves by the host's backend; the program is for the TPU's.
     config.replica_impl = replicas_lib.resolve_impl(config, backend='tpu')
   mesh = make_mesh(config, devices)
-  data_devices = mesh.shape['data']
-  validate.validate_config(config, data_devices, max(d.process_index for d in devices) + 1)
-  steps_per_epoch = meta['train_size'] // config.batch_size
-  total_steps = (
-      config.num_train_steps if config.num_train_steps > 0 else steps_per_epoch * config.num_epochs
-  )
-  config = validate.fit_to_run(config, total_steps, steps_per_epoch).config
   side = meta['side']
+  facts = facts_lib.DataFacts(
+      'pod_compile', meta['train_size'], meta['train_size'], (side, side, 3), meta['num_classes']
+  )
+  # The run's own plan (training/plan.py): validated and fitted as train.py's would be.
+  plan = plan_lib.make_plan(config, facts, len(devices), max(d.process_index for d in devices) + 1)
+  config, steps_per_epoch, total_steps = plan.config, plan.steps_per_epoch, plan.total_steps
   stored = (side, side, 3)  # what the host feeds: uint8 images of this side
   image_shape = (config.image_size,) * 2 + (3,) if config.image_size else stored
   mean = jnp.full((3,), 120.0, jnp.float32)
@@ -182,7 +182,7 @@ def compile_experiment(config, meta, devices, programs=('train', 'eval', 'probe'
   chip = CHIPS[devices[0].device_kind]
   results = {}
   with layers.target_platform('tpu'):
-    exp = loop.build(
+    exp = programs_lib.build(
         config,
         meta['num_classes'],
         image_shape,

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from configs import default  # noqa: E402
-from training import loop  # noqa: E402
+from training import programs  # noqa: E402
 
 flags.DEFINE_string('model', 'resnet18', 'Registry name.')
 flags.DEFINE_integer('batch', 128, 'Global batch size.')
@@ -67,7 +67,7 @@ def main(argv):
   config.batch_size = FLAGS.batch
   config.dynamics.enabled = FLAGS.dynamics
   total = config.dynamics.window + 10
-  exp = loop.build(
+  exp = programs.build(
       config,
       10,
       (32, 32, 3),
@@ -75,7 +75,7 @@ def main(argv):
       jnp.full(3, 64.0),
       steps_per_epoch=total,
       total_steps=total,
-      mesh=loop.make_mesh(),
+      mesh=programs.make_mesh(),
   )
   state = exp.init_state(0)
   if FLAGS.dynamics:  # past the first window, so that the step computes the metrics

@@ -93,3 +93,34 @@ def use_short_history_dynamics(config):
   config.dynamics.volatility_window_epochs = 3
   config.dynamics.convergence_warmup_epochs = 2
   return config
+
+
+def flatten(tree, prefix: str = ''):
+  """{'a': {'b': 1}} -> {'a.b': 1}: config fields by their dotted names."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def config_differences(saved, new):
+  """'field: saved -> new' for every dotted field that differs between two config dicts.
+
+  A field the saved config lacks (it was added to the project after that run was written)
+  counts as its default value, so a run written before a field existed still resumes when the
+  new config keeps that field's default.
+  """
+  a, b = flatten(saved), flatten(new)
+  defaults = flatten(base_config().to_dict())
+  missing = '<absent>'
+  for k in set(b) - set(a):
+    if k in defaults and defaults[k] == b[k]:
+      a[k] = b[k]
+  return [
+      f'{k}: {a.get(k, missing)!r} -> {b.get(k, missing)!r}'
+      for k in sorted(set(a) | set(b))
+      if a.get(k, missing) != b.get(k, missing)
+  ]

@@ -87,7 +87,7 @@ def default_config(plain: bool = False) -> Union['ml_collections.ConfigDict', Co
 
   # Step mode: the training forward pass of every step, metrics over the last `window` steps.
   c.step_mode = True
-  # 0 = auto: sized to the run by training.validate.fit_to_run, which logs its choice; 256 and
+  # 0 = auto: sized to the run by training.fit.fit_to_run, which logs its choice; 256 and
   # 50 on runs long enough for them (>= 512 steps, >= 100 computed windows), else half the run.
   c.window = 0
   c.every_steps = 1  # compute the window metrics every n steps (the series is recorded every step)

@@ -1,7 +1,7 @@
 """The run's length against what each metric needs: `auto` sized, impossible settings refused.
 
 ``fit_to_run(dcfg, num_steps, num_epochs)`` is what ``dynamics.make_tracker`` runs before it
-builds a tracker (the project's loop runs the same checks in ``training.validate.fit_to_run``,
+builds a tracker (the project's loop runs the same checks in ``training.fit.fit_to_run``,
 with the same messages; tests/test_run_length.py compares the two). It
 
 * resolves the `auto` (0) step-mode fields: ``window`` = 256 on runs of at least 512 steps,

@@ -13,14 +13,14 @@ import pytest
 from analysis import figures, runs as runs_lib
 from configs import default, tiny
 from dynamics import tracker as tracker_lib
-from training import loop, validate, writers
+from training import fit as fit_lib, loop, validate, writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _fit(config, train_size=None):
-  size = train_size or validate.known_train_size(config)
-  return validate.fit_to_run(config, *validate.run_length(config, size))
+  size = train_size or fit_lib.known_train_size(config)
+  return fit_lib.fit_to_run(config, *fit_lib.run_length(config, size))
 
 
 # --- run length against the metrics ---------------------------------------------------------
@@ -36,8 +36,8 @@ def test_min_dfa_length_is_the_first_length_with_three_scales():
     dcfg = default.get_config().dynamics
     dcfg.update(settings)
     brute = next(n for n in range(1, 10_000) if tracker_lib.resolve_scales(dcfg, n) is not None)
-    assert validate.min_dfa_length(dcfg) == brute, settings
-  assert validate.min_dfa_length(default.get_config().dynamics) == 24  # README's figure
+    assert fit_lib.min_dfa_length(dcfg) == brute, settings
+  assert fit_lib.min_dfa_length(default.get_config().dynamics) == 24  # README's figure
 
 
 def test_auto_resolves_to_the_standard_values_on_long_runs():
@@ -117,9 +117,9 @@ def test_a_phase_edge_too_large_for_the_window_names_phase_edge(tmp_path):
 def test_image_folder_size_is_only_known_after_loading():
   config = default.get_config()
   config.data.source = 'image_folder'
-  assert validate.known_train_size(config) is None
+  assert fit_lib.known_train_size(config) is None
   config.data.train_subset = 1000
-  assert validate.known_train_size(config) == 1000
+  assert fit_lib.known_train_size(config) == 1000
 
 
 # --- writers ---------------------------------------------------------------------------------

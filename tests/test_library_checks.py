@@ -11,7 +11,7 @@ import pytest
 import dynamics
 from configs import tiny
 from dynamics import run_length, tracker as tracker_lib
-from training import validate
+from training import fit as fit_lib
 
 SHAPES = {'00_a': (4, 3), '01_b': (4, 2, 5), '02_c': (4, 2)}
 DCFG = {'window': 24, 'volatility_window_steps': 4, 'probe_mode': False, 'surrogates': 1}
@@ -133,10 +133,10 @@ def test_a_step_past_num_steps_is_dropped_with_a_warning_not_written_over_the_la
 
 
 def _loop_and_library(config, total, per_epoch):
-  """(notes, warnings) or the error of the loop's validate.fit_to_run and of the library's."""
+  """(notes, warnings) or the error of the loop's fit_to_run (training/fit.py) and the library's."""
   out = []
   for fit in (
-      lambda: validate.fit_to_run(config, total, per_epoch),
+      lambda: fit_lib.fit_to_run(config, total, per_epoch),
       lambda: run_length.fit_to_run(
           config.dynamics, total, steps_per_epoch=per_epoch, flag='--config.dynamics.'
       ),

@@ -1,5 +1,5 @@
 """benchmarks/pod_compile.py on a small TPU topology (v5e:2x2) with the tiny config: the
-project's own train step, built by training.loop.build as train.py builds it, compiled by the
+project's own train step, built by training.programs.build as train.py builds it, compiled by the
 TPU compiler on this CPU. Needs libtpu (requirements-tpu.txt); skipped without it."""
 
 import importlib.util

@@ -20,7 +20,14 @@ import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
 from configs import tiny
-from training import checkpoint, loop, validate, workdir as workdir_lib
+from training import (
+    checkpoint,
+    fit as fit_lib,
+    loop,
+    programs,
+    restore,
+    workdir as workdir_lib,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 2 epochs of 4 steps, a checkpoint at each epoch end (4, 8), records every 2 steps.
@@ -486,12 +493,12 @@ def test_an_init_checkpoint_that_is_not_weights_is_named(tmp_path):
 
 
 def test_a_state_larger_than_a_device_is_refused_before_compiling(tmp_path, monkeypatch):
-  monkeypatch.setattr(loop, 'memory_per_device', lambda: 10**5)
+  monkeypatch.setattr(programs, 'memory_per_device', lambda: 10**5)
 
   def no_compiling(*args, **kwargs):
     raise AssertionError('the initial state was compiled before its size was checked')
 
-  monkeypatch.setattr(loop, '_initial_state', no_compiling)
+  monkeypatch.setattr(restore, 'initial_state', no_compiling)
   with pytest.raises(ValueError) as info:
     loop.train_and_evaluate(_config(), str(tmp_path / 'run'))
   assert re.match(
@@ -506,7 +513,7 @@ def test_meaningful_but_doubtful_values_are_warned_about_naming_the_field():
   config = tiny.get_config()
   config.warmup_epochs = 1e6
   config.dynamics.surrogates = 5
-  warnings = ' '.join(validate.fit_to_run(config, 16, 8).warnings)
+  warnings = ' '.join(fit_lib.fit_to_run(config, 16, 8).warnings)
   assert re.search(r'warmup_epochs=1e\+06 is 8000000 steps of warm-up but the run has 16', warnings)
   assert re.search(r'dynamics\.surrogates=5: the smallest p-value it can give is 1/6', warnings)
 
@@ -628,12 +635,11 @@ def test_a_read_only_workdir_is_a_user_error():
 def test_a_config_written_before_a_field_existed_still_matches_its_default():
   """A workdir from before `dynamics.phase_band`, `model_args.stem` or `data.streaming` existed
   resumes under a config that keeps their defaults, and is refused when one is changed."""
-  from configs import tiny
-  from training import loop
+  from configs import common, tiny
 
   new = tiny.get_config().to_dict()
   old = json.loads(json.dumps(new))
   del old['dynamics']['phase_band'], old['model_args']['stem'], old['data']['streaming']
-  assert loop.config_differences(old, new) == []
+  assert common.config_differences(old, new) == []
   new['dynamics']['phase_band'] = '0.05,0.25'
-  assert loop.config_differences(old, new) == ["dynamics.phase_band: '<absent>' -> '0.05,0.25'"]
+  assert common.config_differences(old, new) == ["dynamics.phase_band: '<absent>' -> '0.05,0.25'"]

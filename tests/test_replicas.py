@@ -21,7 +21,7 @@ import pytest
 import test_reliability as rel
 
 from configs import tiny
-from training import loop, replicas, steps
+from training import loop, programs, replicas, steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED, N = 3, 2  # replicas train seeds 3 and 4: a bug using k instead of seed + k shows
@@ -110,9 +110,14 @@ def test_replica_k_equals_the_run_with_seed_plus_k(runs):
             # z divides by the spread of 39 surrogates of 10 (step) or 3 (probe) samples,
             # which amplifies the signals' round-off: measured 0.011 (step), 0.17 (probe).
             atol = 0.25 if key.startswith('probe_') else 0.05
-          np.testing.assert_allclose(
-              b[key], a[key], rtol=tol, atol=atol, err_msg=f'replica {k}: {key}'
-          )
+          want, got = a[key], b[key]
+          if key in ('probe_metastability_z', 'probe_metastability_p'):
+            # Where R(t) is constant in exact arithmetic (a 3-sample history), metastability
+            # is round-off (~1e-17) and its nulls tie with it: z and p are ratios of round-off
+            # there (the value itself is compared above and below like every other).
+            defined = ~(np.abs(a['probe_metastability']) < 1e-6)
+            want, got = want[defined], got[defined]
+          np.testing.assert_allclose(got, want, rtol=tol, atol=atol, err_msg=f'replica {k}: {key}')
           assert np.array_equal(np.isnan(a[key]), np.isnan(b[key])), key
         else:
           np.testing.assert_array_equal(b[key], a[key], err_msg=f'replica {k}: {key}')
@@ -140,9 +145,9 @@ def test_replica_k_equals_the_run_with_seed_plus_k(runs):
 def test_vmap_unroll_and_map_steps_equal_single_steps():
   """The step itself, every implementation, against N single-seed steps (3 steps)."""
   config = _config(replicas=N)
-  mesh = loop.make_mesh()
+  mesh = programs.make_mesh()
   mean, std = jnp.full(3, 120.0), jnp.full(3, 64.0)
-  single = loop.build(_config(), 4, (32, 32, 3), mean, std, 4, 12, mesh)
+  single = programs.build(_config(), 4, (32, 32, 3), mean, std, 4, 12, mesh)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
   labels = rng.integers(0, 4, (64,)).astype(np.int32)
@@ -158,7 +163,7 @@ def test_vmap_unroll_and_map_steps_equal_single_steps():
   for impl in ('vmap', 'unroll', 'map'):
     config.replica_impl = impl
     rmesh = replicas.make_mesh(config)
-    exp = loop.build(config, 4, (32, 32, 3), mean, std, 4, 12, rmesh)
+    exp = programs.build(config, 4, (32, 32, 3), mean, std, 4, 12, rmesh)
     state = jax.device_put(
         replicas.stack([exp.init_state(SEED + k) for k in range(N)]), exp.state_sharding
     )
@@ -253,9 +258,9 @@ def test_replicas_over_two_devices_and_data_over_two_match_one_device(runs, tmp_
       sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
       import test_replicas
       config = test_replicas._config(seed={SEED}, replicas={N}, replica_devices=2)
-      from training import loop
+      from training import loop, replicas
       loop.train_and_evaluate(config, sys.argv[1], stop_after=4)
-      print(jax.device_count(), dict(loop.replicas_lib.make_mesh(config).shape))
+      print(jax.device_count(), dict(replicas.make_mesh(config).shape))
   """)
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
   workdir = str(tmp_path / 'mesh')

@@ -62,11 +62,11 @@ from training import runtime
 runtime.configure_xla_cpu()
 import jax, jax.numpy as jnp, numpy as np
 from configs import tiny
-from training import loop
+from training import programs
 config = tiny.get_config()
 config.batch_size = 32
-exp = loop.build(config, 4, (32, 32, 3), jnp.full(3, 120.0), jnp.full(3, 64.0),
-                 steps_per_epoch=8, total_steps=8, mesh=loop.make_mesh())
+exp = programs.build(config, 4, (32, 32, 3), jnp.full(3, 120.0), jnp.full(3, 64.0),
+                 steps_per_epoch=8, total_steps=8, mesh=programs.make_mesh())
 state = exp.init_state(0)
 rng = np.random.default_rng(0)
 losses = []

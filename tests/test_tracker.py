@@ -18,7 +18,7 @@ from dynamics import (
     stability,
     tracker as tracker_lib,
 )
-from training import loop
+from training import loop, programs
 
 TAP_SHAPES = {
     '00_stem': (4, 8, 8, 3),
@@ -316,7 +316,7 @@ def test_quickstart_style_run_writes_dynamics(tmp_path):
 
 
 def _compiled_train_step(config):
-  exp = loop.build(
+  exp = programs.build(
       config,
       4,
       (32, 32, 3),
@@ -324,7 +324,7 @@ def _compiled_train_step(config):
       jnp.ones(3),
       steps_per_epoch=8,
       total_steps=8,
-      mesh=loop.make_mesh(),
+      mesh=programs.make_mesh(),
   )
   state = exp.init_state(0)
   images = jnp.zeros((8, 32, 32, 3), jnp.uint8)

@@ -9,7 +9,7 @@ import pytest
 import models
 from configs import tiny
 from models import vit_checkpoint
-from training import loop
+from training import loop, programs
 
 FAMILIES = ['resnet18_tiny', 'vgg16_tiny', 'densenet121_tiny', 'mobilenetv2_tiny', 'vit_tiny']
 
@@ -22,7 +22,7 @@ def test_family_trains_with_the_tracker_in_the_compiled_step(name):
   config.dynamics.dfa_scales = '3,4,5,6'
   config.dynamics.volatility_window_steps = 2
   steps = 8
-  exp = loop.build(
+  exp = programs.build(
       config,
       4,
       (32, 32, 3),
@@ -30,7 +30,7 @@ def test_family_trains_with_the_tracker_in_the_compiled_step(name):
       jnp.full(3, 60.0),
       steps_per_epoch=steps,
       total_steps=steps,
-      mesh=loop.make_mesh(),
+      mesh=programs.make_mesh(),
   )
   state = exp.init_state(0)
   rng = np.random.default_rng(0)
@@ -82,7 +82,7 @@ def test_bfloat16_compute_trains():
   config = tiny.get_config()
   config.dtype = 'bfloat16'
   config.dynamics.enabled = False
-  exp = loop.build(
+  exp = programs.build(
       config,
       4,
       (32, 32, 3),
@@ -90,7 +90,7 @@ def test_bfloat16_compute_trains():
       jnp.full(3, 60.0),
       steps_per_epoch=4,
       total_steps=4,
-      mesh=loop.make_mesh(),
+      mesh=programs.make_mesh(),
   )
   state = exp.init_state(0)
   rng = np.random.default_rng(0)

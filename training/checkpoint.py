@@ -27,6 +27,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from configs import common
+
 DAMAGED_DIR = 'checkpoints.damaged'  # next to checkpoints/, where unreadable steps are moved
 DIGESTS_FILE = 'digests.json'  # in every step directory
 DIGESTS_FORMAT = 1
@@ -346,9 +348,7 @@ def _refuse_config(manager, step: int, saved: Dict[str, Any], what: str):
   new = getattr(manager, '_config', None)
   if new is None:
     return
-  from training import loop  # pylint: disable=import-outside-toplevel  # loop imports us
-
-  differences = loop.config_differences(saved, new)
+  differences = common.config_differences(saved, new)
   if differences:
     shown = '; '.join(differences[:12]) + ('; ...' if len(differences) > 12 else '')
     raise CheckpointConfigError(

@@ -12,6 +12,9 @@ from typing import Any, Dict, Iterator, List, Optional
 import jax
 from absl import logging
 
+from configs import common
+from training import checkpoint, replicas as replicas_lib, writers as writers_lib
+
 
 class WorkdirLockedError(RuntimeError):
   """Another run (alive, or on another host) holds the workdir's lock."""
@@ -278,3 +281,79 @@ def set_aside_previous_records(folder: str, stamp: str) -> List[str]:
       ', '.join(moved),
   )
   return moved
+
+
+# ----------------------------------------------------------------------------------------------
+# The workdir of a new or resumed run
+
+
+def save_config(config, workdir: str):
+  # Written to a temporary file and renamed: other processes may be reading it (see
+  # prepare_workdir), and a half-written file would look like a different config.
+  if jax.process_index() == 0:
+    with writers_lib.atomic_file(os.path.join(workdir, 'config.json')) as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    # Each replica's folder reads like the 1-replica run it equals (seed + k).
+    for k in range(config.replicas if config.replicas > 1 else 0):
+      folder = replicas_lib.replica_dir(workdir, k)
+      os.makedirs(folder, exist_ok=True)
+      writers_lib.write_json(
+          os.path.join(folder, 'config.json'),
+          replicas_lib.replica_config(config, k),
+          indent=2,
+          sort_keys=True,
+      )
+
+
+def _move_run_aside(workdir: str) -> str:
+  """Renames workdir to `<workdir>.old-<timestamp>` (process 0) and returns the new name."""
+  base = f'{os.path.abspath(workdir)}.old-{time.strftime("%Y%m%d-%H%M%S")}'
+  aside, n = base, 1
+  while os.path.exists(aside):  # two overwrites within one second
+    n += 1
+    aside = f'{base}-{n}'
+  checkpoint.sync_processes('workdir_checked')  # every process has read config.json
+  if jax.process_index() == 0:
+    os.replace(workdir, aside)
+  checkpoint.sync_processes('workdir_moved')
+  return aside
+
+
+def prepare_workdir(config, workdir: str, overwrite: bool):
+  """Makes sure `workdir` can hold this run: new, or a run of this very config (resumed).
+
+  A workdir whose config.json differs is refused, naming the differing fields, unless
+  `overwrite`: then the old run is moved (not deleted) to `<workdir>.old-<timestamp>`. With an
+  identical config, `overwrite` changes nothing and the run resumes, so a job restarted with
+  the same command line never throws away its progress.
+  """
+  check_workdir_files(workdir)
+  path = os.path.join(workdir, 'config.json')
+  if os.path.exists(path):
+    new = json.loads(config.to_json_best_effort(sort_keys=True))  # same types as the file's
+    try:
+      with open(path) as f:
+        saved = json.load(f)
+    except ValueError as e:  # not JSON: treat as a different run
+      saved, differences = None, [f'config.json cannot be parsed ({e})']
+    if saved is not None:
+      replicas_lib.check_not_replica(saved, workdir)
+      differences = common.config_differences(saved, new)
+    if differences:
+      if not overwrite:
+        shown = '; '.join(differences[:12]) + ('; ...' if len(differences) > 12 else '')
+        raise ValueError(
+            f'{workdir} holds a run with a different config ({len(differences)} field(s), '
+            f'saved -> now: {shown}). Resume it with its own config, choose a new --workdir, '
+            'or pass --overwrite (train_and_evaluate(..., overwrite=True)) to move the old run '
+            f'to {os.path.abspath(workdir)}.old-<timestamp> and start afresh.'
+        )
+      aside = _move_run_aside(workdir)
+      logging.warning(
+          '--overwrite: the previous run in %s (config differs in %s) was moved to '
+          '%s; starting afresh.',
+          workdir,
+          ', '.join(d.split(':')[0] for d in differences[:12]),
+          aside,
+      )
+  os.makedirs(workdir, exist_ok=True)
