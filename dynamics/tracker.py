@@ -97,7 +97,7 @@ def min_phase_samples(spec: MetricSpec) -> int:
 
 
 # `auto` (0) for dynamics.window and volatility_window_steps: sized to the run by the rules
-# below (shared by the project's loop, through training/validate.fit_to_run, and by library
+# below (shared by the project's loop, through training/fit.fit_to_run, and by library
 # users, through dynamics.make_tracker). Runs long enough get the standard values.
 AUTO = 0
 AUTO_DEFAULTS = {'window': 256, 'volatility_window_steps': 50}
