@@ -1,4 +1,4 @@
-"""Train state and the pure step functions (jitted with shardings in training/loop.py)."""
+"""Train state and the pure step functions (jitted with shardings in training/programs.py)."""
 
 from typing import Any, Dict, Optional
 
