@@ -28,10 +28,11 @@ def make_mesh():
   return jax.make_mesh((jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
 
 
-# XLA:CPU's LLVM at its default -O3 takes 30 s or more on the initial state's random draws
-# (threefry for every parameter; 37 s of the demo's 38 s), and at -O1 about 8 s for the same,
-# bit-identical values (tests/test_structure.py checks the equality on every model). The
-# state is computed once per run, so its speed does not matter; only the CPU backend is told.
+# XLA:CPU's LLVM at its default -O3 spends most of the initial state's compile on the
+# parameters' random draws (threefry for every parameter): the demo's state compiles in 8.7 s
+# there and in 3.2 s at -O1 on a quiet 2-core machine (benchmarks/bench_initial_state.py), with
+# bit-identical values (tests/test_structure.py checks the equality on the tiny ResNet). The
+# state is computed once per run; only the CPU backend is told.
 INITIAL_STATE_CPU_OPTIONS = {'xla_backend_optimization_level': 1}
 
 
