@@ -280,7 +280,7 @@ def metric_nulls(
     ('greater'): p small means the data have more of the structure than its null.
   """
   # Imported here: tracker imports this module, and the metric modules do not import it.
-  from dynamics import dfa, phase, stability  # pylint: disable=g-import-not-at-top
+  from dynamics import dfa, phase  # pylint: disable=g-import-not-at-top
 
   draws = {}
   for index, method in enumerate(SURROGATE_METHODS):
@@ -299,12 +299,24 @@ def metric_nulls(
   for name, fn in (('synchrony', phase.synchrony), ('metastability', phase.metastability)):
     xs = draws[methods[name]]
     null[name] = fn(xs, spec.phase_preprocess, spec.phase_edge) if n_phase >= min_phase else nan
-  null['dsi'] = stability.stability_index(
-      null['integration'],
-      null['metastability'],
-      spec.dsi_form,
-      spec.dsi_w_integration,
-      spec.dsi_w_metastability,
+  return null_z_and_p(values, null, spec)
+
+
+def null_z_and_p(values: dict, null: dict, spec) -> dict:
+  """The DSI's null from its parts' nulls (`null` holds integration, synchrony and
+  metastability of every surrogate), then `<metric>_z` and `<metric>_p` of every NULL_METRICS
+  value against its null (one-sided, 'greater')."""
+  from dynamics import stability  # pylint: disable=g-import-not-at-top  (see metric_nulls)
+
+  null = dict(
+      null,
+      dsi=stability.stability_index(
+          null['integration'],
+          null['metastability'],
+          spec.dsi_form,
+          spec.dsi_w_integration,
+          spec.dsi_w_metastability,
+      ),
   )
   out = {}
   for name in NULL_METRICS:

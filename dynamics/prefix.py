@@ -382,19 +382,7 @@ def metric_nulls(key, x, n, values: dict, spec, plan: ScalePlan, num: int, metho
   }
   for name, index in (('synchrony', 0), ('metastability', 1)):
     null[name] = order_stats(draws[methods[name]], n, spec.phase_preprocess, spec.phase_edge)[index]
-  null['dsi'] = stability.stability_index(
-      null['integration'],
-      null['metastability'],
-      spec.dsi_form,
-      spec.dsi_w_integration,
-      spec.dsi_w_metastability,
-  )
-  out = {}
-  for name in nulls.NULL_METRICS:
-    stats = nulls.null_stats(values[name], null[name], 'greater')
-    out[f'{name}_z'] = stats['z']
-    out[f'{name}_p'] = stats['p']
-  return out
+  return nulls.null_z_and_p(values, null, spec)
 
 
 def compute_metrics(x: jax.Array, n, spec, plan: ScalePlan, key=None) -> dict:
