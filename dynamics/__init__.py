@@ -10,7 +10,8 @@ or any of the project's models, data or training code. Three layers:
   collections, NNX ``nnx.capture`` states), ``apply_with_taps`` (Linen), ``nnx_apply_with_taps``;
 * the in-step tracker: ``make_tracker(dcfg, tap_shapes, num_steps, num_epochs)`` -> ``Tracker``
   with ``init``, ``record_step``, ``reduce``, ``probe_update``, ``summarize_step``,
-  ``summarize_probe``, ``export``; ``default_config()`` lists every definition choice; the
+  ``summarize_probe``, ``export``, ``drain`` (the step series leave the device in chunks:
+  ``StepSeries`` collects them); ``default_config()`` lists every definition choice; the
   step outputs averaged for clu.metrics / nnx.Metric loops: ``StepAverage``,
   ``clu_average``, ``nnx_average`` (NaN before the first window left out);
 * offline: ``recompute(recorded, definition)``, the metrics of a recorded run (its
@@ -26,6 +27,7 @@ from dynamics.interop import StepAverage, clu_average, nnx_average
 from dynamics.nulls import surrogate_test, surrogates
 from dynamics.offline import recompute
 from dynamics.phase import hilbert, kuramoto_order, metastability, preprocess, synchrony
+from dynamics.series import StepSeries
 from dynamics.signals import reduce_taps, signal_names
 from dynamics.stability import (
     accuracy_plateau,
@@ -54,6 +56,7 @@ __all__ = [
     'MetricSpec',
     'RunFitWarning',
     'StepAverage',
+    'StepSeries',
     'Tracker',
     'accuracy_plateau',
     'apply_with_taps',

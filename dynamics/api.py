@@ -12,7 +12,7 @@ recorded past ``num_steps``.
 import logging
 import warnings
 from collections.abc import Mapping
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -83,7 +83,7 @@ def _warn_past_end(num_steps: int) -> Callable[[Any], None]:
 def make_tracker(
     dcfg: Any,
     tap_shapes: Mapping[str, Union[Shape, Any]],
-    num_steps: int,
+    num_steps: Optional[int] = None,
     num_epochs: int = 1,
     seed: int = 0,
 ) -> tracker_lib.Tracker:
@@ -97,7 +97,11 @@ def make_tracker(
       ``dynamics.taps_from_intermediates`` do). Shapes ``(B, ..., C)``: ``record_step``
       and ``reduce`` refuse taps with other names, another rank or other sizes on any axis
       but the batch (B may differ), naming each offending tap.
-    num_steps: the training steps of the run: the step buffers hold ``f32[S, num_steps]``.
+    num_steps: the training steps of the run, or None (no set length). The state's size does
+      not depend on it: the step series live in a ring of the last K = ``recent_steps`` steps
+      (``dynamics.recent_steps``, auto: max(window, 256)), which the loop drains at least every
+      K steps (``tracker.drain``, collected by ``dynamics.StepSeries``) if it wants the whole
+      run's series. Given, it sizes the `auto` fields and is checked as below.
     num_epochs: probe samples the run will record (``probe_update`` calls), at least 1: the
       probe history's capacity. ``probe_update`` compiles once for all of them (the history
       length is traced) and may be called inside the user's own jitted evaluation step; there
@@ -106,7 +110,7 @@ def make_tracker(
 
   Fields left at ``auto`` (0: ``window``, ``volatility_window_steps``) are sized to
   ``num_steps`` with the rules the project's loop uses (256 and 50 on runs of at least 512
-  steps), and the run's length is checked as the loop checks it
+  steps, and without ``num_steps``), and the run's length is checked as the loop checks it
   (``dynamics.run_length.fit_to_run``): a setting no step of the run can honour (a window
   longer than ``num_steps``, a volatility window longer than the computed windows, ...) is a
   ValueError naming the field and the fix; a metric the run will not reach (too few epochs
@@ -116,9 +120,9 @@ def make_tracker(
 
   Returns:
     ``Tracker(init, record_step, reduce, probe_update, summarize_step, summarize_probe, export,
-    signal_names, tap_names)``; ``init()`` is a flat dict of arrays (a pytree to keep in the
-    train state, each entry its own buffer, so a jitted step may donate it). See
-    dynamics/tracker.py for each function's shapes.
+    signal_names, tap_names, drain, recent_steps, series_keys)``; ``init()`` is a flat dict
+    of arrays (a pytree to keep in the train state, each entry its own buffer, so a jitted
+    step may donate it). See dynamics/tracker.py for each function's shapes.
 
   Raises:
     TypeError: tap_shapes is not a dict of shapes (an ``(output, taps)`` pair, a raw
@@ -138,5 +142,5 @@ def make_tracker(
       num_steps,
       num_epochs,
       seed=seed,
-      on_step_past_end=_warn_past_end(int(num_steps)),
+      on_step_past_end=_warn_past_end(int(num_steps)) if num_steps is not None else None,
   )

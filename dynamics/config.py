@@ -92,6 +92,10 @@ def default_config(plain: bool = False) -> Union['ml_collections.ConfigDict', Co
   c.window = 0
   c.every_steps = 1  # compute the window metrics every n steps (the series is recorded every step)
   c.volatility_window_steps = 0
+  # The state holds the step series of the last `recent_steps` steps only (a ring, so its size
+  # does not grow with the run); the host drains them at least that often. 0 = auto:
+  # max(window, 256).
+  c.recent_steps = 0
 
   # Probe (epoch) mode: a fixed probe batch in inference mode at the end of every epoch,
   # metrics over the whole history so far (expanding) and over the last `sliding_epochs`.

@@ -54,7 +54,7 @@ def _short_scales(dcfg: Any) -> bool:
 
 def fit_to_run(
     dcfg: Any,
-    num_steps: int,
+    num_steps: Optional[int],
     num_epochs: Optional[int] = None,
     steps_per_epoch: Optional[int] = None,
     flag: str = '',
@@ -64,7 +64,8 @@ def fit_to_run(
   Args:
     dcfg: the dynamics config (a ``Config``, ConfigDict, mapping or dataclass of fields, as
       ``dynamics.as_config`` takes); not changed.
-    num_steps: training steps of the run (``record_step`` calls).
+    num_steps: training steps of the run (``record_step`` calls); None for a run of no set
+      length (the `auto` fields take their standard values, nothing is checked against it).
     num_epochs: probe samples (``probe_update`` calls); default ceil(num_steps /
       steps_per_epoch), or 1.
     steps_per_epoch: only for the wording (``the run has N steps (E epoch(s) of P)``).
@@ -79,7 +80,8 @@ def fit_to_run(
     ValueError: a setting that no step of this run can honour, naming the field, the value,
       the allowed range and the fix.
   """
-  total = int(num_steps)
+  # No set length: as long as int32 steps go, so the `auto` fields take their standard values.
+  total = int(num_steps) if num_steps is not None else 2**31 - 1
   if num_epochs is None:
     num_epochs = math.ceil(total / steps_per_epoch) if steps_per_epoch else 1
   epochs = int(num_epochs)
@@ -105,6 +107,7 @@ def fit_to_run(
     needed = max(dfa_min or 0, 3 + diff)  # the shortest window with every metric
     _fit_window(dcfg, total, needed, dfa_min, run, notes, warnings, flag)
     window = int(dcfg.window)
+    tracker_lib.recent_steps(dcfg)  # raises on a ring shorter than the window
     _require(
         phase_min <= window,
         f'dynamics.phase_edge={dcfg.phase_edge} drops {2 * dcfg.phase_edge} of the '

@@ -39,6 +39,8 @@ from typing import Any, Union
 
 import jax
 
+from dynamics import signals
+
 # filter: None (every array), a regular expression searched in the tap's path, or a callable
 # (path, value) -> bool.
 TapFilter = Union[None, str, re.Pattern, Callable[[str, Any], bool]]
@@ -191,3 +193,57 @@ def nnx_apply_with_taps(
 
   out, intermediates = nnx.capture(fn, nnx.Intermediate)(*args, **kwargs)
   return out, taps_from_intermediates(intermediates, tap_filter)
+
+
+def _expected_shape(shape: tuple[int, ...]) -> str:
+  return '(B' + ''.join(f', {d}' for d in shape[1:]) + ')' if shape else '()'
+
+
+def check_taps(taps: Any, tap_shapes: dict[str, tuple[int, ...]], reduction: str = 'mean') -> None:
+  """Raises when `taps` are not the taps the tracker was built for (runs at trace time).
+
+  taps must be a mapping with exactly the names of `tap_shapes`, each an array of the same
+  rank whose axes after the first (batch) one equal the declared shape's: the batch may differ
+  (a probe batch, an `eval_shape` of one example), nothing else may (a missing tap would
+  otherwise stay a constant row and drop out of the metrics unnoticed).
+  """
+  if not isinstance(taps, Mapping):
+    what = f'a {type(taps).__name__}'
+    if isinstance(taps, (list, tuple)):
+      what += f' of {len(taps)} item(s)'
+    raise TypeError(
+        f'taps is {what}; the tracker takes a dict {{tap name: array}} with the names it was '
+        f'built with ({", ".join(sorted(tap_shapes))}). Build it with '
+        'dynamics.apply_with_taps / nnx_apply_with_taps, or '
+        'dynamics.taps_from_intermediates(collection) from a sown collection.'
+    )
+  expected = sorted(tap_shapes)
+  missing = [name for name in expected if name not in taps]
+  extra = sorted(str(name) for name in taps if name not in tap_shapes)
+  problems = []
+  if missing:
+    problems.append(f'missing {", ".join(missing)}')
+  if extra:
+    problems.append(f'not declared {", ".join(extra)}')
+  kind, _ = signals.parse_reduction(reduction)
+  for name in expected:
+    if name not in taps:
+      continue
+    got = tuple(getattr(taps[name], 'shape', ()))
+    want = tuple(tap_shapes[name])
+    if len(got) != len(want) or got[1:] != want[1:]:
+      problems.append(f'{name} has shape {got}, expected {_expected_shape(want)}')
+    elif kind == 'proj' and got[-1:] != want[-1:]:
+      problems.append(
+          f'{name} has {got[-1] if got else 0} channels, expected {want[-1]} '
+          f'(reduction={reduction!r} projects the last axis)'
+      )
+  if problems:
+    raise ValueError(
+        'taps do not match the tap_shapes the tracker was built with: '
+        + '; '.join(problems)
+        + f'. Expected the {len(expected)} taps '
+        + ', '.join(f'{n} {_expected_shape(tuple(tap_shapes[n]))}' for n in expected)
+        + ' (B: any batch size). Build the tracker from the same forward pass that makes the '
+        'taps (jax.eval_shape / nnx.eval_shape of it), with the same tap filter.'
+    )

@@ -3,10 +3,13 @@
 Two sources of layer signals (DESIGN 3.1):
 
 * step mode: `record_step` runs inside the jitted train step. It reduces the taps of the
-  training forward pass to signals f32[S], writes them into a run-long series f32[S, steps]
-  (so a checkpoint holds the whole history), and every `every_steps` steps, once `window`
-  samples exist, computes the window metrics with `vmap`-style batching over signals under a
-  `lax.cond` (no retracing, nothing computed over unfilled samples).
+  training forward pass to signals f32[S] and writes them, with the step's metrics, into ring
+  buffers of the last `recent_steps` steps (K, at least the window): the state's size does not
+  depend on the run's length. Every `every_steps` steps, once `window` samples exist, it
+  computes the window metrics over the ring's last `window` signals under a `lax.cond` (no
+  retracing, nothing computed over unfilled samples). The host takes the whole-run series out
+  in chunks with `drain` (at least every K steps; `dynamics.StepSeries` collects them) and
+  `export` joins them to the rest of the state.
 * probe (epoch) mode: `probe_update` runs at the end of every epoch on the signals of a fixed
   probe batch in inference mode and computes the metrics over the whole history (expanding)
   and over the last `sliding_epochs` samples. The history is a buffer of the run's num_epochs
@@ -34,6 +37,7 @@ from dynamics import (
     signals,
     stability,
 )
+from dynamics.taps import check_taps  # noqa: F401  (dynamics.tracker.check_taps, as before)
 
 State = Dict[str, jnp.ndarray]
 METRICS = ('integration', 'metastability', 'synchrony', 'dsi')
@@ -101,6 +105,24 @@ def min_phase_samples(spec: MetricSpec) -> int:
 # users, through dynamics.make_tracker). Runs long enough get the standard values.
 AUTO = 0
 AUTO_DEFAULTS = {'window': 256, 'volatility_window_steps': 50}
+# dynamics.recent_steps = auto: the step ring holds max(window, this) steps.
+AUTO_RECENT_STEPS = 256
+
+
+def recent_steps(dcfg: Any) -> int:
+  """K, the steps of step-mode series the state holds (dynamics.recent_steps; 0 = auto:
+  max(window, 256)). The host must drain the series at least every K steps."""
+  window = int(dcfg.window)
+  value = int(dcfg.get('recent_steps', AUTO))  # absent in configs saved before the field
+  if value == AUTO:
+    return max(window, AUTO_RECENT_STEPS)
+  if value < window:
+    raise ValueError(
+        f'dynamics.recent_steps={value} is shorter than dynamics.window={window}: the step '
+        f'ring must hold a whole window. Set recent_steps to at least {window}, or 0 (auto: '
+        f'max(window, {AUTO_RECENT_STEPS})).'
+    )
+  return value
 
 
 def min_dfa_length(dcfg: Any, limit: int = 1 << 20) -> Optional[int]:
@@ -299,60 +321,6 @@ def probe_volatility(dsi: jnp.ndarray, dcfg: Any) -> Tuple[jnp.ndarray, jnp.ndar
   return vol, conv
 
 
-def _expected_shape(shape: Tuple[int, ...]) -> str:
-  return '(B' + ''.join(f', {d}' for d in shape[1:]) + ')' if shape else '()'
-
-
-def check_taps(taps: Any, tap_shapes: Dict[str, Tuple[int, ...]], reduction: str = 'mean') -> None:
-  """Raises when `taps` are not the taps the tracker was built for (runs at trace time).
-
-  taps must be a mapping with exactly the names of `tap_shapes`, each an array of the same
-  rank whose axes after the first (batch) one equal the declared shape's: the batch may differ
-  (a probe batch, an `eval_shape` of one example), nothing else may (a missing tap would
-  otherwise stay a constant row and drop out of the metrics unnoticed).
-  """
-  if not isinstance(taps, Mapping):
-    what = f'a {type(taps).__name__}'
-    if isinstance(taps, (list, tuple)):
-      what += f' of {len(taps)} item(s)'
-    raise TypeError(
-        f'taps is {what}; the tracker takes a dict {{tap name: array}} with the names it was '
-        f'built with ({", ".join(sorted(tap_shapes))}). Build it with '
-        'dynamics.apply_with_taps / nnx_apply_with_taps, or '
-        'dynamics.taps_from_intermediates(collection) from a sown collection.'
-    )
-  expected = sorted(tap_shapes)
-  missing = [name for name in expected if name not in taps]
-  extra = sorted(str(name) for name in taps if name not in tap_shapes)
-  problems = []
-  if missing:
-    problems.append(f'missing {", ".join(missing)}')
-  if extra:
-    problems.append(f'not declared {", ".join(extra)}')
-  kind, _ = signals.parse_reduction(reduction)
-  for name in expected:
-    if name not in taps:
-      continue
-    got = tuple(getattr(taps[name], 'shape', ()))
-    want = tuple(tap_shapes[name])
-    if len(got) != len(want) or got[1:] != want[1:]:
-      problems.append(f'{name} has shape {got}, expected {_expected_shape(want)}')
-    elif kind == 'proj' and got[-1:] != want[-1:]:
-      problems.append(
-          f'{name} has {got[-1] if got else 0} channels, expected {want[-1]} '
-          f'(reduction={reduction!r} projects the last axis)'
-      )
-  if problems:
-    raise ValueError(
-        'taps do not match the tap_shapes the tracker was built with: '
-        + '; '.join(problems)
-        + f'. Expected the {len(expected)} taps '
-        + ', '.join(f'{n} {_expected_shape(tuple(tap_shapes[n]))}' for n in expected)
-        + ' (B: any batch size). Build the tracker from the same forward pass that makes the '
-        'taps (jax.eval_shape / nnx.eval_shape of it), with the same tap filter.'
-    )
-
-
 class Tracker(NamedTuple):
   """Pure functions over the tracker state; build with `make_tracker`."""
 
@@ -364,15 +332,23 @@ class Tracker(NamedTuple):
   probe_update: Callable[[State, jnp.ndarray], State]
   summarize_step: Callable[[Dict[str, Any]], Dict[str, float]]
   summarize_probe: Callable[[State], Tuple[Dict[str, float], Dict[str, np.ndarray]]]
-  export: Callable[[State], Dict[str, np.ndarray]]
+  export: Callable[..., Dict[str, np.ndarray]]
   signal_names: Sequence[str]
   tap_names: Sequence[str]
+  drain: Callable[[State, int], Dict[str, np.ndarray]] = None
+  recent_steps: int = 0  # K: drain at least every K steps
+  series_keys: Sequence[str] = ()  # the step series drain returns, besides 'steps'
+
+
+# State entries that only serve the step ring (not exported: the series leave through drain).
+_RING_KEYS = ('step_last', 'step_dsi_history')
+_RING_PREFIX = 'step_recent_'
 
 
 def make_tracker(
     dcfg: Any,
     tap_shapes: Dict[str, Tuple[int, ...]],
-    num_steps: int,
+    num_steps: Optional[int],
     num_epochs: int,
     seed: int = 0,
     on_step_past_end: Optional[Callable[[np.ndarray], None]] = None,
@@ -380,13 +356,15 @@ def make_tracker(
   """dcfg: config.dynamics; tap_shapes: {tap: shape} from jax.eval_shape of the model; seed:
   the run seed, from which the surrogate draws derive (state['surrogate_key']).
 
-  A `record_step` at a step >= num_steps (past the end of the step buffers) records nothing;
+  num_steps: the run's training steps, or None (no end: the state's size never depended on it;
+  it only bounds the steps recorded). A `record_step` at a step >= num_steps records nothing;
   on_step_past_end, if given, is called on the host with that step (a jax.debug.callback, only
   traced in when given: dynamics.make_tracker warns with it)."""
   spec = MetricSpec.from_config(dcfg)
   with_nulls = int(spec.surrogates) > 0
   nulls.parse_methods(spec.surrogate_methods)  # a config error now, not inside the step
   metric_keys = METRICS + (NULL_KEYS if with_nulls else ())
+  series_keys = ('signals',) + metric_keys + ('dsi_volatility',)
   tap_names = sorted(tap_shapes)
   kind, k = signals.parse_reduction(dcfg.reduction)
   projections = (
@@ -400,9 +378,8 @@ def make_tracker(
   step_scales = resolve_scales(dcfg, window, strict=True) if dcfg.step_mode else None
   vol_steps = int(dcfg.volatility_window_steps)
   num_epochs = max(int(num_epochs), 1)
-  # The step buffers hold the whole run; at least one window so the slice below is valid
-  # (a run shorter than the window simply never computes step metrics).
-  capacity = max(int(num_steps), window) if dcfg.step_mode else 0
+  # The step ring: the last K steps' signals and metrics; column s % K holds step s.
+  ring = recent_steps(dcfg) if dcfg.step_mode else 0
 
   def reduce(taps: Dict[str, jnp.ndarray]) -> jnp.ndarray:
     """taps {name: f[B, ..., C]}, the names and shapes of `tap_shapes` -> signals f32[S]."""
@@ -414,9 +391,6 @@ def make_tracker(
     # the state (jax.jit(..., donate_argnums=...)): XLA refuses to donate one buffer twice.
     f32 = jnp.float32
 
-    def nan_steps():
-      return jnp.full((capacity,), jnp.nan, f32)
-
     def nan_epochs():
       return jnp.full((num_epochs,), jnp.nan, f32)
 
@@ -427,13 +401,15 @@ def make_tracker(
       state['surrogate_key'] = jax.random.key_data(jax.random.key(seed))
     if dcfg.step_mode:
       state.update(
-          step_signals=jnp.zeros((num_signals, capacity), f32),
+          step_recent_signals=jnp.zeros((num_signals, ring), f32),
+          **{f'{_RING_PREFIX}{m}': jnp.full((ring,), jnp.nan, f32) for m in series_keys[1:]},
+          step_last=jnp.full((), -1, jnp.int32),  # the last step recorded
+          step_dsi_history=jnp.full((vol_steps,), jnp.nan, f32),  # the last computed DSIs
           step_alphas=jnp.full((num_signals,), jnp.nan, f32),
           step_vol_max=jnp.zeros((), f32),
           step_streak=jnp.zeros((), jnp.int32),
           step_streak_start=jnp.full((), -1, jnp.int32),
           step_convergence=jnp.full((), -1, jnp.int32),
-          **{f'step_{m}': nan_steps() for m in metric_keys + ('dsi_volatility',)},
       )
     if dcfg.probe_mode:
       state.update(
@@ -459,22 +435,32 @@ def make_tracker(
         **{name: nan for name in metric_keys}, alphas=jnp.full((num_signals,), jnp.nan, jnp.float32)
     )
 
+  def _set(ring_values, column, value, inside):
+    return jax.lax.dynamic_update_slice(
+        ring_values,
+        jnp.where(inside, value, jax.lax.dynamic_slice(ring_values, (column,), (1,))),
+        (column,),
+    )
+
   def record_step(
       state: State, taps: Dict[str, jnp.ndarray], step: jax.typing.ArrayLike
   ) -> Tuple[State, Dict[str, jnp.ndarray]]:
-    """Inside the train step: append this step's signals; maybe compute the window metrics."""
+    """Inside the train step: record this step's signals; maybe compute the window metrics.
+
+    step: int32[], consecutive from 0 over the run (a resumed run continues the count)."""
     if not dcfg.step_mode:
       return state, {}
     state = dict(state)
     step = jnp.asarray(step, jnp.int32)
-    index = jnp.minimum(step, capacity - 1)
     sig = reduce(taps)
-    # Past the end of the buffers the sample is dropped (it used to overwrite the last one).
-    inside = step < capacity
-    column = jax.lax.dynamic_slice(state['step_signals'], (0, index), (num_signals, 1))
-    state['step_signals'] = jax.lax.dynamic_update_slice(
-        state['step_signals'], jnp.where(inside, sig[:, None], column), (0, index)
+    # Past the end of the run the sample is dropped (no step of it is recorded or computed).
+    inside = step < num_steps if num_steps is not None else jnp.ones((), bool)
+    column = step % ring
+    old = jax.lax.dynamic_slice(state['step_recent_signals'], (0, column), (num_signals, 1))
+    state['step_recent_signals'] = jax.lax.dynamic_update_slice(
+        state['step_recent_signals'], jnp.where(inside, sig[:, None], old), (0, column)
     )
+    state['step_last'] = jnp.where(inside, step, state['step_last'])
     if on_step_past_end is not None:
       jax.lax.cond(
           inside,
@@ -482,29 +468,31 @@ def make_tracker(
           lambda s: jax.debug.callback(on_step_past_end, s),
           step,
       )
-    due = (step + 1 >= window) & ((step + 1) % every == 0) & (step < num_steps)
-    start = jnp.maximum(index - window + 1, 0)
-    window_signals = jax.lax.dynamic_slice(state['step_signals'], (0, start), (num_signals, window))
+    due = (step + 1 >= window) & ((step + 1) % every == 0) & inside
     key = (
         nulls.evaluation_key(state['surrogate_key'], 0, step)
         if with_nulls
         else jnp.zeros((), jnp.int32)
     )
+    # The ring's last `window` columns, oldest first (steps step-window+1 .. step).
+    window_signals = state['step_recent_signals'][
+        :, (column - window + 1 + jnp.arange(window)) % ring
+    ]
     m = jax.lax.cond(due, _window_metrics, _skip, window_signals, key)
-    for name in metric_keys:
-      state[f'step_{name}'] = (
-          state[f'step_{name}'].at[index].set(jnp.where(due, m[name], state[f'step_{name}'][index]))
-      )
+    for name in metric_keys:  # NaN where no window is computed
+      state[_RING_PREFIX + name] = _set(state[_RING_PREFIX + name], column, m[name][None], inside)
     state['step_alphas'] = jnp.where(due, m['alphas'], state['step_alphas'])
-    # Volatility over the last `vol_steps` computed DSI values (every `every` steps).
-    back = index - every * jnp.arange(vol_steps - 1, -1, -1)
-    history = state['step_dsi'][jnp.clip(back, 0)]
-    complete = jnp.all(back >= 0) & jnp.all(jnp.isfinite(history))
-    vol = jnp.where(due & complete, jnp.std(history), jnp.nan)
-    state['step_dsi_volatility'] = (
-        state['step_dsi_volatility']
-        .at[index]
-        .set(jnp.where(due, vol, state['step_dsi_volatility'][index]))
+    # Volatility over the last `vol_steps` computed DSI values (every `every` steps): defined
+    # once that many exist and all are finite.
+    history = jnp.where(
+        due,
+        jnp.concatenate([state['step_dsi_history'][1:], m['dsi'][None]]),
+        state['step_dsi_history'],
+    )
+    state['step_dsi_history'] = history
+    vol = jnp.where(due & jnp.all(jnp.isfinite(history)), jnp.std(history), jnp.nan)
+    state[_RING_PREFIX + 'dsi_volatility'] = _set(
+        state[_RING_PREFIX + 'dsi_volatility'], column, vol[None], inside
     )
     # Online form of stability.convergence_signal over the computed samples.
     finite = due & jnp.isfinite(vol)
@@ -530,6 +518,30 @@ def make_tracker(
     out['dynamics/dsi_volatility'] = vol
     out['dynamics/convergence_step'] = state['step_convergence']
     return state, out
+
+  def drain(state: State, since: int = 0) -> Dict[str, np.ndarray]:
+    """Host side: the step series of steps `since` .. the last recorded, from the ring.
+
+    Returns {'steps': int64[n], 'step_signals': f32[S, n], 'step_<metric>': f32[n]} (n = 0 when
+    nothing newer than `since` was recorded). The ring holds the last K = recent_steps steps, so
+    drain at least every K steps; a step already overwritten is a ValueError. Pure: the state
+    is not changed, so draining twice, or after a restore, gives the same records."""
+    last = int(np.asarray(state['step_last']))
+    since = int(since)
+    oldest = max(last - ring + 1, 0)
+    if since < oldest and last >= 0:
+      raise ValueError(
+          f'drain(since={since}): the tracker holds steps {oldest}..{last} only (its ring keeps '
+          f'the last dynamics.recent_steps={ring} steps), so steps {since}..{oldest - 1} are '
+          f'lost. Drain at least every {ring} steps, or build the tracker with a larger '
+          'dynamics.recent_steps.'
+      )
+    steps = np.arange(since, last + 1, dtype=np.int64)
+    columns = steps % ring
+    out = {'steps': steps}
+    for name in series_keys:
+      out[f'step_{name}'] = np.asarray(state[_RING_PREFIX + name])[..., columns]
+    return out
 
   def summarize_step(fetched: Dict[str, Any]) -> Dict[str, float]:
     """Host side: the finite step-mode scalars of one step's fetched metrics."""
@@ -614,16 +626,44 @@ def make_tracker(
     hists = {'dynamics_epoch/alpha': alphas} if np.isfinite(alphas).any() else {}
     return scalars, hists
 
-  def export(state: State) -> Dict[str, np.ndarray]:
-    """Everything needed to recompute the metrics offline (written to dynamics.npz)."""
-    out = {k: np.asarray(v) for k, v in state.items()}
-    series = ('signals',) + metric_keys + ('dsi_volatility',)
-    if 'step_signals' in out:
-      for key in series:
-        out[f'step_{key}'] = out[f'step_{key}'][..., :num_steps]
+  def export(
+      state: State, step_series: Optional[Mapping[str, np.ndarray]] = None
+  ) -> Dict[str, np.ndarray]:
+    """Everything needed to recompute the metrics offline (written to dynamics.npz).
+
+    step_series: the whole run's step series, as drained ({'step_signals': f32[S, n],
+    'step_<metric>': f32[n]}, e.g. `StepSeries.arrays()`), steps 0..n-1; exported padded to
+    num_steps (signals 0, metrics NaN, as for steps never recorded). None: the ring's own
+    records, which is the whole series only while the run has recorded at most K steps."""
+    out = {
+        k: np.asarray(v)
+        for k, v in state.items()
+        if k not in _RING_KEYS and not k.startswith(_RING_PREFIX)
+    }
+    if 'step_last' in state:
+      if step_series is None:
+        last = int(np.asarray(state['step_last']))
+        if last >= ring:
+          raise ValueError(
+              f'export: the state holds only the last {ring} of the {last + 1} steps recorded '
+              '(dynamics.recent_steps); pass the whole series as export(state, step_series=...), '
+              'collected with dynamics.StepSeries (series.update(tracker, state) at least every '
+              f'{ring} steps).'
+          )
+        step_series = drain(state, 0)
+      recorded = np.asarray(step_series['step_signals']).shape[-1]
+      length = recorded if num_steps is None else int(num_steps)
+      for name in series_keys:
+        values = np.asarray(step_series[f'step_{name}'], np.float32)[..., :length]
+        pad = [(0, 0)] * (values.ndim - 1) + [(0, length - values.shape[-1])]
+        fill = 0.0 if name == 'signals' else np.nan
+        out[f'step_{name}'] = np.pad(values, pad, constant_values=fill)
     if 'probe_count' in out:
       count = int(out['probe_count'])
-      for key in [f'probe_{k}' for k in series] + [f'probe_sliding_{k}' for k in series[1:]]:
+      probe_series = ('signals',) + metric_keys + ('dsi_volatility',)
+      for key in [f'probe_{k}' for k in probe_series] + [
+          f'probe_sliding_{k}' for k in probe_series[1:]
+      ]:
         out[key] = out[key][..., :count]
     out['tap_names'] = np.asarray(tap_names)
     out['signal_names'] = np.asarray(names)
@@ -644,4 +684,7 @@ def make_tracker(
       export=export,
       signal_names=names,
       tap_names=tap_names,
+      drain=drain,
+      recent_steps=ring,
+      series_keys=tuple(f'step_{name}' for name in series_keys),
   )

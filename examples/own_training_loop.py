@@ -68,11 +68,19 @@ def main(num_steps: int, batch: int, window: int) -> dict:
       lambda: dynamics.apply_with_taps(model, {'params': params}, images[:batch])[1]
   )  # +dyn
   tracker = dynamics.make_tracker(  # +dyn
-      {'window': window, 'volatility_window_steps': 10, 'probe_mode': False},  # +dyn
+      # recent_steps: the state keeps the step series of this many steps (a ring; default
+      # max(window, 256)); the loop below drains them to the host as often.
+      {
+          'window': window,
+          'volatility_window_steps': 10,
+          'probe_mode': False,  # +dyn
+          'recent_steps': window,
+      },  # +dyn
       tap_shapes,
       num_steps,
   )  # +dyn
   dyn_state = tracker.init()  # +dyn
+  step_series = dynamics.StepSeries()  # +dyn: the whole run's step series, on the host
 
   # Donating the state (params, optimizer and tracker state) lets XLA update it in place: the
   # tracker's step series are the largest part of it on a long run.
@@ -101,6 +109,8 @@ def main(num_steps: int, batch: int, window: int) -> dict:
     params, opt_state, dyn_state, metrics = train_step(
         params, opt_state, dyn_state, images[index], labels[index], step
     )
+    if (step + 1) % tracker.recent_steps == 0:  # +dyn: the state holds the last K steps only
+      step_series.update(tracker, dyn_state)  # +dyn
     if (step + 1) % 50 == 0 or step + 1 == num_steps:
       fetched = jax.device_get(metrics)
       line = f'step {step + 1:4d}  loss {fetched["loss"]:.3f}  acc {fetched["accuracy"]:.2f}'
@@ -108,8 +118,10 @@ def main(num_steps: int, batch: int, window: int) -> dict:
         line += f'  {key.split("/")[1]} {value:.4g}'  # +dyn
       print(line, flush=True)
 
-  series = tracker.export(dyn_state)  # +dyn
+  step_series.update(tracker, dyn_state)  # +dyn
+  series = tracker.export(dyn_state, step_series.arrays())  # +dyn: step_signals f32[S, steps], ...
   print(f'{time.time() - start:.1f} s for {num_steps} steps')
+  print('step series: %d signals x %d steps' % series['step_signals'].shape)  # +dyn
   print('per-tap DFA alpha over the last window:')
   for name, alpha in zip(series['tap_names'], series['step_alphas']):
     print(f'  {dynamics.display_name(str(name)):8s} {alpha:.3f}')

@@ -187,7 +187,8 @@ def test_make_tracker_takes_a_dict_a_dataclass_or_a_config_dict_alike():
   for dcfg in (DCFG, _DataclassConfig(), config_dict):
     tracker = dynamics.make_tracker(dcfg, shapes, NUM_STEPS)
     state = tracker.init()
-    assert 'probe_signals' not in state and state['step_signals'].shape == (3, NUM_STEPS)
+    assert 'probe_signals' not in state
+    assert state['step_recent_signals'].shape == (3, tracker.recent_steps)
     for t, tap in enumerate(taps):
       state, _ = tracker.record_step(state, tap, t)
     exports.append(tracker.export(state))
@@ -302,7 +303,7 @@ def test_linen_model_written_with_sow_is_tracked():
     params, opt_state, dyn, scalars = step(params, opt_state, dyn, x + 0.05 * t, t)
   # Step 0's signals are the means of the step-0 activations (parameters before any update).
   np.testing.assert_allclose(
-      dyn['step_signals'][:, 0], [r.mean() for r in reference], rtol=1e-4, atol=1e-6
+      tracker.export(dyn)['step_signals'][:, 0], [r.mean() for r in reference], rtol=1e-4, atol=1e-6
   )
   assert not np.allclose(jax.tree.leaves(first_params)[0], jax.tree.leaves(params)[0])
   _assert_metrics_match_the_functions(tracker, dyn, jax.device_get(scalars))
@@ -377,7 +378,9 @@ def test_nnx_model_is_tracked_by_the_same_tracker_functions():
   for t in range(NUM_STEPS):
     dyn, scalars = step(model, optimizer, dyn, x + 0.05 * t, t)
   expected = [reference[dynamics.display_name(n)].mean() for n in tracker.tap_names]
-  np.testing.assert_allclose(dyn['step_signals'][:, 0], expected, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(
+      tracker.export(dyn)['step_signals'][:, 0], expected, rtol=1e-4, atol=1e-6
+  )
   _assert_metrics_match_the_functions(tracker, dyn, jax.device_get(scalars))
 
 
@@ -425,6 +428,8 @@ def test_example_own_training_loop_runs_without_the_project_code(tmp_path):
   for name in ('integration', 'metastability', 'synchrony', 'dsi'):
     assert f' {name} ' in last, last
   assert 'per-tap DFA alpha' in out and 'conv1' in out and 'hidden' in out
+  # 160 steps through a 64-step ring: the series drained by StepSeries are the whole run's.
+  assert 'x 160 steps' in out, out
 
 
 LIBRARY_FILES = [

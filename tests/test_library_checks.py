@@ -124,12 +124,12 @@ def test_a_step_past_num_steps_is_dropped_with_a_warning_not_written_over_the_la
   state = tracker.init()
   for t in range(NUM_STEPS):
     state, _ = step(state, _taps(t), t)
-  last = np.asarray(state['step_signals'][:, -1])
+  last = tracker.export(state)['step_signals'][:, -1]
   with pytest.warns(dynamics.RunFitWarning, match=r'step=30\) is past the run.*num_steps=30'):
     state, _ = step(state, _taps(99), NUM_STEPS)
     jax.block_until_ready(state)
     jax.effects_barrier()
-  np.testing.assert_array_equal(state['step_signals'][:, -1], last)
+  np.testing.assert_array_equal(tracker.export(state)['step_signals'][:, -1], last)
 
 
 def _loop_and_library(config, total, per_epoch):

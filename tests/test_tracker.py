@@ -94,7 +94,8 @@ def test_step_mode_equals_functions_on_the_last_window(every):
   tracker = tracker_lib.make_tracker(dcfg, TAP_SHAPES, num_steps, num_epochs=1)
   state, outputs, step_fn = _run_steps(tracker, num_steps)
   assert step_fn._cache_size() == 1  # one compilation for every step
-  series = np.asarray(state['step_signals'])
+  recorded = tracker.export(state)  # the ring holds every step of so short a run
+  series = np.asarray(recorded['step_signals'])
   spec = tracker_lib.MetricSpec.from_config(dcfg)
   scales = dfa.default_scales(
       dcfg.window, dcfg.dfa_min_scale, dcfg.dfa_max_divisor, dcfg.dfa_num_scales
@@ -102,7 +103,7 @@ def test_step_mode_equals_functions_on_the_last_window(every):
   computed = []
   for t in range(num_steps):
     due = t + 1 >= dcfg.window and (t + 1) % every == 0
-    got = float(state['step_dsi'][t])
+    got = float(recorded['step_dsi'][t])
     if not due:
       assert np.isnan(got), t  # nothing over unfilled or skipped samples
       assert np.isnan(outputs[t]['dynamics/integration'])
@@ -113,15 +114,15 @@ def test_step_mode_equals_functions_on_the_last_window(every):
     meta = phase.metastability(x, spec.phase_preprocess, spec.phase_edge)
     sync = phase.synchrony(x, spec.phase_preprocess, spec.phase_edge)
     dsi = stability.stability_index(integ, meta)
-    np.testing.assert_allclose(state['step_integration'][t], integ, rtol=1e-5)
-    np.testing.assert_allclose(state['step_metastability'][t], meta, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(state['step_synchrony'][t], sync, rtol=1e-5)
+    np.testing.assert_allclose(recorded['step_integration'][t], integ, rtol=1e-5)
+    np.testing.assert_allclose(recorded['step_metastability'][t], meta, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(recorded['step_synchrony'][t], sync, rtol=1e-5)
     np.testing.assert_allclose(got, dsi, rtol=1e-5)
     np.testing.assert_allclose(outputs[t]['dynamics/dsi'], dsi, rtol=1e-5)
   # Volatility: std of the last `volatility_window_steps` computed DSI values.
-  dsi_computed = np.asarray(state['step_dsi'])[computed].astype(np.float64)
+  dsi_computed = np.asarray(recorded['step_dsi'])[computed].astype(np.float64)
   w = dcfg.volatility_window_steps
-  vol = np.asarray(state['step_dsi_volatility'])[computed]
+  vol = np.asarray(recorded['step_dsi_volatility'])[computed]
   for i in range(len(computed)):
     if i + 1 < w:
       assert np.isnan(vol[i])
@@ -144,6 +145,7 @@ def test_step_and_probe_nulls_equal_surrogate_test():
   dcfg = _dcfg(surrogates=num, surrogate_methods='synchrony=shift')
   tracker = tracker_lib.make_tracker(dcfg, TAP_SHAPES, 40, num_epochs=30, seed=5)
   state, outputs, _ = _run_steps(tracker, 40)
+  recorded = tracker.export(state)
   np.testing.assert_array_equal(state['surrogate_key'], jax.random.key_data(jax.random.key(5)))
   scales = dfa.default_scales(dcfg.window)
   stats = {
@@ -152,7 +154,7 @@ def test_step_and_probe_nulls_equal_surrogate_test():
       'metastability': (phase.metastability, 'phase'),
   }
   for t in (31, 39):
-    x = jnp.asarray(np.asarray(state['step_signals'])[:, t - 31 : t + 1])
+    x = jnp.asarray(np.asarray(recorded['step_signals'])[:, t - 31 : t + 1])
     key = nulls.evaluation_key(state['surrogate_key'], 0, t)
     for name, (fn, method) in stats.items():
       want = dynamics.surrogate_test(
@@ -160,17 +162,18 @@ def test_step_and_probe_nulls_equal_surrogate_test():
       )
       for s in ('z', 'p'):
         np.testing.assert_allclose(
-            state[f'step_{name}_{s}'][t], want[s], rtol=1e-4, atol=1e-5, err_msg=(name, s, t)
+            recorded[f'step_{name}_{s}'][t], want[s], rtol=1e-4, atol=1e-5, err_msg=(name, s, t)
         )
         np.testing.assert_allclose(
             outputs[t][f'dynamics/{name}_{s}'], want[s], rtol=1e-4, atol=1e-5
         )
-    assert 1 / (1 + num) <= float(state['step_dsi_p'][t]) <= 1
-  assert np.isnan(state['step_integration_z'][30])  # not computed before the window fills
+    assert 1 / (1 + num) <= float(recorded['step_dsi_p'][t]) <= 1
+  assert np.isnan(recorded['step_integration_z'][30])  # not computed before the window fills
   # A pure function of (seed, step) (checked above); another seed draws other nulls.
-  other, _, _ = _run_steps(tracker_lib.make_tracker(dcfg, TAP_SHAPES, 40, 30, seed=6), 40)
+  other_tracker = tracker_lib.make_tracker(dcfg, TAP_SHAPES, 40, 30, seed=6)
+  other, _, _ = _run_steps(other_tracker, 40)
   assert not np.array_equal(
-      np.asarray(other['step_synchrony_z'])[31:], np.asarray(state['step_synchrony_z'])[31:]
+      other_tracker.export(other)['step_synchrony_z'][31:], recorded['step_synchrony_z'][31:]
   )
   # Probe mode: the expanding history's nulls at the last epoch.
   rng = np.random.default_rng(1)
@@ -218,7 +221,7 @@ def test_online_convergence_matches_offline_on_a_decaying_volatility():
         for k, s in TAP_SHAPES.items()
     }
     state, _ = step_fn(state, taps, jnp.int32(t))
-  vol = np.asarray(state['step_dsi_volatility'])
+  vol = tracker.export(state)['step_dsi_volatility']
   offline = int(
       stability.convergence_signal(
           jnp.asarray(vol), dcfg.convergence_rho, dcfg.convergence_patience, 0
@@ -309,10 +312,10 @@ def test_quickstart_style_run_writes_dynamics(tmp_path):
   assert exported['probe_signals'].shape == (9, 3)
   assert exported['step_integration_p'].shape == (24,) and 'surrogate_key' in exported
   assert len(exported['tap_names']) == 9
-  # The series in the checkpointed state is what was exported.
-  np.testing.assert_array_equal(
-      exported['step_signals'], np.asarray(result['state'].dynamics['step_signals'])
-  )
+  # The series drained to dynamics_steps.f32 are what was exported, and equal the ring's.
+  assert (tmp_path / 'dynamics_steps.f32').stat().st_size == 24 * 4 * (9 + 13)
+  ring = np.asarray(result['state'].dynamics['step_recent_signals'])
+  np.testing.assert_array_equal(exported['step_signals'], ring[:, :24])
 
 
 def _compiled_train_step(config):

@@ -44,6 +44,9 @@ def test_resume_matches_uninterrupted_run(tmp_path):
   config = tiny.get_config()
   config.num_train_steps = 20
   config.checkpoint_every_steps = 5
+  # A step ring as short as the window (10 here): it wraps, and the series leave it through
+  # dynamics_steps.f32, which the resume cuts back to the checkpoint and refills.
+  config.dynamics.recent_steps = 10
   straight = loop.train_and_evaluate(config, str(tmp_path / 'straight'))
   loop.train_and_evaluate(config, str(tmp_path / 'resumed'), stop_after=11)
   resumed = loop.train_and_evaluate(config, str(tmp_path / 'resumed'))
@@ -57,6 +60,15 @@ def test_resume_matches_uninterrupted_run(tmp_path):
   logged_resumed = np.asarray(_losses(str(tmp_path / 'resumed')))
   np.testing.assert_array_equal(logged_straight[:, 0], logged_resumed[:, 0])
   np.testing.assert_allclose(logged_straight[:, 1], logged_resumed[:, 1], rtol=1e-6)
+  straight_npz = np.load(tmp_path / 'straight' / 'dynamics.npz')
+  resumed_npz = np.load(tmp_path / 'resumed' / 'dynamics.npz')
+  assert straight_npz['step_signals'].shape[-1] == 20
+  assert np.isfinite(straight_npz['step_dsi']).sum() > 0
+  for key in straight_npz:
+    if key.startswith('step_'):
+      np.testing.assert_allclose(
+          straight_npz[key], resumed_npz[key], rtol=1e-6, atol=1e-6, err_msg=key
+      )
 
 
 def test_four_devices_match_one(tmp_path):

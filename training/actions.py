@@ -44,6 +44,8 @@ class Run:
   state: Any
   start_step: int
   last_saved: Optional[int]  # the newest checkpoint's step (None: none saved)
+  # training/step_series.StepSeriesFile of each replica (process 0, step mode; else empty)
+  step_files: List[Any] = dataclasses.field(default_factory=list)
   stop_after: Optional[int] = None
   eval_metrics: List[Dict[str, float]] = dataclasses.field(default_factory=list)
   progress: Tuple[str, str] = ('', '')  # the last log line's training and throughput parts
@@ -274,6 +276,27 @@ def checkpoint_due(run: Run, tick: Tick) -> bool:
   )
 
 
+def drain_due(run: Run, tick: Tick) -> bool:
+  """Often enough that the tracker's ring never overwrites an undrained step, and before
+  every checkpoint (a checkpoint's step series are then all on disk)."""
+  return bool(run.step_files) and (
+      tick.done % run.exp.tracker.recent_steps == 0 or checkpoint_due(run, tick)
+  )
+
+
+def drain_step_series(run: Run, tick: Tick):
+  """The steps recorded since the last drain, from each replica's ring to its
+  dynamics_steps.f32 (training/step_series.py)."""
+  del tick
+  ring = {
+      k: v
+      for k, v in run.state.dynamics.items()
+      if k == 'step_last' or k.startswith('step_recent_')
+  }
+  for series, dyn in zip(run.step_files, split(jax.device_get(ring), run.n)):
+    series.drain(dyn)
+
+
 def save_checkpoint(run: Run, tick: Tick):
   """A checkpoint of step `done`, after its records are written (so a run killed at any point
   resumes from a checkpoint whose records are all in metrics.jsonl); never of a diverged
@@ -313,6 +336,7 @@ ACTIONS = (
     Action('evaluate', epoch_end, end_epoch),
     Action('early_stop', early_stop_due, early_stop),
     Action('watch_stops', always, watch_stops),
+    Action('drain_step_series', drain_due, drain_step_series),
     Action('checkpoint', checkpoint_due, save_checkpoint),
     Action('restart_interval_clock', epoch_end, restart_interval_clock),
 )

@@ -78,9 +78,13 @@ def finish(run) -> Dict[str, Any]:
 
 
 def write_dynamics(run):
-  """Each replica's dynamics.npz: the tracker's export, its config and steps per epoch."""
-  for sink, dyn in zip(run.sinks, _split(jax.device_get(run.state.dynamics), run.n)):
-    export = run.exp.tracker.export(dyn)
+  """Each replica's dynamics.npz: the tracker's export (its step series from the replica's
+  dynamics_steps.f32), its config and steps per epoch."""
+  files = run.step_files or [None] * run.n
+  for sink, dyn, series in zip(run.sinks, _split(jax.device_get(run.state.dynamics), run.n), files):
+    if series is not None:
+      series.drain(dyn)  # nothing new after the last step's drain; cheap to be sure
+    export = run.exp.tracker.export(dyn, series.read() if series is not None else None)
     export['config_json'] = np.asarray(run.config.dynamics.to_json_best_effort(sort_keys=True))
     export['steps_per_epoch'] = np.asarray(run.plan.steps_per_epoch)
     with writers_lib.atomic_file(os.path.join(sink.workdir, 'dynamics.npz'), 'wb') as f:

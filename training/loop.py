@@ -21,6 +21,7 @@ from training import (
     programs,
     restore,
     sinks as sinks_lib,
+    step_series,
     workdir as workdir_lib,
 )
 
@@ -139,6 +140,7 @@ def start(plan, exp, dataset, mesh, workdir, allow_unverified, stop_after) -> ac
       stop_after=stop_after,
   )
   run.stopped_early = actions_lib.all_stopped(run)  # a stopped run restarted trains no further
+  run.step_files = step_series.open_files(run)
   logging.info(
       'Training %s on %s (%d classes): %d steps, %d per epoch, batch %d on %d '
       'device(s) in %d process(es); workdir %s',

@@ -290,6 +290,7 @@ def _probe_mode(dcfg):
 DYNAMICS_FIELDS = (
     ('projection_seed', Number(0, 2**32 - 1, integer=True), _always),
     ('every_steps', POS_INT, _step_mode),
+    ('recent_steps', NONNEG_INT, _step_mode),
     ('probe_size', POS_INT, _probe_mode),
     ('probe_split', OneOf(('train', 'test')), _probe_mode),
     ('sliding_epochs', Number(3, integer=True), _probe_mode),

@@ -257,15 +257,16 @@ def check_workdir_files(workdir: str):
 
 def set_aside_previous_records(folder: str, stamp: str) -> List[str]:
   """Before a run starts from step 0 (no checkpoint to resume from): the records of an earlier
-  run in `folder` (a metrics.jsonl with anything in it, summary.json, dynamics.npz) are moved
-  to `<name>.old-<stamp>`, with a warning, so that nothing recorded is truncated and no stale
-  summary.json marks the new run finished. Returns the new paths (none in a fresh folder)."""
+  run in `folder` (a metrics.jsonl with anything in it, summary.json, dynamics.npz and
+  dynamics_steps.f32) are moved to `<name>.old-<stamp>`, with a warning, so that nothing
+  recorded is truncated and no stale summary.json marks the new run finished. Returns the new
+  paths (none in a fresh folder)."""
   metrics = os.path.join(folder, 'metrics.jsonl')
   has_records = os.path.isfile(metrics) and os.path.getsize(metrics) > 0
   if not has_records and not os.path.exists(os.path.join(folder, 'summary.json')):
     return []
   moved = []
-  for name in ('metrics.jsonl', 'summary.json', 'dynamics.npz'):
+  for name in ('metrics.jsonl', 'summary.json', 'dynamics.npz', 'dynamics_steps.f32'):
     path = os.path.join(folder, name)
     if os.path.isfile(path):
       aside, n = f'{path}.old-{stamp}', 1
