@@ -183,6 +183,20 @@ def kuramoto_order(x: jax.typing.ArrayLike, preprocess: str = 'detrend') -> jax.
   return _kuramoto(x, preprocess)
 
 
+def min_samples(method: str, edge: int = 0) -> int:
+  """Shortest series on which the tracker reports the phase metrics (NaN below it).
+
+  Two conditions. At least 2 degrees of freedom must survive the preprocessing, which removes
+  1 ('demean') or 2 ('detrend' and 'bandpass:...': the line; 'diff': a sample, then the
+  z-score's mean): with 1 left, every signal is a multiple of the same vector, so R(t) is
+  constant and the metrics read synchrony 1 (or a ratio of signs) and metastability 0,
+  artefacts of the length, not measurements (detrend at 3 samples). And at least 3 samples
+  of R(t) must remain after dropping `edge` at each end.
+  """
+  removed = 1 if method == 'demean' else 2
+  return max(3 + 2 * int(edge) + (1 if method == 'diff' else 0), removed + 2)
+
+
 def _check_length(x: jax.Array, method: str) -> None:
   min_len = 3 if method == 'diff' else 2
   if x.shape[-1] < min_len:

@@ -242,7 +242,7 @@ def kuramoto_order(x: jax.Array, n, method: str) -> Tuple[jax.Array, jax.Array]:
 
 def min_phase_samples(method: str, edge: int) -> int:
   """Shortest history on which the phase metrics are defined (tracker.min_phase_samples)."""
-  return 3 + 2 * edge + (1 if method == 'diff' else 0)
+  return phase.min_samples(method, edge)
 
 
 def order_stats(x: jax.Array, n, method: str, edge: int) -> Tuple[jax.Array, jax.Array]:

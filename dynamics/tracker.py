@@ -96,8 +96,9 @@ def resolve_scales(dcfg: Any, n: int, strict: bool = False) -> Optional[Tuple[in
 
 
 def min_phase_samples(spec: MetricSpec) -> int:
-  """Shortest history on which the phase metrics are defined (3 samples after trimming)."""
-  return 3 + 2 * spec.phase_edge + (1 if spec.phase_preprocess == 'diff' else 0)
+  """Shortest history on which the phase metrics are defined (phase.min_samples: 4 with the
+  default detrend, where 3 samples leave one degree of freedom and only artefacts)."""
+  return phase.min_samples(spec.phase_preprocess, spec.phase_edge)
 
 
 # `auto` (0) for dynamics.window and volatility_window_steps: sized to the run by the rules

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import scipy.signal
 
+import dynamics
 from dynamics import phase
 
 # --------------------------------------------------------------------------- references
@@ -294,3 +295,23 @@ def test_bandpass_in_the_tracker_config_and_validation():
   dcfg.phase_band = '0.3,0.1'
   with pytest.raises(ValueError, match='phase_band'):
     validate.validate_dynamics(dcfg, num_devices=1)
+
+
+def test_phase_metrics_are_nan_where_the_preprocessing_leaves_one_degree_of_freedom():
+  """Detrended, 3 samples leave one degree of freedom: every signal is a multiple of
+  (1, -2, 1), R(t) is constant, and the functions return synchrony = |mean sign| and
+  metastability 0 whatever the signals. The tracker reports NaN there (phase.min_samples),
+  and from 4 samples on a value that depends on the signals."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((6, 3)), jnp.float32)
+  assert float(phase.metastability(x, 'detrend')) < 1e-6  # the artefact itself
+  spec = dynamics.MetricSpec(surrogates=0)
+  assert phase.min_samples('detrend') == 4 and phase.min_samples('diff') == 4
+  assert phase.min_samples('demean') == 3 and phase.min_samples('detrend', edge=1) == 5
+  at3 = dynamics.compute_metrics(x, spec, None)
+  assert np.isnan(at3['metastability']) and np.isnan(at3['synchrony'])
+  demeaned = dynamics.compute_metrics(x, spec._replace(phase_preprocess='demean'), None)
+  assert np.isfinite(demeaned['metastability'])
+  x4 = jnp.asarray(rng.standard_normal((6, 4)), jnp.float32)
+  at4 = dynamics.compute_metrics(x4, spec, None)
+  assert float(at4['metastability']) > 1e-3
