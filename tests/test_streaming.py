@@ -157,18 +157,30 @@ def test_imagenet_config_is_the_standard_recipe():
   assert big.learning_rate == pytest.approx(1.6)
 
 
-def test_imagenet_config_trains_two_steps_on_generated_variable_size_images(folder, tmp_path):
+def test_imagenet_config_trains_on_generated_images_and_resumes_on_the_same_batches(
+    folder, tmp_path
+):
+  """configs/imagenet.py through the streaming path, 4 steps straight; and stopped after
+  step 2 (the preemption path: a checkpoint, then exit) and resumed: the resumed run decodes
+  and crops the same batches, so its losses are the straight run's."""
   from training import loop  # pylint: disable=import-outside-toplevel
 
   config = imagenet_config.get_config('model=resnet18,batch=8,size=64')
   config.model_args.width = 8  # the ImageNet stem at a CPU test's width
   config.data.path = folder
-  config.num_train_steps = 2
+  config.num_train_steps = 4
   config.dynamics.probe_size = 8
   config.log_every_steps = 1
   summary = loop.train_and_evaluate(config, str(tmp_path / 'run'))
-  assert summary['final_step'] == 2 and summary['finished']
+  assert summary['final_step'] == 4 and summary['finished']
   assert 0 <= summary['eval_accuracy'] <= 100 and math.isfinite(summary['eval_loss'])
+  stopped = loop.train_and_evaluate(config, str(tmp_path / 'resumed'), stop_after=2)
+  assert stopped['final_step'] == 2 and not stopped['finished']
+  resumed = loop.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  assert resumed['final_step'] == 4 and resumed['finished']
+  straight, again = _losses(tmp_path / 'run'), _losses(tmp_path / 'resumed')
+  assert len(straight) == len(again) == 4
+  np.testing.assert_allclose(again, straight, rtol=1e-6)
 
 
 def _train_cli(folder, workdir, log_path, env, flags=()):
