@@ -186,15 +186,19 @@ def kuramoto_order(x: jax.typing.ArrayLike, preprocess: str = 'detrend') -> jax.
 def min_samples(method: str, edge: int = 0) -> int:
   """Shortest series on which the tracker reports the phase metrics (NaN below it).
 
-  Two conditions. At least 2 degrees of freedom must survive the preprocessing, which removes
-  1 ('demean') or 2 ('detrend' and 'bandpass:...': the line; 'diff': a sample, then the
-  z-score's mean): with 1 left, every signal is a multiple of the same vector, so R(t) is
-  constant and the metrics read synchrony 1 (or a ratio of signs) and metastability 0,
-  artefacts of the length, not measurements (detrend at 3 samples). And at least 3 samples
-  of R(t) must remain after dropping `edge` at each end.
+  R(t) must be able to change, or synchrony and metastability (0) are artefacts of the length,
+  not measurements. So: at least 2 degrees of freedom must survive the preprocessing, which
+  removes 1 ('demean') or 2 ('detrend' and 'bandpass:...': the line; 'diff': a sample, then
+  the z-score's mean) -- with 1 left every signal is a multiple of the same vector; and the
+  preprocessed series (N, or N - 1 after 'diff') must have at least 4 samples -- with 3 the
+  analytic signal holds one positive frequency, every phase turns at the same rate and R(t) is
+  constant (demean at 3 samples, diff at 4). And at least 3 samples of R(t) must remain after
+  dropping `edge` at each end. A band-pass that keeps a single frequency bin is degenerate at
+  any length; no length rule can see that.
   """
+  diff = 1 if method == 'diff' else 0
   removed = 1 if method == 'demean' else 2
-  return max(3 + 2 * int(edge) + (1 if method == 'diff' else 0), removed + 2)
+  return max(3 + 2 * int(edge) + diff, removed + 2, 4 + diff)
 
 
 def _check_length(x: jax.Array, method: str) -> None:

@@ -297,21 +297,29 @@ def test_bandpass_in_the_tracker_config_and_validation():
     validate.validate_dynamics(dcfg, num_devices=1)
 
 
-def test_phase_metrics_are_nan_where_the_preprocessing_leaves_one_degree_of_freedom():
+def test_phase_metrics_are_nan_where_the_series_is_too_short_for_r_to_change():
   """Detrended, 3 samples leave one degree of freedom: every signal is a multiple of
   (1, -2, 1), R(t) is constant, and the functions return synchrony = |mean sign| and
   metastability 0 whatever the signals. The tracker reports NaN there (phase.min_samples),
-  and from 4 samples on a value that depends on the signals."""
+  and from the minimum on a value that depends on the signals."""
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((6, 3)), jnp.float32)
   assert float(phase.metastability(x, 'detrend')) < 1e-6  # the artefact itself
   spec = dynamics.MetricSpec(surrogates=0)
-  assert phase.min_samples('detrend') == 4 and phase.min_samples('diff') == 4
-  assert phase.min_samples('demean') == 3 and phase.min_samples('detrend', edge=1) == 5
-  at3 = dynamics.compute_metrics(x, spec, None)
-  assert np.isnan(at3['metastability']) and np.isnan(at3['synchrony'])
-  demeaned = dynamics.compute_metrics(x, spec._replace(phase_preprocess='demean'), None)
-  assert np.isfinite(demeaned['metastability'])
+  # Demeaned at 3 samples, or differenced at 4, the analytic signal has one positive
+  # frequency: every phase turns at the same rate, R(t) is constant as well.
+  assert float(phase.metastability(x, 'demean')) < 1e-6
   x4 = jnp.asarray(rng.standard_normal((6, 4)), jnp.float32)
-  at4 = dynamics.compute_metrics(x4, spec, None)
-  assert float(at4['metastability']) > 1e-3
+  assert float(phase.metastability(x4, 'diff')) < 1e-6
+  assert phase.min_samples('detrend') == 4 and phase.min_samples('demean') == 4
+  assert phase.min_samples('diff') == 5 and phase.min_samples('detrend', edge=1) == 5
+  for method in ('detrend', 'demean'):
+    short = dynamics.compute_metrics(x, spec._replace(phase_preprocess=method), None)
+    assert np.isnan(short['metastability']) and np.isnan(short['synchrony']), method
+    enough = dynamics.compute_metrics(x4, spec._replace(phase_preprocess=method), None)
+    assert float(enough['metastability']) > 1e-3, method
+  short = dynamics.compute_metrics(x4, spec._replace(phase_preprocess='diff'), None)
+  assert np.isnan(short['metastability'])
+  x5 = jnp.asarray(rng.standard_normal((6, 5)), jnp.float32)
+  enough = dynamics.compute_metrics(x5, spec._replace(phase_preprocess='diff'), None)
+  assert float(enough['metastability']) > 1e-3
