@@ -20,6 +20,7 @@ quiet as that.
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -64,6 +65,11 @@ GRID = (
 )
 
 
+def _cpu_seconds() -> float:
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
+
+
 def main(argv):
   del argv
   load_start = os.getloadavg()
@@ -89,9 +95,9 @@ def main(argv):
         }
       stages['window'].update({f'{k}_seconds': v for k, v in parts.items()})
     with tempfile.TemporaryDirectory() as out:
-      start = time.perf_counter()
+      start, cpu = time.perf_counter(), _cpu_seconds()
       grid_report.run_job(FLAGS.runs, GRID, out)
-      total = time.perf_counter() - start
+      total, job_cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     if FLAGS.new_process:
       with tempfile.TemporaryDirectory() as out:
         command = [sys.executable, 'analyze.py', 'ablate', f'--out={out}']
@@ -113,7 +119,7 @@ def main(argv):
       print(f'{stage:<10} {e["definitions"]:>11} {e["seconds"]:>9.1f} {per:>21.2f}')
     print('window: ' + ', '.join(f'{k} {v:.1f} s' for k, v in parts.items()))
   again = 'again in the same process' if FLAGS.stages else 'compiled from nothing'
-  print(f'the whole job, {again}: {total:.1f} s')
+  print(f'the whole job, {again}: {total:.1f} s ({job_cpu:.0f} s of CPU time)')
   if fresh is not None:
     print(f'the whole job, a new process, programs in the persistent cache: {fresh:.1f} s')
   os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
@@ -126,6 +132,10 @@ def main(argv):
             grid=GRID,
             job_seconds=total,
             job_compiled_before=bool(FLAGS.stages),
+            # The process's user + system time during the job (every thread): less sensitive
+            # to the load than the wall time; a quiet machine's wall time is about this over
+            # the cores the job keeps busy.
+            job_cpu_seconds=job_cpu,
             job_seconds_new_process_cached=fresh,
             stages=stages,
             machine=platform.processor() or platform.machine(),
