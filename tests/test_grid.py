@@ -88,8 +88,9 @@ def _assert_same_series(batched, single, label):
   for k, v in single.items():
     a, b = np.asarray(batched[k], np.float64), np.asarray(v, np.float64)
     if k.endswith(('_z', '_p')) and 'integration' not in k:
-      # Where R(t) is constant in exact arithmetic, metastability is round-off and the phase
-      # nulls tie with it: z and p are round-off there (as in the staged test above).
+      # phase.min_samples lets 'demean' define the phase metrics at 3 samples, but R(t) of 3
+      # zero-mean samples is constant (the analytic signal is one rotating phasor per row): the
+      # metastability there is round-off, and so are its z and p.
       history = 'sliding_' if k.startswith('sliding_') else ''
       fine = ~(np.abs(np.asarray(single[history + 'metastability'])) < 1e-6)
       a, b = a[fine], b[fine]
