@@ -24,7 +24,8 @@ def section(
       + (' and every step-mode one' if with_step else '')
       + ' recomputed offline from the saved '
       'per-signal series (dynamics.npz) with the new definition, by the same functions the '
-      'tracker runs during training (analysis/ablation.py); a training run with that '
+      'tracker runs during training (dynamics/offline_grid.py, the new and the logged '
+      'definition in one program per shape); a training run with that '
       'setting would have logged the same series (tests/test_analysis.py checks it). '
       'Findings 1 to 3 above show both definitions.',
       '',

@@ -9,6 +9,7 @@ import tqdm
 from analysis import ablation, runs as runs_lib
 from analysis.markdown import _table
 from analysis.views import Definition, View
+from dynamics import offline_grid
 
 
 def definition_title(overrides: Dict[str, Any]) -> str:
@@ -31,28 +32,18 @@ def build_definitions(
     key = ablation.surrogate_key(run.dynamics, run.seed)
     if overrides:
       new_cfg = ablation.apply_overrides(dcfg, overrides)
-      new_step = None
+      # The ablated definition and (verify) the logged one recomputed, together: one program
+      # per shape for both (dynamics/offline_grid.py).
+      cfgs = [new_cfg, dcfg] if verify else [new_cfg]
+      probes = offline_grid.probe_series_grid(run.dynamics['probe_signals'], cfgs, key)
+      steps = [None] * len(cfgs)
       if step_logged is not None:
-        new_step = ablation.step_series(run.dynamics['step_signals'], new_cfg, surrogate_key=key)
-      ablated.append(
-          View(
-              run,
-              new_cfg,
-              ablation.probe_series(run.dynamics['probe_signals'], new_cfg, key),
-              new_step,
-          )
-      )
+        steps = offline_grid.step_series_grid(run.dynamics['step_signals'], cfgs, surrogate_key=key)
+      ablated.append(View(run, new_cfg, probes[0], steps[0]))
       if verify:
-        checks[run.name] = {
-            'probe': _max_diff(
-                ablation.probe_series(run.dynamics['probe_signals'], dcfg, key), logged[-1].probe
-            )
-        }
+        checks[run.name] = {'probe': _max_diff(probes[1], logged[-1].probe)}
         if step_logged is not None:
-          checks[run.name]['step'] = _max_diff(
-              ablation.step_series(run.dynamics['step_signals'], dcfg, surrogate_key=key),
-              step_logged,
-          )
+          checks[run.name]['step'] = _max_diff(steps[1], step_logged)
   definitions = [Definition('logged', 'logged definition', logged)]
   if overrides:
     definitions.append(Definition('ablated', definition_title(overrides), ablated))

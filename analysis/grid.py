@@ -12,8 +12,14 @@ the field, the value and the nearest supported value, and no output folder is ma
 
 Recomputation is staged by what a field changes, so nothing is computed twice:
 - window fields (DFA scales and order, the phase preprocessing, the step window, the
-  surrogates) recompute the metrics from the recorded signals (`analysis.ablation`), one
-  compiled program per definition shared by every run of the same shape (jit's cache);
+  surrogates) recompute the metrics from the recorded signals, all of a run's window
+  definitions together (`recompute_all`, `dynamics.offline_grid`): the definitions that share
+  the shapes (step window, DFA order, surrogates) go through one compiled program, which draws
+  each window's surrogates once for all of them, and which every run of the same signal count
+  reuses (jit's cache; the job turns on JAX's persistent compilation cache too);
+- a window definition whose step metrics (or probe metrics) are the logged definition's (a
+  new step window leaves the probe alone; a new sliding history leaves the step window alone)
+  takes those from the logged series and reruns only the detector on them;
 - DSI fields (`dsi_form` and its weights) recombine the logged integration and metastability;
 - detector fields (volatility windows, rho, patience, warm-ups) only rerun the volatility and
   the convergence detector on the DSI series;
@@ -26,14 +32,16 @@ resolution x history), ablation.md and figures/.
 """
 
 import itertools
-from typing import Any, Dict, List, Sequence, Tuple
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tqdm
 
 from analysis import ablation, runs as runs_lib
-from dynamics import offline, stability, tracker as tracker_lib
+from dynamics import offline, offline_grid, stability, tracker as tracker_lib
 
 DSI_FIELDS = ('dsi_form', 'dsi_w_integration', 'dsi_w_metastability')
 DETECTOR_FIELDS = (
@@ -181,18 +189,130 @@ def _stage(overrides: Dict[str, Any]) -> str:
 
 def recompute(run: runs_lib.Run, overrides: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
   """{'step': step series, 'probe': probe series} of the run under the definition."""
+  return recompute_all(run, [overrides])[0]
+
+
+def _step_signature(dcfg: ml_collections.ConfigDict) -> Tuple:
+  """What the step window's metrics depend on, the detector aside."""
+  window = int(dcfg.window)
+  scales = tracker_lib.resolve_scales(dcfg, window, strict=True)
+  return (tracker_lib.MetricSpec.from_config(dcfg), scales, window, int(dcfg.every_steps))
+
+
+def _reusable(logged: Optional[Dict[str, Any]], names: Sequence[str]) -> bool:
+  return logged is not None and all(name in logged for name in names)
+
+
+def _with_step_detector(series: Dict[str, Any], dcfg) -> Dict[str, Any]:
+  series = dict(series)
+  series['dsi_volatility'], series['convergence'] = offline.step_detector(series['dsi'], dcfg)
+  return series
+
+
+def _with_probe_detector(series: Dict[str, Any], dcfg) -> Dict[str, Any]:
+  series = dict(series)
+  for prefix in ablation.HISTORIES:
+    vol, conv = tracker_lib.probe_volatility(jnp.asarray(series[prefix + 'dsi']), dcfg)
+    series[prefix + 'dsi_volatility'] = np.asarray(vol, np.float32)
+    series[prefix + 'convergence'] = int(conv)
+  return series
+
+
+def recompute_all(
+    run: runs_lib.Run,
+    defs: Sequence[Dict[str, Any]],
+    timings: Optional[Dict[str, float]] = None,
+) -> List[Dict[str, Dict[str, Any]]]:
+  """`recompute` of each definition, in order, the window definitions together.
+
+  The window definitions' step series come from one `offline_grid.step_series_grid` call and
+  their probe series from one `offline_grid.probe_series_grid` call, each definition
+  computed once however often it repeats. A definition whose step (probe) metrics are those of
+  the logged definition, the detector aside, takes them from the logged series (the
+  recomputation equals them to float32 round-off: tests/test_grid.py).
+
+  timings: if given, the seconds of the window definitions' 'step' and 'probe' are added to it.
+  """
+  out: List[Optional[Dict[str, Dict[str, Any]]]] = [None] * len(defs)
+  window = [i for i, overrides in enumerate(defs) if _stage(overrides) == 'window']
+  for i, overrides in enumerate(defs):
+    if i not in window:
+      out[i] = _recompute_one(run, overrides)
+  if not window:
+    return out
+  logged_cfg = run.dynamics_config()
+  cfgs = {i: ablation.apply_overrides(logged_cfg, defs[i]) for i in window}
+  key = ablation.surrogate_key(run.dynamics, run.seed)
+  step: Dict[int, Any] = {i: None for i in window}
+  probe: Dict[int, Any] = {i: None for i in window}
+  start = time.perf_counter()
+  if run.has_step:
+    logged = ablation.logged_step_series(run.dynamics)
+    logged_signature = _step_signature(logged_cfg)
+    todo: Dict[Tuple, List[int]] = {}
+    for i in window:
+      signature = _step_signature(cfgs[i])
+      names = offline._metric_names(signature[0], key)  # pylint: disable=protected-access
+      if signature == logged_signature and _reusable(logged, names):
+        step[i] = _with_step_detector(logged, cfgs[i])
+      else:
+        todo.setdefault(signature, []).append(i)
+    if todo:
+      firsts = [same[0] for same in todo.values()]
+      with tqdm.tqdm(desc='step windows', unit='chunk', disable=None, leave=False) as bar:
+
+        def progress(done, total):
+          bar.total = total
+          bar.update(done - bar.n)
+
+        series = offline_grid.step_series_grid(
+            run.dynamics['step_signals'],
+            [cfgs[i] for i in firsts],
+            surrogate_key=key,
+            progress=progress,
+        )
+      for computed, same in zip(series, todo.values()):
+        for i in same:
+          step[i] = _with_step_detector(computed, cfgs[i])
+  if timings is not None:
+    timings['step'] = timings.get('step', 0.0) + time.perf_counter() - start
+  start = time.perf_counter()
+  if run.has_probe:
+    logged = ablation.logged_probe_series(run.dynamics)
+    num_epochs = run.dynamics['probe_signals'].shape[-1]
+    logged_plan = tracker_lib.probe_plan(logged_cfg, num_epochs)
+    todo = {}
+    for i in window:
+      plan = tracker_lib.probe_plan(cfgs[i], num_epochs)
+      names = offline._metric_names(plan.spec, key)  # pylint: disable=protected-access
+      names = [prefix + name for prefix in ablation.HISTORIES for name in names]
+      if plan == logged_plan and _reusable(logged, names):
+        probe[i] = _with_probe_detector(logged, cfgs[i])
+      else:
+        todo.setdefault(plan, []).append(i)
+    if todo:
+      firsts = [same[0] for same in todo.values()]
+      series = offline_grid.probe_series_grid(
+          run.dynamics['probe_signals'], [cfgs[i] for i in firsts], key
+      )
+      for computed, same in zip(series, todo.values()):
+        for i in same:
+          probe[i] = _with_probe_detector(computed, cfgs[i])
+  if timings is not None:
+    timings['probe'] = timings.get('probe', 0.0) + time.perf_counter() - start
+  for i in window:
+    out[i] = {'step': step[i], 'probe': probe[i]}
+  return out
+
+
+def _recompute_one(run: runs_lib.Run, overrides: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+  """The logged, DSI and detector stages of one definition (`recompute`)."""
   logged_cfg = run.dynamics_config()
   dcfg = ablation.apply_overrides(logged_cfg, overrides)
   step = ablation.logged_step_series(run.dynamics) if run.has_step else None
   probe = ablation.logged_probe_series(run.dynamics) if run.has_probe else None
   stage = _stage(overrides)
-  if stage == 'window':
-    key = ablation.surrogate_key(run.dynamics, run.seed)
-    if step is not None:
-      step = ablation.step_series(run.dynamics['step_signals'], dcfg, surrogate_key=key)
-    if probe is not None:
-      probe = ablation.probe_series(run.dynamics['probe_signals'], dcfg, key)
-  elif stage in ('dsi', 'detector'):
+  if stage in ('dsi', 'detector'):
     step, probe = dict(step or {}), dict(probe or {})
     places = ([('step', step, '')] if run.has_step else []) + (
         [('probe', probe, p) for p in ('', 'sliding_')] if run.has_probe else []

@@ -10,7 +10,9 @@ import tempfile
 import time
 from typing import Dict, List, Sequence
 
+import jax
 import matplotlib
+from jax.experimental.compilation_cache import compilation_cache
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
@@ -48,17 +50,20 @@ def run_job(
     raise ValueError(f'ablate: no run under {", ".join(patterns)} has recorded dynamics series.')
   defs = grid.definitions(axes, runs[0].dynamics_config(), product) if axes else [{}]
   grid.check(defs, runs)  # every definition on every run, before anything is computed
+  persistent_compilation_cache()
   start = time.perf_counter()
+  computed = {}
+  # A run at a time, all its definitions together (the window definitions share programs).
+  for run in tqdm.tqdm(runs, desc='runs', unit='run', disable=None, leave=False):
+    for overrides, out in zip(defs, grid.recompute_all(run, defs)):
+      computed[(grid.name(overrides), run.name)] = (run, out)
   rows, series = [], {}
-  bar = tqdm.tqdm(total=len(defs) * len(runs), desc='definitions x runs', disable=None, leave=False)
   for overrides in defs:
     label = grid.name(overrides)
     for run in runs:
-      out = grid.recompute(run, overrides)
+      _, out = computed[(label, run.name)]
       series[(label, run.name)] = out
       rows += grid.rows(run, label, out)
-      bar.update()
-  bar.close()
   seconds = time.perf_counter() - start
   os.makedirs(os.path.join(out_dir, 'figures'), exist_ok=True)
   table = pd.DataFrame(rows, columns=list(grid.COLUMNS))
@@ -72,6 +77,23 @@ def run_job(
   with open(path, 'w') as f:
     f.write('\n'.join(lines).rstrip() + '\n')
   return path
+
+
+# The folder `make study` and `make confirm` give JAX_COMPILATION_CACHE_DIR by default.
+DEFAULT_COMPILATION_CACHE = os.path.join('~', '.cache', 'dynamics_jax')
+
+
+def persistent_compilation_cache() -> str:
+  """Turns on JAX's persistent compilation cache unless it is already on (the environment's
+  JAX_COMPILATION_CACHE_DIR wins): the grid's programs (seconds to compile each) are then
+  compiled once per machine, not once per job. Returns the folder."""
+  folder = jax.config.jax_compilation_cache_dir
+  if not folder:
+    folder = os.path.expanduser(DEFAULT_COMPILATION_CACHE)
+    jax.config.update('jax_compilation_cache_dir', folder)
+    # JAX decides on its first compile whether to use the cache; let it decide again.
+    compilation_cache.reset_cache()
+  return folder
 
 
 def _stat(values: np.ndarray) -> str:
