@@ -237,6 +237,8 @@ def surrogate_test(
 
 # Metrics with a null in the tracker and the report, and the default null of each (DESIGN 3.6).
 NULL_METRICS = ('integration', 'synchrony', 'metastability', 'dsi')
+# Those computed from signals (each from its own surrogates); the DSI is computed from two of them.
+SIGNAL_METRICS = NULL_METRICS[:3]
 DEFAULT_METHODS = 'integration=shuffle,synchrony=phase,metastability=phase'
 
 
@@ -273,50 +275,59 @@ def evaluation_key(base_key, mode: int, sample) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(key, mode), sample)
 
 
-def metric_nulls(
-    key, x, values: dict, spec, scales, num: int, methods: dict[str, str]
-) -> dict[str, jax.Array]:
-  """z and p of integration, synchrony, metastability and DSI against their surrogate nulls.
+def method_draws(key, x, num: int, methods: dict[str, str], draw=None) -> dict[str, jax.Array]:
+  """The surrogates of one metric evaluation: {method: f[num, ..., S, N]} for every method named
+  in `methods` (``parse_methods``), method i of SURROGATE_METHODS drawn from fold_in(key, i).
+
+  draw(key, x, num, method) -> f[num, ...] draws them (default: ``surrogates``; the masked
+  probe passes its prefix form)."""
+  draw = surrogates if draw is None else draw
+  return {
+      method: draw(jax.random.fold_in(key, index), x, num, method)
+      for index, method in enumerate(SURROGATE_METHODS)
+      if method in methods.values()
+  }
+
+
+def values_and_nulls(
+    metrics: Callable[[dict[str, jax.Array]], dict[str, jax.Array]],
+    x: jax.Array,
+    draws: dict[str, jax.Array],
+    methods: dict[str, str],
+) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+  """The metrics of x and of each of its surrogates, from one traced copy of the metrics.
+
+  `metrics` maps {metric: its signals} (SIGNAL_METRICS, as in `methods`) to {name: f[...]}; it
+  is vmapped over 1 + num inputs: first every metric of x itself (the values), then metric m
+  of surrogate j of methods[m] (the nulls). The program holds the metric pipeline once, where
+  computing the values and then vmapping the metrics over the surrogates held it twice, which
+  made the nulls cost more to compile than the rest of the tracker. The nulls are those of the
+  metrics vmapped over the surrogates alone (mostly bit for bit on XLA:CPU), the values those of
+  x alone, both up to float32 round-off: XLA:CPU rounds some reductions over a batch of
+  evaluations differently from one evaluation's (benchmarks/README.md, "The nulls' compile").
 
   Args:
-    key: the evaluation's key (``evaluation_key``).
-    x: f[S, N] the signals the metrics were computed on (batch axes: vmap this function).
-    values: the metrics of x ({'integration', 'synchrony', 'metastability', 'dsi'}).
-    spec: the tracker's MetricSpec (definition fields); scales: the DFA scales or None.
-    num: static number of surrogates per method; methods: ``parse_methods``.
+    metrics: {metric: f[..., S, N]} -> {name: f[...]} (pure jnp).
+    x: f[..., S, N].
+    draws: ``method_draws`` of x: {method: f[num, ..., S, N]}.
+    methods: {metric: method} (``parse_methods``).
 
   Returns:
-    {'<metric>_z', '<metric>_p'}: f[] each, NaN where the metric is undefined. One-sided
-    ('greater'): p small means the data have more of the structure than its null.
+    (values {name: f[...]}, null {name: f[num, ...]}).
   """
-  # Imported here: tracker imports this module, and the metric modules do not import it.
-  from dynamics import dfa, phase  # pylint: disable=g-import-not-at-top
-
-  draws = {}
-  for index, method in enumerate(SURROGATE_METHODS):
-    if method in methods.values():
-      draws[method] = surrogates(jax.random.fold_in(key, index), x, num, method)
-  nan = jnp.full((num,), jnp.nan, x.dtype)
-  null = {}
-  xi = draws[methods['integration']]
-  null['integration'] = (
-      nan
-      if scales is None
-      else dfa.integration(xi, scales, spec.dfa_order, spec.integration_method)
+  inputs = {method: jnp.concatenate([x[None], d]) for method, d in draws.items()}
+  out = jax.vmap(lambda row: metrics({metric: row[method] for metric, method in methods.items()}))(
+      inputs
   )
-  n_phase = x.shape[-1]
-  min_phase = 3 + 2 * spec.phase_edge + (1 if spec.phase_preprocess == 'diff' else 0)
-  for name, fn in (('synchrony', phase.synchrony), ('metastability', phase.metastability)):
-    xs = draws[methods[name]]
-    null[name] = fn(xs, spec.phase_preprocess, spec.phase_edge) if n_phase >= min_phase else nan
-  return null_z_and_p(values, null, spec)
+  return {k: v[0] for k, v in out.items()}, {k: v[1:] for k, v in out.items()}
 
 
 def null_z_and_p(values: dict, null: dict, spec) -> dict:
   """The DSI's null from its parts' nulls (`null` holds integration, synchrony and
   metastability of every surrogate), then `<metric>_z` and `<metric>_p` of every NULL_METRICS
   value against its null (one-sided, 'greater')."""
-  from dynamics import stability  # pylint: disable=g-import-not-at-top  (see metric_nulls)
+  # Imported here: tracker imports this module, and the metric modules do not import it.
+  from dynamics import stability  # pylint: disable=g-import-not-at-top
 
   null = dict(
       null,

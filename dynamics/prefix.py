@@ -369,50 +369,49 @@ def surrogates(key, x: jax.Array, n, num: int, method: str, iterations: int = 10
   return jax.vmap(lambda k: _one(k, x, n, method, iterations))(keys)
 
 
-def metric_nulls(key, x, n, values: dict, spec, plan: ScalePlan, num: int, methods: dict) -> dict:
-  """nulls.metric_nulls on x[:, :n] (x: f[S, L], n: int32[])."""
-  draws = {}
-  for index, method in enumerate(nulls.SURROGATE_METHODS):
-    if method in methods.values():
-      draws[method] = surrogates(jax.random.fold_in(key, index), x, n, num, method)
-  null = {
-      'integration': integration(
-          draws[methods['integration']], n, plan, spec.dfa_order, spec.integration_method
-      )
-  }
-  for name, index in (('synchrony', 0), ('metastability', 1)):
-    null[name] = order_stats(draws[methods[name]], n, spec.phase_preprocess, spec.phase_edge)[index]
-  return nulls.null_z_and_p(values, null, spec)
-
-
 def compute_metrics(x: jax.Array, n, spec, plan: ScalePlan, key=None) -> dict:
   """tracker.compute_metrics(x[:, :n], spec, plan.sets[n], key) for x: f[S, L], n: int32[]
-  (vmap for batch axes; n and key may be batched with x)."""
+  (vmap for batch axes; n and key may be batched with x). With nulls, the values and the nulls
+  come from one copy of the metrics, as there (nulls.values_and_nulls)."""
   n = jnp.asarray(n, jnp.int32)
-  alphas = dfa_exponent(x, n, plan, spec.dfa_order)
   _, defined = _plan_tables(plan)
-  integ = jnp.where(
-      jnp.asarray(defined)[n],
-      integration(x, n, plan, spec.dfa_order, spec.integration_method),
-      jnp.nan,
-  )
-  sync, meta = order_stats(x, n, spec.phase_preprocess, spec.phase_edge)
-  dsi = stability.stability_index(
-      integ, meta, spec.dsi_form, spec.dsi_w_integration, spec.dsi_w_metastability
-  )
-  out = dict(integration=integ, metastability=meta, synchrony=sync, dsi=dsi, alphas=alphas)
-  if key is not None and spec.surrogates > 0:
-    methods = nulls.parse_methods(spec.surrogate_methods)
-    out.update(
-        metric_nulls(
-            key,
-            x,
-            n,
-            {name: out[name] for name in nulls.NULL_METRICS},
-            spec,
-            plan,
-            int(spec.surrogates),
-            methods,
-        )
+  per_layer = spec.integration_method == 'per_layer_mean'
+
+  def metrics(inputs: dict, with_alphas: bool) -> dict:
+    """Each metric of its own signals f[..., S, L] ({metric: signals}); no DSI."""
+    xi, xs, xm = (inputs[name] for name in nulls.SIGNAL_METRICS)
+    out = {'alphas': dfa_exponent(xi, n, plan, spec.dfa_order)} if with_alphas else {}
+    out['integration'] = jnp.where(
+        jnp.asarray(defined)[n],
+        integration(xi, n, plan, spec.dfa_order, spec.integration_method),
+        jnp.nan,
     )
-  return out
+    out['synchrony'], out['metastability'] = order_stats(
+        xs, n, spec.phase_preprocess, spec.phase_edge
+    )
+    if xm is not xs:
+      out['metastability'] = order_stats(xm, n, spec.phase_preprocess, spec.phase_edge)[1]
+    return out
+
+  def with_dsi(out: dict) -> dict:
+    form = (spec.dsi_form, spec.dsi_w_integration, spec.dsi_w_metastability)
+    return dict(out, dsi=stability.stability_index(out['integration'], out['metastability'], *form))
+
+  if key is None or spec.surrogates <= 0:
+    return with_dsi(metrics({name: x for name in nulls.SIGNAL_METRICS}, with_alphas=True))
+  methods = nulls.parse_methods(spec.surrogate_methods)
+  draws = nulls.method_draws(
+      key,
+      x,
+      int(spec.surrogates),
+      methods,
+      draw=lambda k, signals, num, method: surrogates(k, signals, n, num, method),
+  )
+  values, null = nulls.values_and_nulls(
+      lambda inputs: metrics(inputs, with_alphas=per_layer), x, draws, methods
+  )
+  if not per_layer:  # as tracker.compute_metrics
+    values['alphas'] = dfa_exponent(x, n, plan, spec.dfa_order)
+  values = with_dsi(values)
+  values.update(nulls.null_z_and_p(values, null, spec))
+  return values

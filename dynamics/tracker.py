@@ -199,35 +199,57 @@ def compute_metrics(
   Entries that the history cannot define yet (too short for the scales or the Hilbert
   transform) are NaN. The same function serves step mode, probe mode and offline ablation.
   With a key (a key array of shape x.shape[:-2], one per evaluation) and spec.surrogates > 0,
-  also NULL_KEYS: each metric's z and p against spec.surrogates surrogates (nulls.metric_nulls).
+  also NULL_KEYS: each metric's z and p against spec.surrogates surrogates; the values and the
+  nulls come from one copy of the metric pipeline (nulls.values_and_nulls).
   """
-  batch = x.shape[:-2]
-  nan = jnp.full(batch, jnp.nan, x.dtype)
-  if scales is None:
-    alphas = jnp.full(x.shape[:-1], jnp.nan, x.dtype)
-    integration = nan
-  else:
-    alphas = dfa.dfa_exponent(x, scales, spec.dfa_order)
-    integration = dfa.integration(x, scales, spec.dfa_order, spec.integration_method)
-  if x.shape[-1] >= min_phase_samples(spec):
-    sync = phase.synchrony(x, spec.phase_preprocess, spec.phase_edge)
-    meta = phase.metastability(x, spec.phase_preprocess, spec.phase_edge)
-  else:
-    sync = meta = nan
-  dsi = stability.stability_index(
-      integration, meta, spec.dsi_form, spec.dsi_w_integration, spec.dsi_w_metastability
-  )
-  out = dict(integration=integration, metastability=meta, synchrony=sync, dsi=dsi, alphas=alphas)
-  if key is not None and spec.surrogates > 0:
-    methods = nulls.parse_methods(spec.surrogate_methods)
+  per_layer = spec.integration_method == 'per_layer_mean'
 
-    def one(k, signals_, values):
-      return nulls.metric_nulls(k, signals_, values, spec, scales, int(spec.surrogates), methods)
+  def alphas_of(xi):
+    if scales is None:
+      return jnp.full(xi.shape[:-1], jnp.nan, xi.dtype)
+    return dfa.dfa_exponent(xi, scales, spec.dfa_order)
 
-    for _ in batch:  # one vmap per batch axis: each evaluation draws from its own key
-      one = jax.vmap(one)
-    out.update(one(key, x, {name: out[name] for name in nulls.NULL_METRICS}))
-  return out
+  def metrics(inputs: Dict[str, jnp.ndarray], with_alphas: bool) -> Dict[str, jnp.ndarray]:
+    """Each metric of its own signals f[..., S, N] ({metric: signals}); no DSI."""
+    xi, xs, xm = (inputs[name] for name in nulls.SIGNAL_METRICS)
+    nan = jnp.full(xi.shape[:-2], jnp.nan, xi.dtype)
+    out = {'alphas': alphas_of(xi)} if with_alphas else {}
+    out['integration'] = (
+        nan
+        if scales is None
+        else dfa.integration(xi, scales, spec.dfa_order, spec.integration_method)
+    )
+    phased = xs.shape[-1] >= min_phase_samples(spec)
+    how = (spec.phase_preprocess, spec.phase_edge)
+    out['synchrony'] = phase.synchrony(xs, *how) if phased else nan
+    out['metastability'] = phase.metastability(xm, *how) if phased else nan
+    return out
+
+  def with_dsi(out: Dict[str, jnp.ndarray]) -> Dict[str, jnp.ndarray]:
+    form = (spec.dsi_form, spec.dsi_w_integration, spec.dsi_w_metastability)
+    return dict(out, dsi=stability.stability_index(out['integration'], out['metastability'], *form))
+
+  if key is None or spec.surrogates <= 0:
+    return with_dsi(metrics({name: x for name in nulls.SIGNAL_METRICS}, with_alphas=True))
+  methods = nulls.parse_methods(spec.surrogate_methods)
+  num = int(spec.surrogates)
+
+  def one(k, signals_):
+    draws = nulls.method_draws(k, signals_, num, methods)
+    # per_layer_mean's integration is the mean of the alphas, which come with it at no cost;
+    # mean_field's DFA is of the mean field, and the alphas of the signals are computed apart.
+    values, null = nulls.values_and_nulls(
+        lambda inputs: metrics(inputs, with_alphas=per_layer), signals_, draws, methods
+    )
+    if not per_layer:
+      values['alphas'] = alphas_of(signals_)
+    values = with_dsi(values)
+    values.update(nulls.null_z_and_p(values, null, spec))
+    return values
+
+  for _ in x.shape[:-2]:  # one vmap per batch axis: each evaluation draws from its own key
+    one = jax.vmap(one)
+  return one(key, x)
 
 
 def probe_histories(

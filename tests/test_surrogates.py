@@ -225,3 +225,69 @@ def test_integration_against_shuffle_null():
   assert float(out['p']) <= 0.01 and abs(float(out['null_mean']) - 0.5) < 0.05
   white = dynamics.surrogate_test(stat, _noise((4, 512), seed=12), KEY, 99, 'shuffle')
   assert float(white['p']) > 0.05
+
+
+# ------------------------------------------------------- the tracker's nulls (compute_metrics)
+
+
+def _reference_nulls(x, spec, scales, key):
+  """The tracker's z and p written out plainly: the values of x alone; the surrogates of each
+  null method (method i of SURROGATE_METHODS from fold_in(key, i)); each metric vmapped over
+  its method's surrogates."""
+  from dynamics import dfa, tracker as tracker_lib  # pylint: disable=g-import-not-at-top
+
+  values = tracker_lib.compute_metrics(x, spec, scales)
+  methods = surr.parse_methods(spec.surrogate_methods)
+  num = int(spec.surrogates)
+  draws = {
+      method: surr.surrogates(jax.random.fold_in(key, index), x, num, method)
+      for index, method in enumerate(surr.SURROGATE_METHODS)
+      if method in methods.values()
+  }
+  order = spec.dfa_order
+  null = {
+      'integration': jax.vmap(lambda s: dfa.integration(s, scales, order, spec.integration_method))(
+          draws[methods['integration']]
+      ),
+      'synchrony': jax.vmap(
+          lambda s: dynamics.synchrony(s, spec.phase_preprocess, spec.phase_edge)
+      )(draws[methods['synchrony']]),
+      'metastability': jax.vmap(
+          lambda s: dynamics.metastability(s, spec.phase_preprocess, spec.phase_edge)
+      )(draws[methods['metastability']]),
+  }
+  return values, surr.null_z_and_p(values, null, spec)
+
+
+@pytest.mark.parametrize(
+    'methods',
+    [surr.DEFAULT_METHODS]
+    + [f'integration={m},synchrony={m},metastability={m}' for m in surr.SURROGATE_METHODS]
+    + ['integration=iaaft,synchrony=shift,metastability=phase_joint'],
+)
+def test_tracker_nulls_equal_the_plain_vmapped_nulls(methods):
+  # compute_metrics computes the values and the nulls in one program (nulls.values_and_nulls,
+  # which keeps its compile cheap); its z and p are those of the plain computation, and its
+  # values those of compute_metrics without a key, up to float32 round-off (XLA rounds a
+  # batch's reductions differently: z moves by round-off over the nulls' spread).
+  from dynamics import tracker as tracker_lib  # pylint: disable=g-import-not-at-top
+
+  spec = tracker_lib.MetricSpec(surrogates=9, surrogate_methods=methods)
+  scales = (4, 8, 16)
+  rng = np.random.default_rng(13)
+  x = jnp.asarray(rng.standard_normal((2, 5, 64)).cumsum(-1) * 0.2, jnp.float32)
+  x = x + _noise((2, 5, 64), seed=14)
+  keys = jax.vmap(lambda s: surr.evaluation_key(jnp.asarray([0, 7], jnp.uint32), 0, s))(
+      jnp.arange(2)
+  )
+  got = jax.jit(lambda x, k: tracker_lib.compute_metrics(x, spec, scales, k))(x, keys)
+  for i in range(2):  # a batch axis: each evaluation draws from its own key
+    values, want = jax.jit(lambda x, k: _reference_nulls(x, spec, scales, k))(x[i], keys[i])
+    for name, value in values.items():
+      np.testing.assert_allclose(got[name][i], value, rtol=1e-6, atol=1e-6, err_msg=name)
+    for name, value in want.items():
+      assert np.isfinite(value), name
+      if name.endswith('_p'):
+        np.testing.assert_array_equal(got[name][i], value, err_msg=name)
+      else:
+        np.testing.assert_allclose(got[name][i], value, rtol=1e-4, atol=1e-4, err_msg=name)
