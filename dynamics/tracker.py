@@ -203,24 +203,22 @@ def compute_metrics(
   nulls come from one copy of the metric pipeline (nulls.values_and_nulls).
   """
   per_layer = spec.integration_method == 'per_layer_mean'
+  how = (spec.phase_preprocess, spec.phase_edge)
 
   def alphas_of(xi):
-    if scales is None:
-      return jnp.full(xi.shape[:-1], jnp.nan, xi.dtype)
-    return dfa.dfa_exponent(xi, scales, spec.dfa_order)
+    nan = jnp.full(xi.shape[:-1], jnp.nan, xi.dtype)
+    return nan if scales is None else dfa.dfa_exponent(xi, scales, spec.dfa_order)
 
   def metrics(inputs: Dict[str, jnp.ndarray], with_alphas: bool) -> Dict[str, jnp.ndarray]:
     """Each metric of its own signals f[..., S, N] ({metric: signals}); no DSI."""
     xi, xs, xm = (inputs[name] for name in nulls.SIGNAL_METRICS)
     nan = jnp.full(xi.shape[:-2], jnp.nan, xi.dtype)
     out = {'alphas': alphas_of(xi)} if with_alphas else {}
-    out['integration'] = (
-        nan
-        if scales is None
-        else dfa.integration(xi, scales, spec.dfa_order, spec.integration_method)
-    )
+    if scales is None:
+      out['integration'] = nan
+    else:
+      out['integration'] = dfa.integration(xi, scales, spec.dfa_order, spec.integration_method)
     phased = xs.shape[-1] >= min_phase_samples(spec)
-    how = (spec.phase_preprocess, spec.phase_edge)
     out['synchrony'] = phase.synchrony(xs, *how) if phased else nan
     out['metastability'] = phase.metastability(xm, *how) if phased else nan
     return out
@@ -232,20 +230,15 @@ def compute_metrics(
   if key is None or spec.surrogates <= 0:
     return with_dsi(metrics({name: x for name in nulls.SIGNAL_METRICS}, with_alphas=True))
   methods = nulls.parse_methods(spec.surrogate_methods)
-  num = int(spec.surrogates)
 
   def one(k, signals_):
-    draws = nulls.method_draws(k, signals_, num, methods)
-    # per_layer_mean's integration is the mean of the alphas, which come with it at no cost;
-    # mean_field's DFA is of the mean field, and the alphas of the signals are computed apart.
-    values, null = nulls.values_and_nulls(
-        lambda inputs: metrics(inputs, with_alphas=per_layer), signals_, draws, methods
-    )
+    draws = nulls.method_draws(k, signals_, int(spec.surrogates), methods)
+    # The alphas come with per_layer_mean's integration; mean_field's DFA is of the mean field.
+    values, null = nulls.values_and_nulls(lambda s: metrics(s, per_layer), signals_, draws, methods)
     if not per_layer:
       values['alphas'] = alphas_of(signals_)
     values = with_dsi(values)
-    values.update(nulls.null_z_and_p(values, null, spec))
-    return values
+    return dict(values, **nulls.null_z_and_p(values, null, spec))
 
   for _ in x.shape[:-2]:  # one vmap per batch axis: each evaluation draws from its own key
     one = jax.vmap(one)
