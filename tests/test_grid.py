@@ -94,7 +94,10 @@ def _assert_same_series(batched, single, label):
       history = 'sliding_' if k.startswith('sliding_') else ''
       fine = ~(np.abs(np.asarray(single[history + 'metastability'])) < 1e-6)
       a, b = a[fine], b[fine]
-    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6, err_msg=f'{label} {k}')
+    # z divides the values' round-off (two programs, batched differently) by the spread of 5
+    # surrogates: up to about 5e-6 here, as in test_analysis.
+    atol = 1e-5 if k.endswith('_z') else 2e-6
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=atol, err_msg=f'{label} {k}')
 
 
 def test_the_batched_grid_equals_each_definition_alone():
