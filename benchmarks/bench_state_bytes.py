@@ -22,10 +22,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 
 import dynamics  # noqa: E402
 import models  # noqa: E402
+from training import programs  # noqa: E402
 
 flags.DEFINE_string('model', 'resnet50', 'whose taps the tracker records')
 flags.DEFINE_list('reductions', ['mean', 'proj:8'], 'tap reductions (dynamics.reduction)')
@@ -33,22 +33,6 @@ flags.DEFINE_list('steps', ['5000', '50000', '450000'], 'training steps of the r
 flags.DEFINE_integer('steps_per_epoch', 5000, 'steps per epoch (probe samples = steps / this)')
 flags.DEFINE_string('out', '', 'write the figures to this JSON file as well')
 FLAGS = flags.FLAGS
-
-
-def tap_shapes(name: str):
-  model = models.get(name, num_classes=10)
-  image = jnp.zeros((1, 32, 32, 3))
-  taps = jax.eval_shape(
-      lambda: models.apply_with_taps(
-          model,
-          model.init(
-              {'params': jax.random.key(0), 'dropout': jax.random.key(0)}, image, train=False
-          ),
-          image,
-          train=False,
-      )[1]
-  )
-  return {k: v.shape for k, v in taps.items()}
 
 
 def state_bytes(shapes, reduction: str, steps: int) -> dict:
@@ -66,7 +50,7 @@ def state_bytes(shapes, reduction: str, steps: int) -> dict:
 
 def main(argv):
   del argv
-  shapes = tap_shapes(FLAGS.model)
+  shapes = programs.tap_shapes(models.get(FLAGS.model, num_classes=10), (32, 32, 3))
   rows = []
   print(f'{FLAGS.model}: {len(shapes)} taps; tracker state bytes (default dynamics config)')
   print(f'{"reduction":>10} {"signals":>8} {"steps":>8} {"state":>13} {"step mode":>13}')

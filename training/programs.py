@@ -4,7 +4,7 @@ step, eval step and probe with their shardings, built from the plan (no data, no
 import functools
 import math
 import os
-from typing import Any, Callable, Dict, NamedTuple, Optional
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -201,13 +201,10 @@ def build(
   return Experiment(**common, train_step=train_step, eval_step=eval_step, probe=probe)
 
 
-def _make_tracker(config, model, image_shape, total_steps: int, steps_per_epoch: int):
-  """The dynamics tracker for the model's taps (their shapes from an abstract init and apply);
-  None with dynamics.enabled=False."""
-  if not config.dynamics.enabled:
-    return None
+def tap_shapes(model, image_shape) -> Dict[str, Tuple[int, ...]]:
+  """{tap: shape} of the model's taps for one image, from an abstract init and apply."""
   image = jnp.zeros((1,) + tuple(image_shape))
-  tap_shapes = jax.eval_shape(
+  taps = jax.eval_shape(
       lambda: models.apply_with_taps(
           model,
           model.init(
@@ -217,9 +214,16 @@ def _make_tracker(config, model, image_shape, total_steps: int, steps_per_epoch:
           train=False,
       )[1]
   )
+  return {k: v.shape for k, v in taps.items()}
+
+
+def _make_tracker(config, model, image_shape, total_steps: int, steps_per_epoch: int):
+  """The dynamics tracker for the model's taps; None with dynamics.enabled=False."""
+  if not config.dynamics.enabled:
+    return None
   return tracker_lib.make_tracker(
       config.dynamics,
-      {k: v.shape for k, v in tap_shapes.items()},
+      tap_shapes(model, image_shape),
       total_steps,
       math.ceil(total_steps / steps_per_epoch),
       seed=config.seed,
