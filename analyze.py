@@ -200,6 +200,28 @@ def _nulls(dyn, prefix: str) -> str:
   )
 
 
+def _registered_lines(dyn, dcfg) -> List[str]:
+  """report.md's lines on registered metrics (dynamics.metric_modules): each one's last defined
+  value per resolution, with its z and p where it has a null; none when the run has none."""
+  from analysis import ablation  # pylint: disable=g-import-not-at-top
+
+  lines = []
+  for name in ablation.registered_names(dcfg):
+    parts = []
+    for prefix, label in (('step_', 'last step window'), ('probe_', 'last epoch (expanding)')):
+      values = dyn.get(prefix + name)
+      if values is None or not np.isfinite(values).any():
+        continue
+      last = np.flatnonzero(np.isfinite(values))[-1]
+      text = f'{label} {values[last]:.3f}'
+      z, p = dyn.get(f'{prefix}{name}_z'), dyn.get(f'{prefix}{name}_p')
+      if z is not None and p is not None and np.isfinite(z[last]):
+        text += f' (z {z[last]:+.2f}, p {p[last]:.3f})'
+      parts.append(text)
+    lines.append(f'Registered metric {name}: ' + ('; '.join(parts) or 'never defined') + '.')
+  return lines
+
+
 def analyze_run(workdir: str) -> str:
   """Writes the figures and report.md of one run; returns the report path."""
   from analysis import runs as runs_lib  # pylint: disable=g-import-not-at-top
@@ -250,6 +272,7 @@ def analyze_run(workdir: str) -> str:
       nulls = _nulls(dyn, 'probe_')
       if nulls:
         lines.append('Epoch mode, last epoch (expanding history):' + nulls)
+    lines += _registered_lines(dyn, dcfg)
     figures.run_alphas(run, os.path.join(plots, 'alphas.png'), min_epochs)
     written.append('alphas.png')
   lines += [f'Skipped (unreadable): {note}.' for note in run.skipped]

@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
+from analysis import runs as runs_lib
 from dynamics import offline as recompute_lib, tracker as tracker_lib
 
 METRICS = tracker_lib.METRICS  # integration, metastability, synchrony, dsi
@@ -178,9 +179,25 @@ def logged_probe_series(dynamics: Dict[str, np.ndarray]) -> Dict[str, Any]:
   return out
 
 
+def registered_names(dcfg) -> tuple:
+  """The registered metrics (dynamics/registry.py) of a run's dynamics config, after importing
+  its dynamics.metric_modules."""
+  return tuple(m.name for m in tracker_lib.MetricSpec.from_config(dcfg).extra)
+
+
+def registered_outputs(dynamics: Dict[str, np.ndarray]) -> tuple:
+  """The registered metrics' outputs (value, z, p) a run's dynamics.npz holds."""
+  if 'config_json' not in dynamics:
+    return ()
+  names = registered_names(runs_lib.dynamics_config(str(dynamics['config_json'])))
+  return tuple(n + suffix for n in names for suffix in ('', '_z', '_p'))
+
+
 def logged_step_series(dynamics: Dict[str, np.ndarray]) -> Dict[str, Any]:
   """The step series as the run logged them, in `step_series`' layout."""
-  keys = METRICS + tracker_lib.NULL_KEYS + ('dsi_volatility', 'alphas')
+  keys = (
+      METRICS + tracker_lib.NULL_KEYS + ('dsi_volatility', 'alphas') + registered_outputs(dynamics)
+  )
   out = {k: np.asarray(dynamics['step_' + k]) for k in keys if 'step_' + k in dynamics}
   if 'step_convergence' in dynamics:
     out['convergence'] = int(dynamics['step_convergence'])

@@ -346,12 +346,13 @@ def _recompute_one(run: runs_lib.Run, overrides: Dict[str, Any]) -> Dict[str, Di
 def rows(run: runs_lib.Run, definition: str, series: Dict[str, Dict[str, Any]]) -> List[Dict]:
   """The tidy rows of one run under one definition: the last defined value of each series."""
   out = []
+  registered = ablation.registered_names(run.dynamics_config())
   for resolution, history, prefix in PLACES:
     source = series['step'] if resolution == 'step' else series['probe']
     if source is None:
       continue
     prefix = '' if resolution == 'step' else prefix
-    for metric in SERIES:
+    for metric in SERIES + registered:
       values = np.asarray(source.get(prefix + metric, []), np.float64)
       finite = np.flatnonzero(np.isfinite(values))
       last = int(finite[-1]) if len(finite) else -1

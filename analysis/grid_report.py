@@ -122,7 +122,9 @@ def _markdown(table, defs, runs, retrain, seconds, command, product) -> List[str
         + '.',
         '',
     ]
-  for metric in ('integration', 'metastability', 'dsi'):
+  # The built-ins the findings use, then any registered metric the runs computed.
+  registered = [m for m in dict.fromkeys(table.metric) if m not in grid.SERIES]
+  for metric in ['integration', 'metastability', 'dsi'] + registered:
     lines += [
         f'## {metric}',
         '',

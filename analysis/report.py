@@ -30,6 +30,7 @@ from analysis import (
     finding1,
     finding2,
     finding3,
+    registered_section,
     runs as runs_lib,
 )
 from analysis.definitions import _seed_counts
@@ -142,6 +143,7 @@ def build_report(
   lines += finding2.section(definitions, fig_dir, rel, controls)
   lines += early_stopping.section(definitions[0].views)
   lines += finding3.section(definitions, fig_dir, rel)
+  lines += registered_section.section(definitions[0].views)
   lines += estimability.section(definitions[0].views)
   lines += definitions_lib.changes(analysed)
   lines += [

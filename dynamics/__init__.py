@@ -14,6 +14,9 @@ or any of the project's models, data or training code. Three layers:
   ``StepSeries`` collects them); ``default_config()`` lists every definition choice; the
   step outputs averaged for clu.metrics / nnx.Metric loops: ``StepAverage``,
   ``clu_average``, ``nnx_average`` (NaN before the first window left out);
+* metrics users add: ``register_metric(name, fn, needs=, null=)`` (dynamics/registry.py): a
+  registered metric is computed by every tracker built after it, with its null, and written
+  wherever the built-ins are;
 * offline: ``recompute(recorded, definition)``, the metrics of a recorded run (its
   ``export()`` or dynamics.npz) under another definition, for ablations in any loop.
 
@@ -27,6 +30,7 @@ from dynamics.interop import StepAverage, clu_average, nnx_average
 from dynamics.nulls import surrogate_test, surrogates
 from dynamics.offline import recompute
 from dynamics.phase import hilbert, kuramoto_order, metastability, preprocess, synchrony
+from dynamics.registry import Metric, register_metric, registered, unregister_metric
 from dynamics.series import StepSeries
 from dynamics.signals import reduce_taps, signal_names
 from dynamics.stability import (
@@ -53,6 +57,7 @@ from dynamics.tracker import (
 __all__ = [
     'METRICS',
     'Config',
+    'Metric',
     'MetricSpec',
     'RunFitWarning',
     'StepAverage',
@@ -79,6 +84,8 @@ __all__ = [
     'nnx_average',
     'preprocess',
     'reduce_taps',
+    'register_metric',
+    'registered',
     'resolve_scales',
     'recompute',
     'rolling_volatility',
@@ -88,5 +95,6 @@ __all__ = [
     'surrogates',
     'synchrony',
     'taps_from_intermediates',
+    'unregister_metric',
     'validate_scales',
 ]

@@ -137,4 +137,9 @@ def default_config(plain: bool = False) -> Union['ml_collections.ConfigDict', Co
   # shift); the DSI null combines the integration and metastability nulls.
   c.surrogates = SURROGATES
   c.surrogate_methods = 'integration=shuffle,synchrony=phase,metastability=phase'
+
+  # Metrics added with dynamics.register_metric (dynamics/registry.py): comma-separated modules
+  # imported before the tracker is built, whose import registers them, e.g.
+  # 'examples.phase_locking'. The offline analysis imports them again from the run's config.
+  c.metric_modules = ''
   return c

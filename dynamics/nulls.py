@@ -325,7 +325,8 @@ def values_and_nulls(
 def null_z_and_p(values: dict, null: dict, spec) -> dict:
   """The DSI's null from its parts' nulls (`null` holds integration, synchrony and
   metastability of every surrogate), then `<metric>_z` and `<metric>_p` of every NULL_METRICS
-  value against its null (one-sided, 'greater')."""
+  value against its null (one-sided, 'greater') and of every registered metric with a null
+  (spec.extra) on its registered side."""
   # Imported here: tracker imports this module, and the metric modules do not import it.
   from dynamics import stability  # pylint: disable=g-import-not-at-top
 
@@ -339,9 +340,12 @@ def null_z_and_p(values: dict, null: dict, spec) -> dict:
           spec.dsi_w_metastability,
       ),
   )
+  tests = [(name, 'greater') for name in NULL_METRICS]
+  # Registered metrics with a null (spec.extra, dynamics/registry.py), on their own side.
+  tests += [(m.name, m.alternative) for m in getattr(spec, 'extra', ()) if m.null is not None]
   out = {}
-  for name in NULL_METRICS:
-    stats = null_stats(values[name], null[name], 'greater')
+  for name, alternative in tests:
+    stats = null_stats(values[name], null[name], alternative)
     out[f'{name}_z'] = stats['z']
     out[f'{name}_p'] = stats['p']
   return out

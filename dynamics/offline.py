@@ -110,7 +110,7 @@ def probe_series(
     # Every epoch's histories in one compiled program (the tracker's probe_histories_at, the
     # history length a traced count), mapped over the epochs.
     plan = tracker_lib.probe_plan(dcfg, num_epochs, spec)
-    key = None if names == METRICS else jnp.asarray(surrogate_key, jnp.uint32)
+    key = jnp.asarray(surrogate_key, jnp.uint32) if _with_nulls(spec, surrogate_key) else None
     histories = jax.device_get(_probe_program(plan, key is not None)(x, key))
     for prefix, m in histories.items():
       for name in names:
@@ -139,9 +139,14 @@ def _probe_program(plan: tracker_lib.ProbePlan, with_key: bool) -> Callable:
   return jax.jit(run)
 
 
+def _with_nulls(spec, surrogate_key) -> bool:
+  return surrogate_key is not None and int(spec.surrogates) > 0
+
+
 def _metric_names(spec, surrogate_key) -> Tuple[str, ...]:
-  with_nulls = surrogate_key is not None and int(spec.surrogates) > 0
-  return METRICS + (tracker_lib.NULL_KEYS if with_nulls else ())
+  """The metric outputs: the built-ins and the registered metrics (spec.extra), with their z
+  and p where the run drew nulls."""
+  return spec.output_names(_with_nulls(spec, surrogate_key))
 
 
 def step_series(
@@ -193,7 +198,9 @@ def step_series(
       if pad:
         windows = np.concatenate([windows, np.repeat(windows[-1:], pad, axis=0)])
       keys = None
-      if names != METRICS:  # the key of each window's step, as in the tracker's record_step
+      if _with_nulls(
+          spec, surrogate_key
+      ):  # the key of each window's step, as in the tracker's record_step
         padded = np.concatenate([steps, np.repeat(steps[-1:], pad)])
         keys = jax.vmap(lambda t: nulls.evaluation_key(surrogate_key, 0, t))(
             jnp.asarray(padded, jnp.int32)

@@ -278,6 +278,13 @@ def _chunk(plan: _Plan, windows, steps, base_key, params):
   return jax.vmap(lambda x, k: _window(plan, x, k, params))(windows, keys)
 
 
+def _with_registered(dcfgs: Sequence[Any]) -> bool:
+  """Whether the definitions compute registered metrics (dynamics/registry.py). The shared
+  programs here hold the built-ins only; with registered metrics each definition is computed
+  on its own (offline.step_series / probe_series: the same results, without the sharing)."""
+  return any(tracker_lib.MetricSpec.from_config(d).extra for d in dcfgs)
+
+
 def step_series_grid(
     step_signals: np.ndarray,
     dcfgs: Sequence[Any],
@@ -299,6 +306,11 @@ def step_series_grid(
   Returns:
     [step_series' dict for each definition], in the order of `dcfgs`.
   """
+  if _with_registered(dcfgs):
+    return [
+        offline.step_series(step_signals, d, surrogate_key=surrogate_key, progress=progress)
+        for d in dcfgs
+    ]
   x = np.asarray(step_signals, np.float32)
   num_signals, num_steps = x.shape
   groups: Dict[Tuple, List[Tuple[int, Any, Tuple[int, ...]]]] = {}
@@ -309,7 +321,7 @@ def step_series_grid(
     scales = tracker_lib.resolve_scales(dcfg, window, strict=True)
     dfa.validate_scales(scales, window, int(spec.dfa_order))
     names = offline._metric_names(spec, surrogate_key)  # pylint: disable=protected-access
-    with_nulls = names != METRICS
+    with_nulls = offline._with_nulls(spec, surrogate_key)  # pylint: disable=protected-access
     methods = tuple(nulls.parse_methods(spec.surrogate_methods).items()) if with_nulls else ()
     group = (window, every, int(spec.dfa_order), int(spec.surrogates) if with_nulls else 0, methods)
     groups.setdefault(group, []).append((i, spec, scales))
@@ -555,6 +567,8 @@ def probe_series_grid(
   work they share done once: one program per group of definitions with the same DFA order,
   sliding history and surrogates (the module docstring; the probe's functions are
   dynamics/prefix.py's)."""
+  if _with_registered(dcfgs):
+    return [offline.probe_series(probe_signals, d, surrogate_key) for d in dcfgs]
   x = np.asarray(probe_signals, np.float32)
   num_signals, num_epochs = x.shape
   outs: List[Dict[str, Any]] = []
@@ -562,7 +576,8 @@ def probe_series_grid(
   for i, dcfg in enumerate(dcfgs):
     spec = tracker_lib.MetricSpec.from_config(dcfg)
     names = offline._metric_names(spec, surrogate_key)  # pylint: disable=protected-access
-    methods = tuple(nulls.parse_methods(spec.surrogate_methods).items()) if names != METRICS else ()
+    with_nulls = offline._with_nulls(spec, surrogate_key)  # pylint: disable=protected-access
+    methods = tuple(nulls.parse_methods(spec.surrogate_methods).items()) if with_nulls else ()
     out = {p + m: np.full((num_epochs,), np.nan, np.float32) for p in HISTORIES for m in names}
     out['alphas'] = np.full((num_signals,), np.nan, np.float32)
     outs.append(out)

@@ -227,6 +227,26 @@ def _kuramoto(x: jax.Array, method: str) -> jax.Array:
   return jnp.where((count >= 2) & ~diverged, r, jnp.nan)
 
 
+def phases(x: jax.Array, preprocess: str = 'detrend', edge: int = 0):
+  """The instantaneous phases that the Kuramoto metrics use, for registered metrics
+  (dynamics.registry, needs='phases'): angle(hilbert(preprocess(x))) in radians.
+
+  Args:
+    x: f[..., S, N] (traced; no checks: the tracker has checked the length).
+    preprocess, edge: static, as ``synchrony``.
+
+  Returns:
+    (phi f[..., S, N'], valid bool[..., S, N']): N' = N (N - 1 for 'diff'); valid drops `edge`
+    samples at each end and the signals with no phase (constant after preprocessing).
+  """
+  z = _preprocess_rows(x, preprocess)
+  phi = jnp.angle(_hilbert(z)).astype(x.dtype)
+  t = jnp.arange(z.shape[-1])
+  inside = (t >= edge) & (t < z.shape[-1] - edge)
+  usable = jnp.any(z != 0, axis=-1, keepdims=True)
+  return phi, inside & usable
+
+
 def excluded_signals(x, preprocess: str = 'detrend') -> jax.Array:
   """Number of finite taps that the phase metrics leave out (constant after preprocessing).
 

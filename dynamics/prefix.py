@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dynamics import dfa, nulls, phase, stability
+from dynamics import dfa, nulls, phase, registry, stability
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -217,14 +217,21 @@ def preprocess(x: jax.Array, n, method: str) -> Tuple[jax.Array, jax.Array]:
   return jnp.where(constant | ~valid, 0, rc / jnp.where(constant, 1, sd)), m
 
 
-def kuramoto_order(x: jax.Array, n, method: str) -> Tuple[jax.Array, jax.Array]:
-  """phase.kuramoto_order(x[..., :n], method) -> (R f[..., L'], its length m)."""
-  n = jnp.asarray(n, jnp.int32)
+def _analytic(x: jax.Array, n, method: str):
+  """The preprocessed prefix and its analytic signal: (z f[..., L'], its length m, real and
+  imaginary parts of hilbert(z) f[..., L'])."""
   z, m = preprocess(x, n, method)
   cos, sin = _dft(m, z.shape[-1], x.dtype)
   h = _onesided_weights(m, z.shape[-1], x.dtype)
   zr, zi = _forward(z, cos, sin)
   ar, ai = _inverse(zr * h, zi * h, cos, sin, m)
+  return z, m, ar, ai
+
+
+def kuramoto_order(x: jax.Array, n, method: str) -> Tuple[jax.Array, jax.Array]:
+  """phase.kuramoto_order(x[..., :n], method) -> (R f[..., L'], its length m)."""
+  n = jnp.asarray(n, jnp.int32)
+  z, m, ar, ai = _analytic(x, n, method)
   mag = jnp.sqrt(ar * ar + ai * ai)
   positive = mag > 0
   safe = jnp.where(positive, mag, 1)
@@ -238,6 +245,17 @@ def kuramoto_order(x: jax.Array, n, method: str) -> Tuple[jax.Array, jax.Array]:
   valid_x = _valid(x.shape[-1], n)
   diverged = jnp.any(valid_x & ~jnp.isfinite(x), axis=(-2, -1))[..., None]
   return jnp.where((count >= 2) & ~diverged, r, jnp.nan), m
+
+
+def phases(x: jax.Array, n, method: str, edge: int) -> Tuple[jax.Array, jax.Array]:
+  """phase.phases(x[..., :n], method, edge), padded: (phi f[..., S, L'], valid bool[..., S, L'])
+  with valid False from the history's end (m - edge) on."""
+  n = jnp.asarray(n, jnp.int32)
+  z, m, ar, ai = _analytic(x, n, method)
+  t = jnp.arange(z.shape[-1])
+  inside = (t >= edge) & (t < m - edge)
+  usable = jnp.any(z != 0, axis=-1, keepdims=True)
+  return jnp.where(inside, jnp.arctan2(ai, ar), 0), inside & usable
 
 
 def min_phase_samples(method: str, edge: int) -> int:
@@ -376,6 +394,22 @@ def compute_metrics(x: jax.Array, n, spec, plan: ScalePlan, key=None) -> dict:
   n = jnp.asarray(n, jnp.int32)
   _, defined = _plan_tables(plan)
   per_layer = spec.integration_method == 'per_layer_mean'
+  extra = getattr(spec, 'extra', ())
+
+  def long_enough(metric) -> jax.Array:
+    needed = metric.min_samples
+    if metric.needs == 'phases':
+      needed = max(needed, min_phase_samples(spec.phase_preprocess, spec.phase_edge))
+    return n >= needed
+
+  def registered(inputs: dict) -> dict:
+    return registry.evaluate(
+        extra,
+        inputs,
+        lambda xr: phases(xr, n, spec.phase_preprocess, spec.phase_edge),
+        lambda xr: jnp.broadcast_to(_valid(xr.shape[-1], n), xr.shape),
+        long_enough,
+    )
 
   def metrics(inputs: dict, with_alphas: bool) -> dict:
     """Each metric of its own signals f[..., S, L] ({metric: signals}); no DSI."""
@@ -391,15 +425,17 @@ def compute_metrics(x: jax.Array, n, spec, plan: ScalePlan, key=None) -> dict:
     )
     if xm is not xs:
       out['metastability'] = order_stats(xm, n, spec.phase_preprocess, spec.phase_edge)[1]
+    out.update(registered(inputs))
     return out
 
   def with_dsi(out: dict) -> dict:
     form = (spec.dsi_form, spec.dsi_w_integration, spec.dsi_w_metastability)
     return dict(out, dsi=stability.stability_index(out['integration'], out['metastability'], *form))
 
+  everything = nulls.SIGNAL_METRICS + tuple(m.name for m in extra)
   if key is None or spec.surrogates <= 0:
-    return with_dsi(metrics({name: x for name in nulls.SIGNAL_METRICS}, with_alphas=True))
-  methods = nulls.parse_methods(spec.surrogate_methods)
+    return with_dsi(metrics({name: x for name in everything}, with_alphas=True))
+  methods = spec.null_methods()
   draws = nulls.method_draws(
       key,
       x,
@@ -412,6 +448,7 @@ def compute_metrics(x: jax.Array, n, spec, plan: ScalePlan, key=None) -> dict:
   )
   if not per_layer:  # as tracker.compute_metrics
     values['alphas'] = dfa_exponent(x, n, plan, spec.dfa_order)
+  values.update(registered({m: x for m in everything if m not in values}))  # no null: data only
   values = with_dsi(values)
   values.update(nulls.null_z_and_p(values, null, spec))
   return values

@@ -34,14 +34,30 @@ from dynamics import (
     nulls,
     phase,
     prefix as prefix_lib,
+    registry,
     signals,
     stability,
+)
+from dynamics.sizing import (  # noqa: F401  (re-exported: tracker.resolve_scales etc., as before)
+    AUTO,
+    AUTO_DEFAULTS,
+    AUTO_RECENT_STEPS,
+    auto_volatility_window,
+    auto_window,
+    computed_windows,
+    min_dfa_length,
+    min_phase_samples,
+    min_step_window,
+    recent_steps,
+    resolve_auto,
+    resolve_scales,
 )
 from dynamics.taps import check_taps  # noqa: F401  (dynamics.tracker.check_taps, as before)
 
 State = Dict[str, jnp.ndarray]
-METRICS = ('integration', 'metastability', 'synchrony', 'dsi')
-# z-score and p-value of each metric against its surrogate null (DESIGN 3.6; dynamics/nulls.py).
+METRICS = registry.BUILTIN_NAMES  # integration, metastability, synchrony, dsi
+# z-score and p-value of each built-in metric against its surrogate null (DESIGN 3.6;
+# dynamics/nulls.py); MetricSpec.output_names adds those of registered metrics.
 NULL_KEYS = tuple(f'{m}_{s}' for m in nulls.NULL_METRICS for s in ('z', 'p'))
 
 
@@ -59,133 +75,28 @@ class MetricSpec(NamedTuple):
   # the same nulls as a run with the default config; 0 turns the nulls off.
   surrogates: int = config_lib.SURROGATES
   surrogate_methods: str = nulls.DEFAULT_METHODS
+  # The registered metrics computed besides the built-ins (dynamics/registry.py).
+  extra: Tuple[registry.Metric, ...] = ()
 
   @classmethod
   def from_config(cls, dcfg: Any) -> 'MetricSpec':
-    fields = {field: dcfg[field] for field in cls._fields}
+    """The config's definition, with the metrics registered now (after importing the config's
+    dynamics.metric_modules, which register theirs)."""
+    fields = {field: dcfg[field] for field in cls._fields if field != 'extra'}
     if fields['phase_preprocess'] == 'bandpass':  # the band travels in the static method
       fields['phase_preprocess'] = phase.bandpass_method(dcfg.get('phase_band', '0.02,0.2'))
+    fields['extra'] = registry.import_modules(dcfg.get('metric_modules', ''))
     return cls(**fields)
 
+  def output_names(self, with_nulls: bool) -> Tuple[str, ...]:
+    """The metric outputs of this definition: values, then z and p (registry.output_names)."""
+    return registry.output_names(self.extra, with_nulls and int(self.surrogates) > 0)
 
-def resolve_scales(dcfg: Any, n: int, strict: bool = False) -> Optional[Tuple[int, ...]]:
-  """The DFA scales for a series of n samples, or None when n is too short for them.
-
-  With strict=True a too-short series is a config error (used for the fixed step window).
-  dcfg: the dynamics config (attribute access), or a plain mapping of the fields to change
-  from ``default_config()`` (``{'dfa_scales': '4,8,16'}``).
-  """
-  if not hasattr(dcfg, 'dfa_scales'):
-    dcfg = config_lib.as_config(dcfg)
-  try:
-    if dcfg.dfa_scales:
-      try:
-        scales = tuple(sorted({int(s) for s in str(dcfg.dfa_scales).split(',') if s.strip()}))
-      except ValueError:
-        raise ValueError(
-            f'dynamics.dfa_scales={dcfg.dfa_scales!r} must be comma-separated '
-            'integers, e.g. "4,8,16,32", or empty for the default grid.'
-        ) from None
-      dfa.validate_scales(scales, n)
-      return scales
-    return dfa.default_scales(n, dcfg.dfa_min_scale, dcfg.dfa_max_divisor, dcfg.dfa_num_scales)
-  except ValueError:
-    if strict:
-      raise
-    return None
-
-
-def min_phase_samples(spec: MetricSpec) -> int:
-  """Shortest history on which the phase metrics are defined (phase.min_samples: 4 with the
-  default detrend, where 3 samples leave one degree of freedom and only artefacts)."""
-  return phase.min_samples(spec.phase_preprocess, spec.phase_edge)
-
-
-# `auto` (0) for dynamics.window and volatility_window_steps: sized to the run by the rules
-# below (shared by the project's loop, through training/fit.fit_to_run, and by library
-# users, through dynamics.make_tracker). Runs long enough get the standard values.
-AUTO = 0
-AUTO_DEFAULTS = {'window': 256, 'volatility_window_steps': 50}
-# dynamics.recent_steps = auto: the step ring holds max(window, this) steps.
-AUTO_RECENT_STEPS = 256
-
-
-def recent_steps(dcfg: Any) -> int:
-  """K, the steps of step-mode series the state holds (dynamics.recent_steps; 0 = auto:
-  max(window, 256)). The host must drain the series at least every K steps."""
-  window = int(dcfg.window)
-  value = int(dcfg.get('recent_steps', AUTO))  # absent in configs saved before the field
-  if value == AUTO:
-    return max(window, AUTO_RECENT_STEPS)
-  if value < window:
-    raise ValueError(
-        f'dynamics.recent_steps={value} is shorter than dynamics.window={window}: the step '
-        f'ring must hold a whole window. Set recent_steps to at least {window}, or 0 (auto: '
-        f'max(window, {AUTO_RECENT_STEPS})).'
-    )
-  return value
-
-
-def min_dfa_length(dcfg: Any, limit: int = 1 << 20) -> Optional[int]:
-  """Shortest series on which the DFA scales of `dcfg` are defined (3 distinct scales), or
-  None if none up to `limit` is."""
-  n = 1
-  while n <= limit:  # doubling, then bisection: defined-ness is monotone in n
-    if resolve_scales(dcfg, n) is not None:
-      break
-    n *= 2
-  else:
-    return None
-  lo, hi = n // 2, n  # undefined at lo (or lo = 0), defined at hi
-  while hi - lo > 1:
-    mid = (lo + hi) // 2
-    if resolve_scales(dcfg, mid) is not None:
-      hi = mid
-    else:
-      lo = mid
-  return hi
-
-
-def min_step_window(dcfg: Any) -> Optional[int]:
-  """The shortest step window on which every metric is defined (None: no length is)."""
-  dfa_min = min_dfa_length(dcfg)
-  if dfa_min is None:
-    return None
-  return max(dfa_min, 3 + (1 if dcfg.phase_preprocess == 'diff' else 0))
-
-
-def auto_window(dcfg: Any, num_steps: int) -> int:
-  """dynamics.window = auto: 256 on runs of at least 512 steps, else half the run, never below
-  `min_step_window` (a run shorter than that computes no step metrics)."""
-  needed = min_step_window(dcfg) or 0
-  standard = AUTO_DEFAULTS['window']
-  if num_steps < needed:
-    return needed
-  return standard if num_steps >= 2 * standard else max(needed, num_steps // 2)
-
-
-def computed_windows(num_steps: int, window: int, every: int) -> int:
-  """Step-mode samples with metrics: steps k in [window, num_steps] (1-based), k % every == 0."""
-  return max(num_steps // every - (window - 1) // every, 0) if num_steps >= window else 0
-
-
-def auto_volatility_window(computed: int) -> int:
-  """volatility_window_steps = auto: 50 when at least 100 windows are computed, else half of
-  them (at least 2)."""
-  standard = AUTO_DEFAULTS['volatility_window_steps']
-  if computed < 4:
-    return 2
-  return standard if computed >= 2 * standard else computed // 2
-
-
-def resolve_auto(dcfg: Any, num_steps: int) -> None:
-  """Sets the `auto` step-mode fields of a (mutable, attribute-style) config in place."""
-  if dcfg.window == AUTO:
-    dcfg.window = auto_window(dcfg, num_steps)
-  if dcfg.volatility_window_steps == AUTO:
-    dcfg.volatility_window_steps = auto_volatility_window(
-        computed_windows(num_steps, int(dcfg.window), int(dcfg.every_steps))
-    )
+  def null_methods(self) -> Dict[str, str]:
+    """{metric: surrogate method} of every metric computed from its own surrogates."""
+    methods = nulls.parse_methods(self.surrogate_methods)
+    methods.update({m.name: m.null for m in self.extra if m.null is not None})
+    return methods
 
 
 def compute_metrics(
@@ -204,6 +115,22 @@ def compute_metrics(
   """
   per_layer = spec.integration_method == 'per_layer_mean'
   how = (spec.phase_preprocess, spec.phase_edge)
+  length = x.shape[-1]
+
+  def defined(metric: registry.Metric) -> bool:
+    needed = metric.min_samples
+    if metric.needs == 'phases':
+      needed = max(needed, min_phase_samples(spec))
+    return length >= needed
+
+  def registered(inputs):
+    return registry.evaluate(
+        spec.extra,
+        inputs,
+        lambda xr: phase.phases(xr, *how),
+        lambda xr: jnp.ones(xr.shape, bool),
+        defined,
+    )
 
   def alphas_of(xi):
     nan = jnp.full(xi.shape[:-1], jnp.nan, xi.dtype)
@@ -221,15 +148,17 @@ def compute_metrics(
     phased = xs.shape[-1] >= min_phase_samples(spec)
     out['synchrony'] = phase.synchrony(xs, *how) if phased else nan
     out['metastability'] = phase.metastability(xm, *how) if phased else nan
+    out.update(registered(inputs))
     return out
 
   def with_dsi(out: Dict[str, jnp.ndarray]) -> Dict[str, jnp.ndarray]:
     form = (spec.dsi_form, spec.dsi_w_integration, spec.dsi_w_metastability)
     return dict(out, dsi=stability.stability_index(out['integration'], out['metastability'], *form))
 
+  everything = nulls.SIGNAL_METRICS + tuple(m.name for m in spec.extra)
   if key is None or spec.surrogates <= 0:
-    return with_dsi(metrics({name: x for name in nulls.SIGNAL_METRICS}, with_alphas=True))
-  methods = nulls.parse_methods(spec.surrogate_methods)
+    return with_dsi(metrics({name: x for name in everything}, with_alphas=True))
+  methods = spec.null_methods()
 
   def one(k, signals_):
     draws = nulls.method_draws(k, signals_, int(spec.surrogates), methods)
@@ -237,6 +166,8 @@ def compute_metrics(
     values, null = nulls.values_and_nulls(lambda s: metrics(s, per_layer), signals_, draws, methods)
     if not per_layer:
       values['alphas'] = alphas_of(signals_)
+    # Registered metrics without a null: of the data only.
+    values.update(registered({m: signals_ for m in everything if m not in values}))
     values = with_dsi(values)
     return dict(values, **nulls.null_z_and_p(values, null, spec))
 
@@ -379,7 +310,7 @@ def make_tracker(
   spec = MetricSpec.from_config(dcfg)
   with_nulls = int(spec.surrogates) > 0
   nulls.parse_methods(spec.surrogate_methods)  # a config error now, not inside the step
-  metric_keys = METRICS + (NULL_KEYS if with_nulls else ())
+  metric_keys = spec.output_names(with_nulls)  # built-ins, then registered metrics
   series_keys = ('signals',) + metric_keys + ('dsi_volatility',)
   tap_names = sorted(tap_shapes)
   kind, k = signals.parse_reduction(dcfg.reduction)

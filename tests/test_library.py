@@ -9,6 +9,7 @@ against the metric functions applied to the signals the tracker recorded.
 import dataclasses
 import inspect
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import textwrap
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import library_install  # tests/library_install.py
 import ml_collections
 import numpy as np
 import optax
@@ -46,51 +48,14 @@ FORBIDDEN = (
 
 
 def _run(code, cwd, pythonpath, timeout=300):
-  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-  env.update(PYTHONPATH=pythonpath, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
-  return subprocess.run(
-      [sys.executable, '-c', textwrap.dedent(code)],
-      cwd=cwd,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=timeout,
-  )
+  return library_install.run_python(['-c', textwrap.dedent(code)], cwd, pythonpath, timeout)
 
 
 # ----- packaging and the import boundary -------------------------------------------------------
 
 
 def test_installed_package_imports_from_outside_the_repository(tmp_path):
-  # A clean copy of what the distribution is built from, so the checkout gets no build/ dirs.
-  src = tmp_path / 'src'
-  src.mkdir()
-  for name in ('pyproject.toml', 'README.md'):
-    shutil.copy(os.path.join(ROOT, name), src / name)
-  shutil.copytree(
-      os.path.join(ROOT, 'dynamics'), src / 'dynamics', ignore=shutil.ignore_patterns('__pycache__')
-  )
-  target = tmp_path / 'target'
-  install = subprocess.run(
-      [
-          sys.executable,
-          '-m',
-          'pip',
-          'install',
-          '-q',
-          '--no-deps',
-          '--no-build-isolation',
-          '--no-index',
-          '--disable-pip-version-check',
-          '--target',
-          str(target),
-          str(src),
-      ],
-      capture_output=True,
-      text=True,
-      timeout=300,
-  )
-  assert install.returncode == 0, install.stdout + install.stderr
+  target = pathlib.Path(library_install.install_library(tmp_path))
   packages = sorted(p.name for p in target.iterdir() if not p.name.endswith('.dist-info'))
   assert packages == ['dynamics'], packages  # only the library, none of the project's packages
 
