@@ -42,6 +42,7 @@ from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dynamics import nulls
 
@@ -82,6 +83,7 @@ def register_metric(
     alternative: str = 'greater',
     min_samples: int = 2,
     replace: bool = False,
+    check: bool = True,
 ) -> Metric:
   """Adds a metric to every tracker built from now on (see the module docstring).
 
@@ -94,6 +96,8 @@ def register_metric(
     alternative: the side of its surrogate test: 'greater' | 'less' | 'two-sided'.
     min_samples: the shortest window or history it is defined on (NaN below).
     replace: allow re-registering an existing name (e.g. re-running a notebook cell).
+    check: call fn once on a random window, plain and padded with a mask, and refuse a fn
+      that reads the masked samples or does not return a scalar (what the probe needs).
 
   Returns:
     The Metric.
@@ -130,8 +134,45 @@ def register_metric(
   if isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 1:
     raise ValueError(f'register_metric({name!r}): min_samples must be a positive int.')
   metric = Metric(name, fn, needs, null, alternative, int(min_samples))
+  if check:
+    _check_masking(metric)
   _registered[name] = metric
   return metric
+
+
+def _check_masking(metric: Metric, signals: int = 4, length: int = 24, valid: int = 16) -> None:
+  """Calls fn once on a random window, then on the same window padded with other values past
+  `valid` samples and masked: a fn that reads the padding would give the epoch probe (which
+  pads its history) wrong values without any error, so it is refused here instead."""
+  rng = np.random.default_rng(0)
+  if metric.needs == 'phases':
+    draw = lambda shape: rng.uniform(-np.pi, np.pi, shape)  # noqa: E731
+  else:
+    draw = lambda shape: rng.standard_normal(shape).cumsum(-1)  # noqa: E731
+  x = draw((signals, valid)).astype(np.float32)
+  padded = np.concatenate([x, 100 * draw((signals, length - valid)).astype(np.float32)], -1)
+  mask = np.broadcast_to(np.arange(length) < valid, padded.shape)
+  try:
+    exact = np.asarray(metric.fn(jnp.asarray(x), jnp.ones(x.shape, bool)), np.float64)
+    masked = np.asarray(metric.fn(jnp.asarray(padded), jnp.asarray(mask)), np.float64)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(
+        f'register_metric({metric.name!r}): fn(x, valid) failed on a test window x f32[{signals}, '
+        f'{valid}] ({type(e).__name__}: {e}). It must take x f[S, N] and valid bool[S, N] and '
+        'return a scalar; pass check=False to skip this test call.'
+    ) from e
+  if exact.shape != () or masked.shape != ():
+    raise ValueError(
+        f'register_metric({metric.name!r}): fn returned shape {exact.shape}; it must return a '
+        'scalar f[] (reduce over the signals and samples).'
+    )
+  if not np.allclose(exact, masked, rtol=1e-4, atol=1e-5, equal_nan=True):
+    raise ValueError(
+        f'register_metric({metric.name!r}): fn gives {float(exact):.6g} on a window and '
+        f'{float(masked):.6g} on the same window padded past its valid samples: it reads samples '
+        'where valid is False. The epoch probe passes a padded history with a mask; leave the '
+        'invalid samples out (masked sums, jnp.where), or pass check=False if this is intended.'
+    )
 
 
 def unregister_metric(name: str) -> None:

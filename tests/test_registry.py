@@ -187,7 +187,7 @@ def test_tracker_computes_registered_metrics_in_step_and_probe_mode(clean):
 
 
 def test_registration_errors_name_the_problem_and_the_fix(clean):
-  fn = lambda x, valid: jnp.mean(x)  # noqa: E731
+  fn = lambda x, valid: jnp.sum(jnp.where(valid, x, 0)) / jnp.sum(valid)  # noqa: E731
   with pytest.raises(ValueError, match='identifier'):
     dynamics.register_metric('my metric', fn)
   with pytest.raises(ValueError, match='taken'):
@@ -211,8 +211,16 @@ def test_registration_errors_name_the_problem_and_the_fix(clean):
     dynamics.unregister_metric('foo')
   with pytest.raises(ValueError, match='built-in'):
     dynamics.unregister_metric('integration')
-  # A metric that returns a vector is named when the tracker traces it.
-  dynamics.register_metric('per_signal', lambda x, valid: jnp.mean(x, -1))
+  # A fn that reads the masked samples would give the padded epoch probe wrong values silently:
+  # refused at registration, as is one that returns a vector.
+  with pytest.raises(ValueError, match='reads samples where valid is False'):
+    dynamics.register_metric('unmasked', lambda x, valid: jnp.mean(x))
+  with pytest.raises(ValueError, match='returned shape \\(4,\\).*scalar'):
+    dynamics.register_metric('per_signal', lambda x, valid: jnp.mean(x, -1))
+  with pytest.raises(ValueError, match='failed on a test window'):
+    dynamics.register_metric('broken', lambda x, valid: x @ x)
+  # Without the check, a vector is still named when the tracker traces it.
+  dynamics.register_metric('per_signal', lambda x, valid: jnp.mean(x, -1), check=False)
   with pytest.raises(ValueError, match="'per_signal' returned shape \\(5,\\).*scalar"):
     tracker_lib.compute_metrics(jnp.asarray(_signals()), _spec(), None)
   with pytest.raises(ValueError, match="metric_modules: cannot import 'no_such_module'"):
