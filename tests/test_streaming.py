@@ -153,6 +153,7 @@ def test_imagenet_config_is_the_standard_recipe():
   assert config.learning_rate == pytest.approx(0.1 * config.batch_size / 256)
   assert config.warmup_epochs == 5 and config.schedule == 'cosine'
   assert config.data.streaming and config.dynamics.enabled
+  assert config.dynamics.every_steps == 10  # benchmarks/bench_tracker_tpu.py
   big = imagenet_config.get_config('batch=4096')
   assert big.learning_rate == pytest.approx(1.6)
 
@@ -165,7 +166,7 @@ def test_imagenet_config_trains_on_generated_images_and_resumes_on_the_same_batc
   and crops the same batches, so its losses are the straight run's."""
   from training import loop  # pylint: disable=import-outside-toplevel
 
-  config = imagenet_config.get_config('model=resnet18,batch=8,size=64')
+  config = imagenet_config.get_config('model=resnet18,batch=8,size=64,every=1')
   config.model_args.width = 8  # the ImageNet stem at a CPU test's width
   config.data.path = folder
   config.num_train_steps = 4
@@ -190,7 +191,7 @@ def _train_cli(folder, workdir, log_path, env, flags=()):
   cmd = [
       sys.executable,
       'train.py',
-      '--config=configs/imagenet.py:model=resnet18,batch=8,size=64',
+      '--config=configs/imagenet.py:model=resnet18,batch=8,size=64,every=1',
       f'--workdir={workdir}',
       f'--config.data.path={folder}',
       '--config.model_args.width=8',
