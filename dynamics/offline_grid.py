@@ -291,6 +291,7 @@ def step_series_grid(
     chunk: int = 64,
     surrogate_key: Optional[np.ndarray] = None,
     progress: Optional[Callable[[int, int], None]] = None,
+    nulls_at: str = 'every',
 ) -> List[Dict[str, Any]]:
   """`offline.step_series(step_signals, dcfg, surrogate_key=...)` for each of `dcfgs`, with the
   work the definitions share done once (module docstring).
@@ -302,10 +303,17 @@ def step_series_grid(
     surrogate_key: the run's base key (`offline.surrogate_key`); with surrogates > 0 the z
       and p of each metric come out too, drawn exactly as the run did.
     progress: called as progress(chunks done, number of chunks) before each chunk.
+    nulls_at: 'every' computes the z and p at every window, as the run did; 'last' only at
+      each definition's last window, the others' z and p staying NaN. The surrogates are
+      nearly all of a window's work (39 per method against one series), and the ablation's
+      table and verdicts read only the last window's z and p, so 'last' is what it uses. The
+      last window's z and p, and every window's values, are those of 'every'.
 
   Returns:
     [step_series' dict for each definition], in the order of `dcfgs`.
   """
+  if nulls_at not in ('every', 'last'):
+    raise ValueError(f"nulls_at={nulls_at!r}: one of 'every', 'last'.")
   if _with_registered(dcfgs):
     return [
         offline.step_series(step_signals, d, surrogate_key=surrogate_key, progress=progress)
@@ -332,6 +340,9 @@ def step_series_grid(
   for (window, every, order, num, methods), members in groups.items():
     candidates = np.arange(every - 1, num_steps, every)
     due = candidates[candidates + 1 >= window]
+    if len(due) > 1 and num and nulls_at == 'last':
+      work.append(((window, order, 0, ()), members, due[:-1]))  # the same values, no nulls
+      due = due[-1:]
     if len(due):
       work.append(((window, order, num, methods), members, due))
   total = sum(-(-len(due) // _batch(len(due), chunk)) for _, _, due in work)

@@ -135,6 +135,28 @@ def test_the_batched_grid_equals_each_definition_alone():
     _assert_same_series(p, offline.probe_series(probe_signals, dcfg, key), change)
 
 
+def test_nulls_at_the_last_window_only(run_dir):
+  """The job's shortcut (z and p at the last window) keeps every value and the last z and p."""
+  run = runs_lib.load_run(run_dir)
+  dcfg = ablation.apply_overrides(run.dynamics_config(), {'window': 12})
+  key = ablation.surrogate_key(run.dynamics, run.seed)
+  signals = run.dynamics['step_signals']
+  (every,) = offline_grid.step_series_grid(signals, [dcfg], chunk=4, surrogate_key=key)
+  (last,) = offline_grid.step_series_grid(
+      signals, [dcfg], chunk=4, surrogate_key=key, nulls_at='last'
+  )
+  assert set(every) == set(last)
+  final = int(np.flatnonzero(np.isfinite(every['integration']))[-1])
+  for k, v in every.items():
+    a, b = np.asarray(last[k], np.float64), np.asarray(v, np.float64)
+    if k.endswith(('_z', '_p')):
+      assert np.isfinite(b[:final]).any() and np.all(np.isnan(a[:final])), k
+      a, b = a[final:], b[final:]
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-5, err_msg=k)
+  with pytest.raises(ValueError, match='nulls_at'):
+    offline_grid.step_series_grid(signals, [dcfg], surrogate_key=key, nulls_at='some')
+
+
 def test_job_writes_a_tidy_table_and_a_short_report(run_dir, tmp_path):
   out = str(tmp_path / 'abl')
   path = grid_report.run_job(
