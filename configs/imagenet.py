@@ -13,7 +13,12 @@ evaluation resizes the shorter side to 256 and centre-crops 224. The published n
 
 Arguments: model (resnet18 | resnet34 | resnet50 | densenet121 | mobilenetv2 | vgg16),
 batch (the global batch; the learning rate follows it), size (the crop side, 224), every (the
-step window's metrics every n steps, 10).
+step window's metrics every n steps, 10), workers (grain's decoding processes per host, 0: in
+the training process; on a pod host, most of its cores).
+
+The batches come from grain (`data.loader='grain'`, data/grain_batches.py). For a TFDS dataset
+prepared as ArrayRecord instead of a folder: --config.data.source=tfds
+--config.data.name=imagenet2012 --config.data.tfds_data_dir=<dir>.
 On this CPU, two steps on a folder of generated images (tests/test_streaming.py does this):
 
   python train.py --config=configs/imagenet.py:batch=8,size=64,every=1 --workdir=/tmp/imagenet \
@@ -30,7 +35,7 @@ NUM_CLASSES = 1000
 
 
 def get_config(arg=''):
-  args = common.parse_arg(arg, model='resnet50', batch=1024, size=224, every=10)
+  args = common.parse_arg(arg, model='resnet50', batch=1024, size=224, every=10, workers=0)
   config = common.base_config()
   config.model = args.model
   config.model_args.stem = 'imagenet'  # at any crop size: this is the ImageNet network
@@ -38,6 +43,8 @@ def get_config(arg=''):
 
   config.data.source = 'image_folder'
   config.data.streaming = True
+  config.data.loader = 'grain'
+  config.data.workers = args.workers
   config.data.path = ''
   config.data.image_size = args.size  # the host crops to it; the step sees size x size
   config.image_size = 0

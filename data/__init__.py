@@ -16,9 +16,13 @@ Sources (`config.data.source`):
   'image_folder'  a directory or .tar.gz laid out as `<split>/<class>/<image>`, e.g. the offline
                   copies in ../shared/data/ (decoded once, then cached as .npz).
 
-Why the whole dataset lives in host memory as uint8: CIFAR is 184 MB that way, every epoch's
-order is then a pure function of (seed, epoch) (so a resumed run sees the same batches), and all
-float work (crop, flip, normalise, resize) happens on the accelerator inside the jitted step.
+`config.data.streaming=True` (image_folder or tfds) reads neither split into memory: each
+step's share is decoded on the host by data/streaming.py (ImageNet-sized data, configs/imagenet.py).
+
+Why the whole dataset lives in host memory as uint8 otherwise: CIFAR is 184 MB that way,
+every epoch's order is then a pure function of (seed, epoch) (so a resumed run sees the same
+batches), and all float work (crop, flip, normalise, resize) happens on the accelerator
+inside the jitted step.
 """
 
 from __future__ import annotations
@@ -79,6 +83,8 @@ _DEFAULTS = dict(
     test_size=512,
     image_size=32,
     streaming=False,
+    loader="threads",
+    workers=0,
 )
 
 
@@ -98,10 +104,15 @@ def default_config():
     seed: seeds the synthetic generator and the subset draw (not the epoch order: that is the
       train loop's seed, passed to TrainBatches).
     num_classes, train_size, test_size, image_size: the synthetic source's shape; image_size
-      is also the crop side of a streamed image folder.
-    streaming: source='image_folder' only: False holds the decoded folder in memory (every
-      image the same size; CIFAR); True decodes each step's share per process with ImageNet
-      preprocessing (any image sizes; data/streaming.py, configs/imagenet.py).
+      is also the crop side of a streamed split.
+    streaming: source='image_folder' or 'tfds': False holds the decoded splits in memory
+      (every image the same size; CIFAR); True decodes each step's share per process with
+      ImageNet preprocessing (any image sizes; an image folder, or a TFDS dataset prepared as
+      ArrayRecord; data/streaming.py, configs/imagenet.py).
+    loader: streaming only: 'threads' decodes each step's share in a thread pool in the
+      training process; 'grain' gives the same batches from a grain pipeline
+      (data/grain_batches.py), decoded in `workers` processes when workers > 0.
+    workers: loader='grain' only: worker processes (0: in the training process).
   """
   import ml_collections  # Imported here so that numpy-only users of `data` need not have it.
 
@@ -270,6 +281,14 @@ def class_balanced_subset(labels, size, seed, num_classes):
   return np.sort(chosen).astype(np.int64)
 
 
+def _check_streaming_subsets(cfg):
+  if int(_get(cfg, "train_subset")) or int(_get(cfg, "test_subset")):
+    raise ValueError(
+        "data.streaming=True reads whole splits; data.train_subset and data.test_subset "
+        "must be 0 (make a smaller folder or dataset instead)."
+    )
+
+
 def _get(cfg, field):
   """cfg.<field>, falling back to default_config()'s value when the config lacks it."""
   if hasattr(cfg, "get"):  # ConfigDict or dict.
@@ -309,6 +328,11 @@ def load(cfg: Any) -> Dataset:
   if seed < 0:
     raise ValueError(f"data.seed={seed} must be >= 0.")
   if source == "synthetic":
+    if _get(cfg, "streaming"):
+      raise ValueError(
+          "data.streaming=True needs data.source='image_folder' or 'tfds'; the synthetic "
+          "source is generated in memory (set data.streaming=False)."
+      )
     name = "synthetic"
     arrays = synthetic.make_synthetic(
         num_classes=int(_get(cfg, "num_classes")),
@@ -329,11 +353,7 @@ def load(cfg: Any) -> Dataset:
       # Decoded per step, never held (data/streaming.py): ImageNet-sized and variable-size images.
       from data import streaming  # pylint: disable=import-outside-toplevel
 
-      if int(_get(cfg, "train_subset")) or int(_get(cfg, "test_subset")):
-        raise ValueError(
-            "data.streaming=True reads whole splits; data.train_subset and data.test_subset "
-            "must be 0 (make a smaller folder instead)."
-        )
+      _check_streaming_subsets(cfg)
       return streaming.load(path, int(_get(cfg, "image_size")))
     name = image_folder.dataset_name(path)
     cache_dir = resolve_cache_dir(_get(cfg, "cache_dir"))
@@ -342,6 +362,13 @@ def load(cfg: Any) -> Dataset:
     from data import tfds_source  # Lazy: importing TensorFlow costs seconds and is rarely needed.
 
     name = _get(cfg, "name")
+    if _get(cfg, "streaming"):
+      # Records read by index (ArrayRecord), each label with its image (data/streaming.py).
+      from data import streaming  # pylint: disable=import-outside-toplevel
+
+      _check_streaming_subsets(cfg)
+      data_dir = _get(cfg, "tfds_data_dir") or None
+      return streaming.load_tfds(name, data_dir, int(_get(cfg, "image_size")))
     arrays = tfds_source.load_tfds(name, data_dir=_get(cfg, "tfds_data_dir") or None)
   else:
     raise ValueError(f"Unknown data.source={source!r}; allowed values: {', '.join(SOURCES)}.")

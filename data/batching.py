@@ -71,30 +71,25 @@ def train_batch_indices(seed, step, n, global_batch, process_index=0, process_co
   return epoch_permutation(seed, epoch, n)[start : start + local]
 
 
-class TrainBatches:
-  """This process's training batches by global step, with the current epoch's order cached.
+class BatchOrder:
+  """Which examples make up this process's share of each global step, with the current epoch's
+  order cached: the index half of TrainBatches, for loaders that read the examples themselves
+  (data/streaming.py).
 
   Args:
-    images: u8[N, H, W, 3]; labels: int[N].
+    num_examples: N, the training examples.
     seed: epoch-order seed (the run's seed).
     global_batch: B, divisible by process_count.
     process_index, process_count: this process and how many share the global batch.
-
-  `batch(step)` -> (u8[B // process_count, H, W, 3], int32[B // process_count]): the same as
-  indexing with train_batch_indices(seed, step, N, B, process_index, process_count).
   """
 
-  def __init__(self, images, labels, seed, global_batch, process_index=0, process_count=1):
-    if len(images) != len(labels):
-      raise ValueError(f"{len(images)} images but {len(labels)} labels.")
-    self.images = images
-    self.labels = np.asarray(labels, np.int32)
+  def __init__(self, num_examples, seed, global_batch, process_index=0, process_count=1):
     self.seed = int(seed)
     self.global_batch = int(global_batch)
     self.process_index = int(process_index)
     self.process_count = int(process_count)
     self.local_batch = _check_split(self.global_batch, self.process_count, self.process_index)
-    self.num_examples = len(labels)
+    self.num_examples = int(num_examples)
     self.steps_per_epoch = steps_per_epoch(self.num_examples, self.global_batch)
     self._epoch = None
     self._perm = None
@@ -110,10 +105,39 @@ class TrainBatches:
     start = j * self.global_batch + self.process_index * self.local_batch
     return self._perm[start : start + self.local_batch]
 
+
+class TrainBatches(BatchOrder):
+  """This process's training batches by global step, with the current epoch's order cached.
+
+  Args:
+    images: u8[N, H, W, 3]; labels: int[N].
+    seed, global_batch, process_index, process_count: BatchOrder's.
+
+  `batch(step)` -> (u8[B // process_count, H, W, 3], int32[B // process_count]): the same as
+  indexing with train_batch_indices(seed, step, N, B, process_index, process_count).
+  """
+
+  def __init__(self, images, labels, seed, global_batch, process_index=0, process_count=1):
+    if len(images) != len(labels):
+      raise ValueError(f"{len(images)} images but {len(labels)} labels.")
+    super().__init__(len(labels), seed, global_batch, process_index, process_count)
+    self.images = images
+    self.labels = np.asarray(labels, np.int32)
+
   def batch(self, step):
     """(u8[b, H, W, 3], int32[b]) for global step `step`, b = global_batch // process_count."""
     idx = self.indices(step)
     return self.images[idx], self.labels[idx]
+
+
+def eval_slices(num_examples, batch_size, process_index=0, process_count=1):
+  """Yields (lo, hi, local) of every global eval batch: this process's examples [lo, hi) of it,
+  `local` = batch_size // process_count the padded size (eval_batches' order)."""
+  local = _check_split(batch_size, process_count, process_index)
+  for start in range(0, num_examples, batch_size):
+    lo = min(start + process_index * local, num_examples)
+    hi = min(start + (process_index + 1) * local, num_examples)
+    yield lo, hi, local
 
 
 def eval_batches(images, labels, batch_size, process_index=0, process_count=1):
@@ -130,14 +154,11 @@ def eval_batches(images, labels, batch_size, process_index=0, process_count=1):
   Yields:
     (images [B // P, H, W, C] same dtype, labels int32[B // P], mask f32[B // P] of 1/0).
   """
-  local = _check_split(batch_size, process_count, process_index)
   n = len(labels)
   if len(images) != n:
     raise ValueError(f"{len(images)} images but {n} labels.")
   labels = np.asarray(labels, np.int32)
-  for start in range(0, n, batch_size):
-    lo = min(start + process_index * local, n)
-    hi = min(start + (process_index + 1) * local, n)
+  for lo, hi, local in eval_slices(n, batch_size, process_index, process_count):
     valid = hi - lo
     x = np.zeros((local, *images.shape[1:]), images.dtype)
     y = np.zeros((local,), np.int32)

@@ -101,3 +101,52 @@ def load_tfds(name, data_dir=None):
   if len(class_names) != label.num_classes:
     class_names = tuple(str(i) for i in range(label.num_classes))
   return out[0], out[1], out[2], out[3], class_names
+
+
+def data_sources(name, data_dir=None):
+  """The 'train' and 'test' splits of a TFDS dataset prepared as ArrayRecord, read by index.
+
+  Nothing of a split is read here: `builder.as_data_source` opens the ArrayRecord files, and a
+  record (its image and label) is decoded when it is indexed (data/streaming.py).
+
+  Returns:
+    ((train source, test source), class_names tuple of C str).
+  Raises:
+    ValueError: unknown TFDS name, or a dataset prepared in a format without random access.
+    FileNotFoundError: the dataset is not prepared in data_dir.
+  """
+  _, tfds = _import_tf()
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise FileNotFoundError(offline_message(name, data_dir)) from e
+  except ValueError as e:  # a malformed name
+    raise ValueError(
+        f"data.name={name!r} is not a TFDS dataset name ('imagenet2012', 'cifar10', ...): "
+        f"{str(e).splitlines()[0]}"
+    ) from e
+  if not builder.is_prepared():
+    raise FileNotFoundError(offline_message(name, data_dir))
+  features = builder.info.features
+  if "image" not in features or "label" not in features:
+    raise ValueError(
+        f"TFDS {name!r} has the features {sorted(features.keys())}; streaming reads an "
+        "image classification dataset with 'image' and 'label'."
+    )
+  label = features["label"]
+  class_names = tuple(str(n) for n in label.names)
+  if len(class_names) != label.num_classes:
+    class_names = tuple(str(i) for i in range(label.num_classes))
+  sources = []
+  for split in ("train", "test"):
+    try:
+      sources.append(builder.as_data_source(split))
+    except AssertionError as e:  # TFDS's "could not find data in <data_dir>".
+      raise FileNotFoundError(offline_message(name, data_dir)) from e
+    except (NotImplementedError, ValueError) as e:
+      raise ValueError(
+          f"data.streaming=True reads TFDS {name!r} by index, which needs it prepared as "
+          f"ArrayRecord files (tfds build {name} --file_format=array_record "
+          f"--data_dir=<dir>); TFDS says: {str(e).splitlines()[0]}"
+      ) from e
+  return tuple(sources), class_names

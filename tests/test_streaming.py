@@ -135,6 +135,24 @@ def test_batches_are_a_pure_function_of_the_step_so_resume_replays_them(folder):
     assert np.array_equal(images, seen[s][0]) and np.array_equal(labels, seen[s][1])
 
 
+def test_grain_gives_the_thread_loaders_batches_and_resumes_on_them(folder):
+  """data.loader='grain' (data/grain_batches.py): the same batches bit for bit, in order, from
+  a fresh pipeline at step 4 (a resume), and from a worker process."""
+  ds = data.load(stream_config(folder))
+  threads = ds.train_batches(seed=1, global_batch=8, process_index=1, process_count=2)
+  expected = [threads.batch(s) for s in range(7)]
+  straight = ds.train_batches(1, 8, 1, 2, loader='grain')
+  resumed = ds.train_batches(1, 8, 1, 2, loader='grain')
+  workers = ds.train_batches(1, 8, 1, 2, loader='grain', workers=1)
+  for s in range(7):
+    for loader in (straight, resumed, workers) if s >= 4 else (straight,):
+      images, labels = loader.batch(s)
+      assert np.array_equal(images, expected[s][0]) and np.array_equal(labels, expected[s][1]), s
+  assert np.array_equal(straight.batch(2)[0], expected[2][0])  # a jump back
+  with pytest.raises(ValueError, match='loader'):
+    ds.train_batches(0, 8, loader='tf.data')
+
+
 def test_streaming_refuses_archives_and_subsets(folder, tmp_path):
   archive = tmp_path / 'x.tar.gz'
   archive.write_bytes(b'')

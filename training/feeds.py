@@ -32,10 +32,15 @@ def train_feed(config, dataset, mesh, batch_sharding) -> Callable[[int], tuple]:
   """
   if config.replicas == 1:
     # The epoch order depends on the run seed, so seeds differ in data order as well as init.
-    # A streamed folder (data/streaming.py) gives its own batches: the same indices, decoded.
+    # Streamed records (data/streaming.py) give their own batches: the same indices, decoded.
     if hasattr(dataset, 'train_batches'):
       batches = dataset.train_batches(
-          config.seed, config.batch_size, jax.process_index(), jax.process_count()
+          config.seed,
+          config.batch_size,
+          jax.process_index(),
+          jax.process_count(),
+          loader=config.data.get('loader', 'threads'),
+          workers=config.data.get('workers', 0),
       )
     else:
       batches = data_lib.TrainBatches(
@@ -113,17 +118,16 @@ def evaluate(eval_step, state, dataset, config, batch_sharding) -> List[Dict[str
   n = config.replicas
   totals = [{'loss': 0.0, 'correct': 0.0, 'count': 0.0} for _ in range(n)]
   # A bar on a terminal only (disable=None); the epoch line gives the time.
+  where = (config.eval_batch_size, jax.process_index(), jax.process_count())
+  if hasattr(dataset, 'eval_batches'):  # streamed records (data/streaming.py): labels inside
+    batches = dataset.eval_batches(*where)
+  else:
+    batches = data_lib.eval_batches(dataset.test_images, dataset.test_labels, *where)
   for images, labels, mask in tqdm.tqdm(
-      data_lib.eval_batches(
-          dataset.test_images,
-          dataset.test_labels,
-          config.eval_batch_size,
-          jax.process_index(),
-          jax.process_count(),
-      ),
+      batches,
       desc='evaluating',
       unit='batch',
-      total=math.ceil(len(dataset.test_labels) / config.eval_batch_size),
+      total=math.ceil(len(dataset.test_images) / config.eval_batch_size),
       disable=None,
       leave=False,
   ):

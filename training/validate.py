@@ -107,11 +107,15 @@ def _always(config):
 
 def _image_side(config) -> Optional[int]:
   """The side of the stored images, where the config alone tells it (not for image folders)."""
-  if config.data.source == 'synthetic':
-    return config.data.image_size
+  if config.data.source == 'synthetic' or _streaming(config):
+    return config.data.image_size  # a streamed split is cropped to it (data/streaming.py)
   if config.data.source == 'tfds':
     return TFDS_IMAGE_SIDE
   return None
+
+
+def _streaming(config) -> bool:
+  return bool(config.data.get('streaming', False))
 
 
 def _crop_limit(config):
@@ -207,7 +211,10 @@ POS_INT = Number(1, integer=True)
 FIELDS = (  # field, constraint, applies when
     ('model', OneOf(lambda c: models.names()), _always),
     ('data.source', OneOf(DATA_SOURCES), _always),
-    ('data.name', OneOf(TFDS_NAMES), lambda c: c.data.source == 'tfds'),
+    # In memory, a TFDS split is 32 px CIFAR; streamed, any prepared ArrayRecord dataset.
+    ('data.name', OneOf(TFDS_NAMES), lambda c: c.data.source == 'tfds' and not _streaming(c)),
+    ('data.loader', OneOf(('threads', 'grain')), _streaming),
+    ('data.workers', NONNEG_INT, _streaming),
     (
         'data.num_classes',
         Number(2, integer=True, note='a classifier needs two classes'),
