@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/quickstart
 
-.PHONY: demo test bench study confirm clean-demo pod-check
+.PHONY: demo test bench study confirm confirm-ablation clean-demo pod-check
 
 # -qq: pip's errors only (a machine's pip.conf can add a warning per package otherwise).
 PIP_INSTALL := $(PY) -m pip install -qq --disable-pip-version-check
@@ -75,6 +75,15 @@ confirm: $(VENV)/.runtime
 	    --root=$(abspath $(CONFIRM_ROOT)) --data_dir=$(abspath $(DATA_DIR)) \
 	    --export=$(abspath results/confirm/runs) --commit
 	$(PY) analyze.py --runs=results/confirm/runs --out=results/confirm
+
+# The study's findings under every definition of a grid (analyze.py ablate; a few minutes).
+CONFIRM_GRID := dfa_min_scale=3,4 dfa_max_divisor=2,3 integration_method=per_layer_mean,mean_field \
+    phase_preprocess=detrend,demean,diff,bandpass phase_edge=0,8 window=128,96 \
+    dsi_form=product,linear convergence_rho=0.25,0.4 convergence_patience=3,5 \
+    volatility_window_steps=25,40
+confirm-ablation: $(VENV)/.runtime
+	$(PY) analyze.py ablate --runs=results/confirm/runs --out=results/confirm/ablation \
+	    $(addprefix --grid=,$(CONFIRM_GRID))
 
 clean-demo:
 	rm -rf $(WORKDIR)

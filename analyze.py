@@ -51,8 +51,6 @@ runtime.configure_xla_cpu()  # before JAX starts (the --set ablation recomputes 
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from analysis import figures  # noqa: E402
-
 # JAX logs at INFO that it found no TPU; only its warnings belong on this console.
 pylogging.getLogger('jax._src.xla_bridge').setLevel(pylogging.WARNING)
 
@@ -97,6 +95,8 @@ flags.DEFINE_bool(
 
 def _step_lines(run, dcfg) -> List[str]:
   """report.md's step-mode lines: the last window's values, or why there are none."""
+  from analysis import figures  # pylint: disable=g-import-not-at-top  (matplotlib: not for ablate)
+
   dyn = run.dynamics
   steps_done = int(dyn['step_dsi'].shape[0])
   window = int(dyn['step_window']) if 'step_window' in dyn else int(dcfg.window)
@@ -138,6 +138,8 @@ def _step_lines(run, dcfg) -> List[str]:
 
 
 def _epoch_lines(run, dcfg, min_epochs: int, plateau: int) -> List[str]:
+  from analysis import figures  # pylint: disable=g-import-not-at-top  (matplotlib: not for ablate)
+
   dyn = run.dynamics
   count = int(dyn['probe_count'])
   final = {k: float(dyn[f'probe_{k}'][-1]) for k in ('integration', 'metastability', 'dsi')}
@@ -224,7 +226,10 @@ def _registered_lines(dyn, dcfg) -> List[str]:
 
 def analyze_run(workdir: str) -> str:
   """Writes the figures and report.md of one run; returns the report path."""
-  from analysis import runs as runs_lib  # pylint: disable=g-import-not-at-top
+  from analysis import (
+      figures,  # pylint: disable=g-import-not-at-top  (matplotlib: not for ablate)
+      runs as runs_lib,  # pylint: disable=g-import-not-at-top
+  )
   from dynamics import stability, tracker  # pylint: disable=g-import-not-at-top
 
   run = runs_lib.load_run(workdir)
@@ -296,7 +301,10 @@ def _seed_spread(values) -> str:
 def analyze_replicas(workdir: str, replica_dirs) -> str:
   """A replicated run: each replica's own report, then the seeds together with their spread
   in <workdir>/report.md and plots/seeds.png. Returns the report path."""
-  from analysis import runs as runs_lib  # pylint: disable=g-import-not-at-top
+  from analysis import (
+      figures,  # pylint: disable=g-import-not-at-top  (matplotlib: not for ablate)
+      runs as runs_lib,  # pylint: disable=g-import-not-at-top
+  )
 
   for folder in replica_dirs:
     analyze_run(folder)
@@ -391,17 +399,20 @@ def ablate_main():
   is one line on stderr and exit status 2, before any work and without an output folder."""
   import shlex  # pylint: disable=g-import-not-at-top
 
-  from analysis import grid_report  # pylint: disable=g-import-not-at-top
+  from analysis import grid  # pylint: disable=g-import-not-at-top
 
   if not FLAGS.runs or not FLAGS.out:
     print('Error: ablate needs --runs=<run or folder of runs> and --out=<dir>.', file=sys.stderr)
     sys.exit(2)
   try:
-    path = grid_report.run_job(
-        FLAGS.runs,
-        FLAGS.grid or [],
+    # The check first, before the report's imports (pandas, matplotlib): a bad definition
+    # fails at once.
+    job = grid.plan_job(FLAGS.runs, FLAGS.grid or [], product=FLAGS.product)
+    from analysis import grid_report  # pylint: disable=g-import-not-at-top
+
+    path = grid_report.write_job(
+        job,
         FLAGS.out,
-        product=FLAGS.product,
         command=' '.join(shlex.quote(a) for a in ['python', 'analyze.py'] + sys.argv[1:]),
     )
   except (ValueError, FileNotFoundError) as e:

@@ -33,7 +33,7 @@ resolution x history), ablation.md and figures/.
 
 import itertools
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import jax.numpy as jnp
 import ml_collections
@@ -173,6 +173,36 @@ def check(defs: Sequence[Dict[str, Any]], runs: Sequence[runs_lib.Run]) -> None:
           ((field, value),) = overrides.items()
           hint = _nearest(field, value, run)
         raise ValueError(f'ablate: {name(overrides)} on {run.name}: {text}{hint}.') from None
+
+
+class Job(NamedTuple):
+  """An ablation job whose every definition has been checked on every run (plan_job)."""
+
+  patterns: Tuple[str, ...]
+  runs: List[runs_lib.Run]
+  definitions: List[Dict[str, Any]]
+  retrain: List[Tuple[str, List[str]]]  # axes that need a new training run
+  product: bool
+
+
+def plan_job(patterns: Sequence[str], grid_items: Sequence[str], product: bool = False) -> Job:
+  """The runs and definitions of `analyze.py ablate`, checked before any work.
+
+  Raises ValueError (one line) when the grid is malformed, no run has recorded series, or a
+  definition cannot be computed from a run's recorded series. Cheap (no compilation), so a bad
+  definition fails at once.
+  """
+  axes = parse_grid(grid_items)
+  retrain = [(f, v) for f, v in axes if f in ablation.FIXED_FIELDS]
+  axes = [(f, v) for f, v in axes if f not in ablation.FIXED_FIELDS]
+  workdirs = runs_lib.find_runs(patterns)
+  runs = [runs_lib.load_run(w) for w in workdirs]
+  runs = [r for r in runs if r.dynamics is not None and (r.has_step or r.has_probe)]
+  if not runs:
+    raise ValueError(f'ablate: no run under {", ".join(patterns)} has recorded dynamics series.')
+  defs = definitions(axes, runs[0].dynamics_config(), product) if axes else [{}]
+  check(defs, runs)  # every definition on every run, before anything is computed
+  return Job(tuple(patterns), runs, defs, retrain, product)
 
 
 def _stage(overrides: Dict[str, Any]) -> str:

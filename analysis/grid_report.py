@@ -23,8 +23,7 @@ import tqdm  # noqa: E402
 from analysis import (  # noqa: E402
     ablation,
     figures,
-    grid,
-    runs as runs_lib,  # noqa: E402
+    grid,  # noqa: E402
 )
 
 
@@ -38,18 +37,14 @@ def run_job(
   """Checks, computes and writes the grid; returns the path of ablation.md.
 
   Raises ValueError (one line) before any work or output when the grid is malformed or a
-  definition cannot be computed from a run's recorded series.
+  definition cannot be computed from a run's recorded series (grid.plan_job).
   """
-  axes = grid.parse_grid(grid_items)
-  retrain = [(f, v) for f, v in axes if f in ablation.FIXED_FIELDS]
-  axes = [(f, v) for f, v in axes if f not in ablation.FIXED_FIELDS]
-  workdirs = runs_lib.find_runs(patterns)
-  runs = [runs_lib.load_run(w) for w in workdirs]
-  runs = [r for r in runs if r.dynamics is not None and (r.has_step or r.has_probe)]
-  if not runs:
-    raise ValueError(f'ablate: no run under {", ".join(patterns)} has recorded dynamics series.')
-  defs = grid.definitions(axes, runs[0].dynamics_config(), product) if axes else [{}]
-  grid.check(defs, runs)  # every definition on every run, before anything is computed
+  return write_job(grid.plan_job(patterns, grid_items, product), out_dir, command)
+
+
+def write_job(job: grid.Job, out_dir: str, command: str = '') -> str:
+  """Computes a checked job (grid.plan_job) and writes its outputs; returns ablation.md's path."""
+  defs, runs = job.definitions, job.runs
   persistent_compilation_cache()
   start = time.perf_counter()
   computed = {}
@@ -69,9 +64,9 @@ def run_job(
   table = pd.DataFrame(rows, columns=list(grid.COLUMNS))
   table.to_csv(os.path.join(out_dir, 'ablation.csv'), index=False)
   table.to_parquet(os.path.join(out_dir, 'ablation.parquet'), index=False)
-  lines = _markdown(table, defs, runs, retrain, seconds, command, product)
+  lines = _markdown(table, defs, runs, job.retrain, seconds, command, job.product)
   lines += _figure(table, out_dir)
-  verdicts = _multiverse(defs, runs, series, patterns)
+  verdicts = _multiverse(defs, runs, series, job.patterns)
   lines += verdicts
   path = os.path.join(out_dir, 'ablation.md')
   with open(path, 'w') as f:
@@ -203,6 +198,7 @@ def _multiverse(defs, runs, series, patterns) -> List[str]:
       '| --- | --- | --- | --- |',
   ]
   counts: Dict[int, Dict[str, List[str]]] = {1: {}, 2: {}, 3: {}}
+  reasons: Dict[int, Dict[str, List[str]]] = {1: {}, 2: {}, 3: {}}
   planned = confirm.planned_runs()
   with tempfile.TemporaryDirectory() as scratch:
     for overrides in defs:
@@ -217,11 +213,17 @@ def _multiverse(defs, runs, series, patterns) -> List[str]:
       design = confirm.Design(measures, planned, [])
       row = [label]
       for k, fn in ((1, finding1.finding1), (2, finding2.finding2), (3, finding3.finding3)):
-        verdict = _verdict(fn(design, scratch))
-        counts[k].setdefault(verdict.split(':')[0], []).append(label)
+        verdict, _, reason = _verdict(fn(design, scratch)).partition(': ')
+        counts[k].setdefault(verdict, []).append(label)
+        if reason:
+          reasons[k].setdefault(f'{verdict}: {reason}', []).append(label)
         row.append(verdict)
       lines.append('| ' + ' | '.join(row) + ' |')
   lines.append('')
+  for k, by in reasons.items():  # each reason once, not in every cell
+    for reason, names in by.items():
+      which = 'every definition' if len(names) == len(defs) else ', '.join(names)
+      lines.append(f'- Finding {k}, {which}: {reason}.')
   for k, by in counts.items():
     lines.append(
         f'- Finding {k}: '

@@ -11,7 +11,6 @@ import math
 import os
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
-import models
 from dynamics import nulls, signals, tracker as tracker_lib
 from training import early_stop as early_stop_lib, optim
 
@@ -100,6 +99,14 @@ class Rule(NamedTuple):
     return self.text(config) if callable(self.text) else self.text
 
 
+def _models():
+  """The model registry, imported when a check needs it (analyze.py ablate checks dynamics
+  fields only, and should not wait for Flax)."""
+  import models  # pylint: disable=g-import-not-at-top
+
+  return models
+
+
 def _always(config):
   del config
   return True
@@ -130,13 +137,13 @@ _CROP_NOTE = (
 
 
 def _has_loader(value, config) -> bool:
-  return not value or any(config.model.startswith(p) for p in models.pretrained_families())
+  return not value or any(config.model.startswith(p) for p in _models().pretrained_families())
 
 
 def _loader_text(config) -> str:
   return (
       f"'' for model {config.model!r}, which has no pretrained-weights loader (models with "
-      f'one: {", ".join(p + "*" for p in models.pretrained_families())})'
+      f'one: {", ".join(p + "*" for p in _models().pretrained_families())})'
   )
 
 
@@ -209,7 +216,7 @@ NONNEG_INT = Number(0, integer=True)
 POS_INT = Number(1, integer=True)
 
 FIELDS = (  # field, constraint, applies when
-    ('model', OneOf(lambda c: models.names()), _always),
+    ('model', OneOf(lambda c: _models().names()), _always),
     ('data.source', OneOf(DATA_SOURCES), _always),
     # In memory, a TFDS split is 32 px CIFAR; streamed, any prepared ArrayRecord dataset.
     ('data.name', OneOf(TFDS_NAMES), lambda c: c.data.source == 'tfds' and not _streaming(c)),
