@@ -192,7 +192,7 @@ def _multiverse(defs, runs, series, patterns) -> List[str]:
       '## Findings across definitions (multiverse)',
       '',
       "Each finding's primary test and verdict rule from PLAN.md, rerun on the series "
-      'recomputed under each definition:',
+      'recomputed under each definition (the verdict, then the primary p-values):',
       '',
       '| definition | finding 1 | finding 2 | finding 3 |',
       '| --- | --- | --- | --- |',
@@ -213,13 +213,21 @@ def _multiverse(defs, runs, series, patterns) -> List[str]:
       design = confirm.Design(measures, planned, [])
       row = [label]
       for k, fn in ((1, finding1.finding1), (2, finding2.finding2), (3, finding3.finding3)):
-        verdict, _, reason = _verdict(fn(design, scratch)).partition(': ')
+        finding = fn(design, scratch)
+        verdict, _, reason = _verdict(finding).partition(': ')
         counts[k].setdefault(verdict, []).append(label)
         if reason:
           reasons[k].setdefault(f'{verdict}: {reason}', []).append(label)
-        row.append(verdict)
+        row.append(f'{verdict} ({_primary(finding)})')
       lines.append('| ' + ' | '.join(row) + ' |')
-  lines.append('')
+  lines += [
+      '',
+      "Finding 1's statistic, the whole-run integration, has its own DFA grid (PLAN.md: "
+      "DESIGN 3.2's 12 scales from 4 to N//4) and takes only the DFA order from a definition: "
+      'the step window, its scales, the integration method and the phase definitions leave '
+      'its primary test unchanged by design.',
+      '',
+  ]
   for k, by in reasons.items():  # each reason once, not in every cell
     for reason, names in by.items():
       which = 'every definition' if len(names) == len(defs) else ', '.join(names)
@@ -231,6 +239,17 @@ def _multiverse(defs, runs, series, patterns) -> List[str]:
         + '.'
     )
   return lines
+
+
+def _primary(lines: Sequence[str]) -> str:
+  """The finding's primary test in one line (analysis/confirm/tables.PRIMARY), without its
+  prefix and final full stop."""
+  from analysis.confirm import tables  # pylint: disable=g-import-not-at-top
+
+  for line in lines:
+    if line.startswith(tables.PRIMARY):
+      return line[len(tables.PRIMARY) :].rstrip('.')
+  return 'n/a'
 
 
 def _verdict(lines: Sequence[str]) -> str:

@@ -22,6 +22,7 @@ from analysis.confirm.design import (  # noqa: E402  (the plan's constants)  # n
     Design,
 )
 from analysis.confirm.tables import (  # noqa: E402
+    PRIMARY,
     _label,
     _p,
     _secondary_table,
@@ -102,7 +103,17 @@ def finding1(design: Design, fig_dir: str) -> List[str]:
     verdict = 'does not hold'
   else:
     verdict = 'not shown'
-  lines += ['', f'Verdict: {_verdict(verdict)}.', '']
+  lines += [
+      '',
+      PRIMARY
+      + ', '.join(
+          f'{_label(m)} p = {_p(primary[m]["p"])} (TOST {_p(primary[m]["tost"])})'
+          for m in PRIMARY_MODELS
+      )
+      + '.',
+      f'Verdict: {_verdict(verdict)}.',
+      '',
+  ]
   lines += _secondary_table(names, secondary)
   # Loss-only baseline.
   rows = []

@@ -26,6 +26,7 @@ from analysis.confirm.design import (  # noqa: E402  (the plan's constants)  # n
     phase_null_false_alarms,
 )
 from analysis.confirm.tables import (  # noqa: E402
+    PRIMARY,
     _label,
     _p,
     _secondary_table,
@@ -124,7 +125,13 @@ def finding2(design: Design, fig_dir: str) -> List[str]:
     verdict = 'does not hold'
   else:
     verdict = 'not shown'
-  lines += ['', f'Verdict: {_verdict(verdict)}.', '']
+  lines += [
+      '',
+      f'{PRIMARY}p = {_p(primary["p"])} (mean lead {_f(primary["mean"], 2)} epochs over '
+      f'{len(leads)} runs; TOST {_p(tost["p"])}).',
+      f'Verdict: {_verdict(verdict)}.',
+      '',
+  ]
   # Secondary tests.
   names, pvalues = [], []
   for rule, what in (

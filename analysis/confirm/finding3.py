@@ -24,6 +24,7 @@ from analysis.confirm.design import (  # noqa: E402  (the plan's constants)  # n
     Measures,
 )
 from analysis.confirm.tables import (  # noqa: E402
+    PRIMARY,
     _p,
     _secondary_table,
     _verdict,
@@ -120,7 +121,14 @@ def finding3(design: Design, fig_dir: str) -> List[str]:
     verdict = 'does not hold'
   else:
     verdict = 'not shown'
-  lines += ['', f'Verdict: {_verdict(verdict)}.', '']
+  lines += [
+      '',
+      PRIMARY
+      + ', '.join(f'{runs_lib.DATASET_LABELS[d]} p = {_p(primary[d]["p"])}' for d in DATASETS)
+      + '.',
+      f'Verdict: {_verdict(verdict)}.',
+      '',
+  ]
   lines += _secondary_table(names, pvalues)
   # Cross-recipe, descriptive.
   rows = []

@@ -8,6 +8,10 @@ import numpy as np
 from analysis import stats
 from analysis.markdown import _table
 
+# The line, just above each finding's verdict, that gives its primary test's p in one line (read
+# back by the ablation's multiverse table, analysis/grid_report.py).
+PRIMARY = 'Primary test: '
+
 
 def _p(p) -> str:
   if p is None or not np.isfinite(p):
