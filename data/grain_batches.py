@@ -49,8 +49,8 @@ class _StepBatch:
     return streaming.read_step(self.order, idx, int(step), self.images)
 
 
-class GrainTrainBatches(batching.BatchOrder):
-  """data.TrainBatches' surface over a grain pipeline of streamed records.
+class GrainTrainBatches:
+  """data.TrainBatches' `batch(step)` over a grain pipeline of streamed records.
 
   Args:
     images: the split's streaming.LazyImages (its records and crop side).
@@ -69,7 +69,6 @@ class GrainTrainBatches(batching.BatchOrder):
       workers: int = 0,
       prefetch: int = 2,
   ):
-    super().__init__(len(images), seed, global_batch, process_index, process_count)
     order = batching.BatchOrder(len(images), seed, global_batch, process_index, process_count)
     self.dataset = grain.MapDataset.range(0, _MAX_STEPS).map(_StepBatch(order, images))
     self.workers = int(workers)

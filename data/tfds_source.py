@@ -72,7 +72,6 @@ def load_tfds(name, data_dir=None):
   info = builder.info
   # num_classes and names from the features, not info.splits (empty under mock_data).
   label = info.features["label"]
-  class_names = tuple(str(n) for n in label.names)
   out = []
   for split in ("train", "test"):
     try:
@@ -98,9 +97,15 @@ def load_tfds(name, data_dir=None):
           f"{images.dtype}{list(images.shape[1:])}; expected uint8 [H, W, 3]."
       )
     out += [images, labels.astype(np.int32)]
+  return out[0], out[1], out[2], out[3], _class_names(label)
+
+
+def _class_names(label):
+  """The names of a ClassLabel feature, or '0'..'C-1' where it has none."""
+  class_names = tuple(str(n) for n in label.names)
   if len(class_names) != label.num_classes:
     class_names = tuple(str(i) for i in range(label.num_classes))
-  return out[0], out[1], out[2], out[3], class_names
+  return class_names
 
 
 def data_sources(name, data_dir=None):
@@ -133,10 +138,6 @@ def data_sources(name, data_dir=None):
         f"TFDS {name!r} has the features {sorted(features.keys())}; streaming reads an "
         "image classification dataset with 'image' and 'label'."
     )
-  label = features["label"]
-  class_names = tuple(str(n) for n in label.names)
-  if len(class_names) != label.num_classes:
-    class_names = tuple(str(i) for i in range(label.num_classes))
   sources = []
   for split in ("train", "test"):
     try:
@@ -149,4 +150,4 @@ def data_sources(name, data_dir=None):
           f"ArrayRecord files (tfds build {name} --file_format=array_record "
           f"--data_dir=<dir>); TFDS says: {str(e).splitlines()[0]}"
       ) from e
-  return tuple(sources), class_names
+  return tuple(sources), _class_names(features["label"])
