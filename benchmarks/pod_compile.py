@@ -39,6 +39,7 @@ import jax.numpy as jnp  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from configs import imagenet as imagenet_config, study, tiny  # noqa: E402
+from benchmarks import hlo_text  # noqa: E402
 from models import layers  # noqa: E402
 from data import facts as facts_lib  # noqa: E402
 from training import plan as plan_lib, programs as programs_lib, replicas as replicas_lib  # noqa: E402
@@ -136,7 +137,8 @@ def _abstract(tree, shardings):
   )
 
 
-def _analysis(compiled, chip) -> dict:
+def analysis(compiled, chip) -> dict:
+  """A compiled program's per-device memory and cost figures (the table's columns)."""
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):  # older JAX: one dict per program
@@ -157,12 +159,17 @@ def _analysis(compiled, chip) -> dict:
       flops=float(cost.get('flops', float('nan'))),
       bytes_accessed=float(cost.get('bytes accessed', float('nan'))),
       optimal_seconds=float(cost.get('optimal_seconds', float('nan'))),
+      # The compiler's own per-op cycle estimates, summed (benchmarks/hlo_text.py).
+      estimated_cycles=hlo_text.estimated_cycles(compiled.as_text()),
   )
 
 
-def compile_experiment(config, meta, devices, programs=('train', 'eval', 'probe')) -> dict:
+def compile_experiment(
+    config, meta, devices, programs=('train', 'eval', 'probe'), analyse=analysis
+) -> dict:
   """Builds config's jitted steps with training.programs.build on a mesh over `devices` and
-  compiles each for them. Returns {program: analysis} (per device) plus the compile times."""
+  compiles each for them. Returns {program: analyse(compiled, chip)} (per device) plus the
+  compile times; `analyse` may also keep the compiled program (bench_tracker_hlo.py)."""
   config = config.copy_and_resolve_references()
   if config.replicas > 1:
     # 'auto' resolves by the host's backend; the program is for the TPU's.
@@ -248,7 +255,7 @@ def compile_experiment(config, meta, devices, programs=('train', 'eval', 'probe'
       t0 = time.perf_counter()
       compiled = fn.lower(*fn_args).compile()
       results[program] = dict(
-          _analysis(compiled, chip), compile_seconds=round(time.perf_counter() - t0, 1)
+          analyse(compiled, chip), compile_seconds=round(time.perf_counter() - t0, 1)
       )
   results['devices'] = len(devices)
   results['mesh'] = dict(mesh.shape)
@@ -318,11 +325,19 @@ def derive(out: dict) -> dict:
   }
   if on['optimal_seconds'] > 0 and off['optimal_seconds'] > 0:
     out['tracker_share']['optimal_seconds'] = _share(on, off, 'optimal_seconds')
+  if on.get('estimated_cycles') and off.get('estimated_cycles'):  # absent in older JSON
+    out['tracker_share']['estimated_cycles'] = _share(on, off, 'estimated_cycles')
   if 'single_replica' in out:
     single = out['single_replica']['train']
     out['replica_speedup'] = out['replicas'] * single['roofline_seconds'] / t
     out['replica_flops_ratio'] = on['flops'] / (out['replicas'] * single['flops'])
     out['replica_bytes_ratio'] = on['bytes_accessed'] / (out['replicas'] * single['bytes_accessed'])
+    if on.get('estimated_cycles') and single.get('estimated_cycles'):
+      # The compiler's cost model charges each op for the tiles it occupies: where one seed's
+      # step leaves the chip idle, N seeds in one step cost less than N times one.
+      out['replica_speedup_cycles'] = (
+          out['replicas'] * single['estimated_cycles'] / on['estimated_cycles']
+      )
   return out
 
 
@@ -378,28 +393,30 @@ def table(results: dict) -> str:
   lines += [
       '',
       '| setting | tracker share of the train step: flops | bytes accessed | peak memory | '
-      'temporaries | roofline time |',
-      '|---|---:|---:|---:|---:|---:|',
+      'temporaries | roofline time | estimated cycles |',
+      '|---|---:|---:|---:|---:|---:|---:|',
   ]
   for name, r in results.items():
     s = r['tracker_share']
     lines.append(
         f'| {name} | {100 * s["flops"]:+.2f}% | {100 * s["bytes_accessed"]:+.2f}% | '
         f'{100 * s["peak_bytes"]:+.2f}% | {100 * s["temp_bytes"]:+.2f}% | '
-        f'{100 * s["roofline_seconds"]:+.2f}% |'
+        f'{100 * s["roofline_seconds"]:+.2f}% | '
+        + (f'{100 * s["estimated_cycles"]:+.2f}% |' if 'estimated_cycles' in s else ' |')
     )
   replicas = {k: r for k, r in results.items() if 'replica_speedup' in r}
   if replicas:
     lines += [
         '',
-        '| setting | replicas | speedup over as many single-seed steps (roofline) | flops '
-        'ratio | bytes ratio | peak memory: N replicas / 1 (GiB) |',
-        '|---|---:|---:|---:|---:|---:|',
+        '| setting | replicas | speedup over as many single-seed steps (roofline) | speedup '
+        '(estimated cycles) | flops ratio | bytes ratio | peak memory: N replicas / 1 (GiB) |',
+        '|---|---:|---:|---:|---:|---:|---:|',
     ]
     for name, r in replicas.items():
       lines.append(
           f'| {name} | {r["replicas"]} | {r["replica_speedup"]:.2f}x | '
-          f'{r["replica_flops_ratio"]:.3f} | {r["replica_bytes_ratio"]:.3f} | '
+          + (f'{r["replica_speedup_cycles"]:.2f}x' if 'replica_speedup_cycles' in r else '')
+          + f' | {r["replica_flops_ratio"]:.3f} | {r["replica_bytes_ratio"]:.3f} | '
           f'{_gib(r["tracker_on"]["train"]["peak_bytes"]):.2f} / '
           f'{_gib(r["single_replica"]["train"]["peak_bytes"]):.2f} |'
       )

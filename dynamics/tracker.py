@@ -59,6 +59,11 @@ METRICS = registry.BUILTIN_NAMES  # integration, metastability, synchrony, dsi
 # z-score and p-value of each built-in metric against its surrogate null (DESIGN 3.6;
 # dynamics/nulls.py); MetricSpec.output_names adds those of registered metrics.
 NULL_KEYS = tuple(f'{m}_{s}' for m in nulls.NULL_METRICS for s in ('z', 'p'))
+# jax.named_scope names of the tracker's two pieces of work inside a step, so that they can be
+# told apart in a compiled program's HLO: the tap reductions (every step) and the window
+# evaluation (every `every_steps` steps, under a lax.cond).
+SIGNALS_SCOPE = 'dynamics_signals'
+WINDOW_SCOPE = 'dynamics_window'
 
 
 class MetricSpec(NamedTuple):
@@ -331,7 +336,9 @@ def make_tracker(
   def reduce(taps: Dict[str, jnp.ndarray]) -> jnp.ndarray:
     """taps {name: f[B, ..., C]}, the names and shapes of `tap_shapes` -> signals f32[S]."""
     check_taps(taps, tap_shapes, dcfg.reduction)
-    return signals.reduce_taps(taps, dcfg.reduction, projections)
+    # The scope names these ops in the compiled HLO (benchmarks/bench_tracker_hlo.py).
+    with jax.named_scope(SIGNALS_SCOPE):
+      return signals.reduce_taps(taps, dcfg.reduction, projections)
 
   def init() -> State:
     # Every entry is its own buffer (no array shared between keys), so that a step may donate
@@ -374,7 +381,8 @@ def make_tracker(
     return state
 
   def _window_metrics(window_signals, key):
-    return compute_metrics(window_signals, spec, step_scales, key if with_nulls else None)
+    with jax.named_scope(WINDOW_SCOPE):
+      return compute_metrics(window_signals, spec, step_scales, key if with_nulls else None)
 
   def _skip(window_signals, key):
     nan = jnp.full((), jnp.nan, jnp.float32)

@@ -51,9 +51,10 @@ def test_tiny_train_step_compiles_for_v5e_2x2_with_its_shardings(tiny_v5e):
   assert train['alias_bytes'] > 0
   assert 0 < train['peak_bytes'] < 16 * 2**30 and 0 < train['hbm_fraction'] < 1
   assert train['flops'] > 0 and train['bytes_accessed'] > 0 and train['optimal_seconds'] > 0
+  assert train['estimated_cycles'] > 0  # the compiler's cost model, read from the HLO
 
 
-def _analysis(flops, gb, peak_gib, temp_gib=0.5):
+def _analysis(flops, gb, peak_gib, temp_gib=0.5, cycles=0):
   return dict(
       flops=flops,
       bytes_accessed=gb * 1e9,
@@ -61,15 +62,16 @@ def _analysis(flops, gb, peak_gib, temp_gib=0.5):
       temp_bytes=temp_gib * 2**30,
       hbm_fraction=peak_gib / 16,
       optimal_seconds=-3.0,
+      estimated_cycles=cycles,
   )
 
 
 def test_derived_figures_and_table_from_raw_analyses():
   v5e = pod_compile.CHIP_BY_NAME['v5e']
   # 8.19 GB at 819 GB/s: a 10 ms memory-bound step; its 0.197 TFLOP would take 1 ms.
-  on = dict(chip='v5e', devices=4, train=_analysis(0.197e12, 8.19, 1.0))
-  off = dict(chip='v5e', devices=4, train=_analysis(0.19503e12, 8.10, 0.99, 0.48))
-  single = dict(chip='v5e', devices=1, train=_analysis(0.197e12 / 8, 8.19 / 4, 0.25))
+  on = dict(chip='v5e', devices=4, train=_analysis(0.197e12, 8.19, 1.0, cycles=2_000_000))
+  off = dict(chip='v5e', devices=4, train=_analysis(0.19503e12, 8.10, 0.99, 0.48, 1_980_000))
+  single = dict(chip='v5e', devices=1, train=_analysis(0.197e12 / 8, 8.19 / 4, 0.25, 0, 1e6))
   r = dict(
       what='x',
       topology='v5e:2x2',
@@ -88,7 +90,11 @@ def test_derived_figures_and_table_from_raw_analyses():
   assert 'optimal_seconds' not in r['tracker_share']  # negative: not a time
   # 8 single steps of 2.5 ms against one 10 ms step of all 8.
   assert r['replica_speedup'] == pytest.approx(2.0)
+  # The compiler's cycles: 8 steps of 1e6 against one of 2e6.
+  assert r['replica_speedup_cycles'] == pytest.approx(4.0)
+  assert r['tracker_share']['estimated_cycles'] == pytest.approx(2 / 1.98 - 1)
   text = pod_compile.table({'s': r})
   assert '| s | v5e:2x2 (4 devices) | train | 1.00 (6.2%) | 0.197 | 8.19 | 10.00 | ' in text
   assert '(-3,000: negative) | 25,600 | 10% |' in text
-  assert '| s | 8 | 2.00x | 1.000 | 0.500 | 1.00 / 0.25 |' in text
+  assert '| s | 8 | 2.00x | 4.00x | 1.000 | 0.500 | 1.00 / 0.25 |' in text
+  assert f'| {100 * (2 / 1.98 - 1):+.2f}% |' in text
