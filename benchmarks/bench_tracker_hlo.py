@@ -33,6 +33,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -79,12 +80,22 @@ MEMORY_COPIES = frozenset({'copy-start', 'copy-done', 'slice-start', 'slice-done
 CLASSES = ('taps_fused', 'taps_standalone', 'window_evaluation', 'memory_copies', 'rest')
 
 
+def _in_scope(scope: str):
+  # A scope is one segment of an op_name: 'jit(step)/dynamics_signals/reduce_sum', or wrapped
+  # by a transformation, 'jit(step)/vmap(dynamics_signals)/reduce_sum' (replicas).
+  pattern = re.compile(rf'[/(]{scope}[)/]')
+  return lambda name: pattern.search(name) is not None
+
+
+_IN_SIGNALS, _IN_WINDOW = _in_scope(SIGNALS_SCOPE), _in_scope(WINDOW_SCOPE)
+
+
 def classify(instruction: hlo_text.Instruction) -> str:
   names = instruction.op_names
-  tapped = [n for n in names if f'/{SIGNALS_SCOPE}/' in n]
+  tapped = [n for n in names if _IN_SIGNALS(n)]
   if instruction.op in MEMORY_COPIES:
     return 'memory_copies'
-  if any(f'/{WINDOW_SCOPE}/' in n for n in names):
+  if any(_IN_WINDOW(n) for n in names):
     return 'window_evaluation'
   if tapped:  # alone: every op of it is the tracker's; fused: also ops of the model
     return 'taps_standalone' if len(tapped) == len(names) else 'taps_fused'

@@ -81,6 +81,15 @@ def test_split_classifies_each_instruction_and_counts_its_bytes():
   assert hlo_text.estimated_cycles(_TEXT) == 1965 + 35
 
 
+def test_a_scope_is_found_under_a_transformation_and_only_as_a_whole_segment():
+  def one(name):
+    return hlo.classify(hlo_text.Instruction('f', 'fusion', 0, 0, (name,)))
+
+  assert one(f'jit(s)/vmap({SIGNALS_SCOPE})/reduce_sum') == 'taps_standalone'  # replicas
+  assert one(f'jit(s)/vmap(cond)/branch_1_fun/vmap({WINDOW_SCOPE})/sort') == 'window_evaluation'
+  assert one(f'jit(s)/{SIGNALS_SCOPE}_extra/reduce_sum') == 'rest'
+
+
 def test_split_refuses_text_without_an_entry():
   with pytest.raises(ValueError, match='ENTRY'):
     hlo_text.estimated_cycles('HloModule m\n')
