@@ -11,7 +11,8 @@ output is concatenated to the running features. Transition: BN -> ReLU -> conv1x
 The BN after the stem conv is what distinguishes this from the common pytorch-cifar variant
 (+128 parameters); with it the counts are those of the design document.
 
-Taps: the stem, every dense layer's new features (the growth-channel conv3x3 output, before
+Taps: the stem's conv-BN-ReLU output (for ImageNet before the max-pool, as in
+models/resnet.py), every dense layer's new features (the growth-channel conv3x3 output, before
 concatenation) and every transition output, in forward order: DenseNet-121 has 1 + 58 + 3 = 62.
 Parameter counts (CIFAR stem): 6,956,426 (10 classes), 7,048,676 (100 classes); ImageNet
 stem, 1000 classes: 7,978,856, the published count.
@@ -68,10 +69,10 @@ class DenseNet(nn.Module):
   def __call__(self, x, train: bool = True):
     conv, norm = conv_and_norm(self.dtype, train)
     if resolve_stem(self.stem, x) == 'imagenet':
-      x = imagenet_stem(x, 2 * self.growth, conv, norm)
+      stem, x = imagenet_stem(x, 2 * self.growth, conv, norm)  # tap before the max-pool
     else:
-      x = nn.relu(norm()(conv(2 * self.growth, (3, 3))(x)))
-    self.sow('intermediates', 'stem', x)
+      x = stem = nn.relu(norm()(conv(2 * self.growth, (3, 3))(x)))
+    self.sow('intermediates', 'stem', stem)
     for block, num_layers in enumerate(self.block_sizes):
       for layer in range(num_layers):
         new = DenseLayer(self.growth, self.bottleneck, conv=conv, norm=norm)(x)

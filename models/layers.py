@@ -174,10 +174,18 @@ def resolve_stem(stem: str, x) -> str:
 
 def imagenet_stem(x, features: int, conv: Callable, norm: Callable):
   """The ResNet/DenseNet ImageNet stem: 7x7 stride-2 conv, BN, ReLU, 3x3 stride-2 max-pool,
-  padded as in torchvision (3 and 1 pixels), so 224x224 becomes 56x56."""
+  padded as in torchvision (3 and 1 pixels), so 224x224 becomes 56x56.
+
+  Returns (activation f[B, H/2, W/2, C], pooled f[B, H/4, W/4, C]). The models tap the
+  activation, before the pool: it is the same conv-BN-ReLU output that the CIFAR stem taps,
+  and the TPU compiler fuses its mean into the fusion that writes it, where the pooled
+  tensor's mean was the one tap reduction left on its own (benchmarks/README.md, "Where the
+  tracker's bytes go on TPU").
+  """
   x = conv(features, (7, 7), (2, 2), padding=((3, 3), (3, 3)))(x)
-  x = nn.relu(norm()(x))
-  return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+  activation = nn.relu(norm()(x))
+  pooled = nn.max_pool(activation, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+  return activation, pooled
 
 
 def adaptive_avg_pool(x, size: int):

@@ -5,7 +5,8 @@ published network (7x7 stride-2 conv, BN, ReLU, 3x3 stride-2 max-pool; the bottl
 stride on its 3x3 conv, i.e. ResNet v1.5 as in torchvision and the Flax ImageNet example);
 'auto' (default) picks by the input's side (models/layers.py, IMAGENET_MIN_SIDE).
 
-Taps: the stem (after the max-pool for ImageNet) and the output of every residual block, in
+Taps: the stem's conv-BN-ReLU output (for ImageNet before the max-pool, so that the TPU
+compiler fuses its mean: models/layers.py) and the output of every residual block, in
 forward order. Parameter counts for 10 classes (CIFAR stem): ResNet-18 11,173,962;
 ResNet-34 21,282,122; ResNet-50 23,520,842. ImageNet stem, 1000 classes: ResNet-18
 11,689,512; ResNet-34 21,797,672; ResNet-50 25,557,032 (tests/test_models.py checks them).
@@ -79,10 +80,10 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool = True):
     conv, norm = conv_and_norm(self.dtype, train)
     if resolve_stem(self.stem, x) == 'imagenet':
-      x = imagenet_stem(x, self.width, conv, norm)
+      stem, x = imagenet_stem(x, self.width, conv, norm)  # tap before the max-pool
     else:
-      x = nn.relu(norm()(conv(self.width, (3, 3))(x)))
-    self.sow('intermediates', 'stem', x)
+      x = stem = nn.relu(norm()(conv(self.width, (3, 3))(x)))
+    self.sow('intermediates', 'stem', stem)
     for stage, num_blocks in enumerate(self.stage_sizes):
       for block in range(num_blocks):
         strides = 2 if stage > 0 and block == 0 else 1

@@ -168,8 +168,9 @@ def test_imagenet_parameter_counts_at_224_by_default_and_when_forced(name):
 @pytest.mark.parametrize(
     'name, first, last',
     [
-        ('resnet50', (56, 56, 64), (7, 7, 2048)),
-        ('densenet121', (56, 56, 64), (7, 7, 32)),
+        # ResNet and DenseNet tap the stem before its max-pool (112 -> 56).
+        ('resnet50', (112, 112, 64), (7, 7, 2048)),
+        ('densenet121', (112, 112, 64), (7, 7, 32)),
         ('mobilenetv2', (112, 112, 32), (7, 7, 320)),
         ('vgg16', (224, 224, 64), (14, 14, 512)),
     ],
@@ -181,6 +182,8 @@ def test_imagenet_taps_follow_the_published_resolutions(name, first, last):
   check_taps(model, taps, batch=2)  # the same tap names as the CIFAR network
   shapes = [v.shape[1:] for v in taps.values()]
   assert (shapes[0], shapes[-1]) == (first, last)
+  if name in ('resnet50', 'densenet121'):  # the first block sees the pooled stem
+    assert shapes[1][:2] == (56, 56)
 
 
 def test_auto_stem_keeps_the_cifar_network_below_the_threshold():
