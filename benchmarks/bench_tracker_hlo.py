@@ -163,6 +163,7 @@ def run_setting(name: str) -> dict:
         bytes_accessed=compiled['train']['bytes_accessed'],
         flops=compiled['train']['flops'],
         hlo=split_hlo(texts[0]),
+        cycles=hlo_text.cycles_summary(texts[0]),
         compile_seconds=round(time.perf_counter() - t0, 1),
     )
   signals, window, surrogates, replicas = bench_tracker_tpu.setting_signals(setting)
@@ -309,10 +310,16 @@ def main(argv=None):
     print(f'{name}: {time.perf_counter() - t0:.0f} s', flush=True)
   print(table(results))
   if args.out:
+    # --settings reruns some rows: keep the other rows of an earlier --out.
+    merged = {}
+    if os.path.exists(args.out):
+      with open(args.out) as f:
+        merged = json.load(f)['settings']
+    merged.update(results)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, 'w') as f:
-      json.dump({'every_steps': EVERY, 'settings': results}, f, indent=2)
-    print(f'wrote {args.out}')
+      json.dump({'every_steps': EVERY, 'settings': merged}, f, indent=2)
+    print(f'wrote {args.out} ({", ".join(results)} updated)')
 
 
 if __name__ == '__main__':

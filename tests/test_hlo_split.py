@@ -161,3 +161,75 @@ def test_derive_splits_the_tracker_into_evaluation_and_rest_and_amortizes_the_ev
   row = '| s | v5e:1x1, 128 | 1,000.0 / 1,130.0 | 100.0 | 30.0 | 16 / 1 (3.0) | +10, +10.0 | +3.0 |'
   assert row in text
   assert '4.00x' in text
+
+
+def test_cycles_summary_ranks_instructions_and_finds_convolutions():
+  summary = hlo_text.cycles_summary(_TEXT, top=2)
+  assert summary['total'] == 1965 + 35 and summary['convolutions'] == 0
+  assert [(t['name'], t['cycles']) for t in summary['top']] == [('f', 1965), ('neg', 35)]
+  assert summary['top'][1]['op_name'] == 'jit(s)/jvp(Net)/neg'
+  # A fusion whose body holds a (vmapped) convolution counts as one.
+  conv = _TEXT.replace('jvp(Net)/add', 'vmap(jvp(Net))/vmap(conv_general_dilated)')
+  assert hlo_text.cycles_summary(conv)['convolutions'] == 1965
+
+
+_LOOPS = """HloModule loops
+
+%body (b0: f32[16]) -> f32[16] {
+  %b0 = f32[16]{0} parameter(0)
+  ROOT %neg = f32[16]{0} negate(%b0), backend_config={"estimated_cycles":"10"}
+}
+
+%cond (c0: f32[16]) -> pred[] {
+  %c0 = f32[16]{0} parameter(0)
+  ROOT %t = pred[] constant(true)
+}
+
+%body2 (d0: f32[16]) -> f32[16] {
+  %d0 = f32[16]{0} parameter(0)
+  ROOT %abs = f32[16]{0} abs(%d0), backend_config={"estimated_cycles":"3"}
+}
+
+%body3 (h0: (s32[], f32[16])) -> (s32[], f32[16]) {
+  %h0 = (s32[], f32[16]{0}) parameter(0)
+  %v = f32[16]{0} get-tuple-element(%h0), index=1
+  %sq = f32[16]{0} multiply(%v, %v), backend_config={"estimated_cycles":"2"}
+  %i = s32[] get-tuple-element(%h0), index=0
+  ROOT %next = (s32[], f32[16]{0}) tuple(%i, %sq)
+}
+
+%less_than_4 (l0: (s32[], f32[16])) -> pred[] {
+  %four = s32[]{:T(128)} constant(4)
+  %l0 = (s32[]{:T(128)}, f32[16]{0}) parameter(0)
+  %j = s32[]{:T(128)} get-tuple-element(%l0), index=0
+  ROOT %lt = pred[]{:T(512)} compare(%j, %four), direction=LT, metadata={op_name="jit(f)/while/cond/lt"}
+}
+
+ENTRY %main (w: f32[16]) -> f32[16] {
+  %w = f32[16]{0} parameter(0)
+  %known = f32[16]{0} while(%w), condition=%cond, body=%body, backend_config={"known_induction_variable":{"tuple_index":"0"},"known_trip_count":{"n":"5"}}
+  %unknown = f32[16]{0} while(%known), condition=%cond, body=%body2
+  %zero = s32[] constant(0)
+  %start = (s32[], f32[16]{0}) tuple(%zero, %unknown)
+  %tpu = (s32[], f32[16]{0}) while(%start), condition=%less_than_4, body=%body3
+  ROOT %out = f32[16]{0} get-tuple-element(%tpu), index=1
+}
+"""  # noqa: E501
+
+
+def test_a_loop_body_counts_once_per_known_trip():
+  found = {i.name: i for i in hlo_text.instructions(_LOOPS)}
+  assert (found['neg'].cycles, found['neg'].bytes) == (5 * 10, 5 * 2 * 16 * 4)
+  assert (found['abs'].cycles, found['abs'].bytes) == (3, 2 * 16 * 4)  # trip count unknown
+  # The TPU compiler writes no trip count: read from the condition `i < 4`.
+  assert (found['sq'].cycles, found['sq'].bytes) == (4 * 2, 4 * 3 * 16 * 4)
+  assert hlo_text.estimated_cycles(_LOOPS) == 50 + 3 + 8
+
+
+def test_a_compiled_fori_loop_is_read_with_its_trip_count():
+  def f(x):
+    return jax.lax.fori_loop(0, 7, lambda i, x: jnp.sin(x) * 2, x)
+
+  text = jax.jit(f).lower(jnp.ones(1024)).compile().as_text()
+  body = [i for i in hlo_text.instructions(text) if i.bytes >= 7 * 2 * 1024 * 4]
+  assert body, 'the loop body\'s fusion should count 7 times its 8 KB'
