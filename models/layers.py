@@ -32,13 +32,19 @@ _target_platform: Optional[str] = None
 
 @contextlib.contextmanager
 def target_platform(platform: str):
-  """Traces the convolutions inside the block as for `platform` ('cpu', 'gpu', 'tpu')."""
+  """Traces the convolutions (and data/augment.py's crop) inside the block as for `platform`
+  ('cpu', 'gpu', 'tpu')."""
   global _target_platform
   previous, _target_platform = _target_platform, platform
   try:
     yield
   finally:
     _target_platform = previous
+
+
+def traced_platform() -> str:
+  """The platform programs traced now are for: `target_platform`'s, else the default backend."""
+  return _target_platform or jax.default_backend()
 
 
 def _explicit_padding(padding, in_spatial, kernel, strides):
@@ -99,7 +105,7 @@ def conv_general_dilated(
       precision=precision,
   )
   if rewrite is None:
-    rewrite = (_target_platform or jax.default_backend()) == 'cpu'
+    rewrite = traced_platform() == 'cpu'
   plain = (
       lhs.ndim == 4
       and all(d in (None, 1, (1, 1)) or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))

@@ -12,6 +12,7 @@ from PIL import Image
 
 import data
 from data import augment as aug, batching, image_folder, synthetic
+from models import layers
 
 # ----------------------------------------------------------------------------------------------
 # Synthetic source, Dataset, subsets
@@ -550,6 +551,19 @@ def test_crop_is_a_shifted_window_of_the_padded_image():
     offsets.append(matches[0])
   assert len(set(offsets)) > 1  # Per-example offsets, not one for the batch.
   assert any(off != (4, 4) for off in offsets)
+
+
+def test_crop_equals_the_windows_at_its_drawn_offsets():
+  # The crop draws its offsets as randint(rng, (B, 2), 0, 2p + 1) and takes that window: a
+  # resumed or re-run study sees the same crops whatever implements the window.
+  x, key, pad = _images(b=64), jax.random.key(11), 3
+  offsets = np.asarray(jax.random.randint(key, (64, 2), 0, 2 * pad + 1))
+  assert len({tuple(o) for o in offsets}) > 20
+  for platform in ('cpu', 'tpu'):  # a gather, or the TPU's selects (traced here for the CPU)
+    with layers.target_platform(platform):  # a new function each time: traced afresh
+      out = np.asarray(jax.jit(lambda k, x: aug.random_crop(k, x, pad))(key, x))
+    for i in range(len(x)):
+      np.testing.assert_array_equal(out[i], _windows(x[i], pad)[tuple(offsets[i])])
 
 
 def test_flip_some_not_all():
