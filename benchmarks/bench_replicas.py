@@ -109,7 +109,11 @@ class Packed:
     self.state = jax.device_put(
         replicas.stack([self.exp.init_state(k) for k in range(n)]), self.exp.state_sharding
     )
-    self.args = (jnp.asarray(indices), jnp.asarray(images), jnp.asarray(labels))
+    self.args = (
+        jnp.asarray(indices),
+        jnp.asarray(replicas.resident_images(images)),
+        jnp.asarray(labels),
+    )
     t = time.perf_counter()
     self.compiled = self.exp.train_step.lower(self.state, *self.args).compile()
     self.compile_s = time.perf_counter() - t

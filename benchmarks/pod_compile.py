@@ -24,6 +24,7 @@ anything (docs/pod.md).
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -198,6 +199,7 @@ def compile_experiment(
         steps_per_epoch,
         total_steps,
         mesh,
+        stored_shape=stored,
     )
     replicated = NamedSharding(mesh, P())
     single = jax.eval_shape(exp.init_state, 0)
@@ -221,7 +223,10 @@ def compile_experiment(
       rows = NamedSharding(mesh, P(replicas_lib.REPLICA_AXIS, replicas_lib.DATA_AXIS))
       train_args = (
           jax.ShapeDtypeStruct((n, b), jnp.int32, sharding=rows),
-          jax.ShapeDtypeStruct((meta['train_size'],) + stored, jnp.uint8, sharding=replicated),
+          # one flat row per image (replicas.resident_images)
+          jax.ShapeDtypeStruct(
+              (meta['train_size'], math.prod(stored)), jnp.uint8, sharding=replicated
+          ),
           jax.ShapeDtypeStruct((meta['train_size'],), jnp.int32, sharding=replicated),
       )
     args = {

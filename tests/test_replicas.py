@@ -169,7 +169,7 @@ def test_vmap_unroll_and_map_steps_equal_single_steps():
     )
     losses = []
     for _ in range(3):
-      state, m = exp.train_step(state, indices, images, labels)
+      state, m = exp.train_step(state, indices, replicas.resident_images(images), labels)
       losses.append(np.asarray(m['train/loss']))
     assert exp.train_step._cache_size() == 1  # one compilation for all replicas and steps
     for k, (want, params) in enumerate(expected):

@@ -67,7 +67,7 @@ def train_feed(config, dataset, mesh, batch_sharding) -> Callable[[int], tuple]:
       for k in range(config.replicas)
   ]
   replicated = NamedSharding(mesh, P())
-  images = global_array(replicated, np.asarray(dataset.train_images))
+  images = global_array(replicated, replicas_lib.resident_images(dataset.train_images))
   labels = global_array(replicated, np.asarray(dataset.train_labels, np.int32))
   index_sharding = NamedSharding(mesh, P(replicas_lib.REPLICA_AXIS, replicas_lib.DATA_AXIS))
 

@@ -133,11 +133,22 @@ class Experiment(NamedTuple):
 
 
 def build(
-    config, num_classes: int, image_shape, mean, std, steps_per_epoch: int, total_steps: int, mesh
+    config,
+    num_classes: int,
+    image_shape,
+    mean,
+    std,
+    steps_per_epoch: int,
+    total_steps: int,
+    mesh,
+    stored_shape=None,
 ) -> Experiment:
   """Model, optimiser, tracker and the jitted steps with their shardings.
 
-  image_shape: (H, W, 3) as the model sees it; mean, std: f32[3] in 0..255 units.
+  image_shape: (H, W, 3) as the model sees it; mean, std: f32[3] in 0..255 units;
+  stored_shape: (H, W, 3) of the training set's images, which the step resizes to image_shape
+  where config.image_size is set (None: image_shape). With replicas the step gathers its
+  batches from the device-resident set (replicas.resident_images) and needs it.
   """
   dcfg = config.dynamics
   if dcfg.enabled and fit_lib.AUTO in (dcfg.window, dcfg.volatility_window_steps):
@@ -184,7 +195,10 @@ def build(
   )
   if config.replicas > 1:
     return Experiment(
-        **common, **_jit_replicated(config, mesh, create, train_fn, eval_fn, probe_fn)
+        **common,
+        **_jit_replicated(
+            config, mesh, create, train_fn, eval_fn, probe_fn, stored_shape or image_shape
+        ),
     )
   train_step = jax.jit(
       train_fn,
@@ -241,10 +255,13 @@ def build_for(plan, mesh, mean, std) -> Experiment:
       plan.steps_per_epoch,
       plan.total_steps,
       mesh,
+      stored_shape=tuple(plan.data.image_shape),
   )
 
 
-def _jit_replicated(config, mesh, create, train_fn, eval_fn, probe_fn) -> Dict[str, Any]:
+def _jit_replicated(
+    config, mesh, create, train_fn, eval_fn, probe_fn, stored_shape
+) -> Dict[str, Any]:
   """The N-replica steps (training/replicas.py), jitted with the ('replica', 'data') mesh's
   shardings: state split over 'replica', batches over 'data', the train set replicated."""
   impl = replicas_lib.resolve_impl(config)
@@ -255,7 +272,13 @@ def _jit_replicated(config, mesh, create, train_fn, eval_fn, probe_fn) -> Dict[s
   per_replica = NamedSharding(mesh, P(replicas_lib.REPLICA_AXIS))
   batch_sharding = NamedSharding(mesh, P(replicas_lib.DATA_AXIS))
   train_step = jax.jit(
-      functools.partial(replicas_lib.train_step, single_step=train_fn, impl=impl, groups=groups),
+      functools.partial(
+          replicas_lib.train_step,
+          single_step=train_fn,
+          impl=impl,
+          groups=groups,
+          image_shape=tuple(stored_shape),
+      ),
       in_shardings=(
           state_sharding,
           NamedSharding(mesh, P(replicas_lib.REPLICA_AXIS, replicas_lib.DATA_AXIS)),

@@ -193,18 +193,32 @@ def map_replicas(fn: Callable, impl: str, groups: int = 1) -> Callable:
   return grouped
 
 
-def train_step(state, indices, images, labels, *, single_step, impl: str, groups: int):
+def resident_images(images: np.ndarray) -> np.ndarray:
+  """u8[n, H, W, 3] -> u8[n, H * W * 3]: the training set as the replicas' step takes it, one
+  flat row per image. A TPU stores a [..., W, 3] array with its 3 channels padded to a lane
+  tile, and gathering a batch from it re-lays out the whole set every step (7.65 M estimated
+  cycles for CIFAR-10's 50,000 images on a v5e, more than a ResNet-18 step); from flat rows
+  the gather is 0.01 M (benchmarks/README.md, "The replicas on TPU")."""
+  return np.asarray(images).reshape(len(images), -1)
+
+
+def train_step(
+    state, indices, images, labels, *, single_step, impl: str, groups: int, image_shape
+):
   """The N-replica train step.
 
   state: stacked TrainState; indices: i32[N, B], replica k's batch of this step (rows of the
-  training set); images: u8[n, H, W, 3], labels: i32[n], the whole training set (device
-  resident). single_step: (TrainState, u8[B, H, W, 3], i32[B]) -> (TrainState, metrics).
+  training set); images: u8[n, H * W * 3] (`resident_images`), labels: i32[n], the whole
+  training set (device resident); image_shape: (H, W, 3), its images' shape.
+  single_step: (TrainState, u8[B, H, W, 3], i32[B]) -> (TrainState, metrics).
   Returns the stacked new state and metrics {name: [N]}.
   """
   step = state.step
+  image_shape = tuple(image_shape)
 
   def one(rest, idx):
-    new, metrics = single_step(rest.replace(step=step), images[idx], labels[idx])
+    batch = images[idx].reshape(idx.shape + image_shape)
+    new, metrics = single_step(rest.replace(step=step), batch, labels[idx])
     return new.replace(step=None), metrics
 
   rest, metrics = map_replicas(one, impl, groups)(state.replace(step=None), indices)
