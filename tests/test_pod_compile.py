@@ -3,6 +3,7 @@ project's own train step, built by training.programs.build as train.py builds it
 TPU compiler on this CPU. Needs libtpu (requirements-tpu.txt); skipped without it."""
 
 import importlib.util
+import json
 import os
 import sys
 
@@ -98,3 +99,21 @@ def test_derived_figures_and_table_from_raw_analyses():
   assert '(-3,000: negative) | 25,600 | 10% |' in text
   assert '| s | 8 | 2.00x | 4.00x | 1.000 | 0.500 | 1.00 / 0.25 |' in text
   assert f'| {100 * (2 / 1.98 - 1):+.2f}% |' in text
+
+
+def test_step_input_bench_shows_the_tpu_loop_and_copy_that_the_defaults_avoid(tmp_path):
+  import bench_step_input  # pylint: disable=import-outside-toplevel
+
+  out = tmp_path / 'input.json'
+  bench_step_input.main(
+      ['--batch=8', '--train_size=512', '--rounds=1', '--iters=1', f'--out={out}']
+  )
+  result = json.loads(out.read_text())
+  crop, gather = result['crop']['tpu_v5e'], result['train_set_gather']['tpu_v5e']
+  # The TPU runs the vmapped dynamic_slice as a loop; the selects it runs without one.
+  assert crop['gather']['has_loop'] and not crop['selects']['has_loop']
+  assert crop['gather']['estimated_cycles'] > crop['selects']['estimated_cycles'] > 0
+  # Gathering from u8[n, H, W, 3] copies the whole set; from flat rows it does not.
+  assert gather['nhwc']['copies_train_set'] and not gather['flat_rows']['copies_train_set']
+  assert gather['nhwc']['estimated_cycles'] > gather['flat_rows']['estimated_cycles'] > 0
+  assert all(s > 0 for s in result['crop']['host_seconds'].values())
