@@ -76,7 +76,9 @@ PAIRS = {'crop': crop_programs, 'train_set_gather': gather_programs}
 
 def host_seconds(programs: dict, rounds: int, iters: int) -> dict:
   """{impl: median seconds per call} on this host's backend; checks that the outputs agree."""
-  jitted = {impl: (jax.jit(fn), [jnp.asarray(a) for a in args]) for impl, (fn, args) in programs.items()}
+  jitted = {
+      impl: (jax.jit(fn), [jnp.asarray(a) for a in args]) for impl, (fn, args) in programs.items()
+  }
   outs = [np.asarray(f(*args)) for f, args in jitted.values()]
   if not all(np.array_equal(outs[0], o) for o in outs[1:]):
     raise SystemExit(f'{", ".join(programs)}: the implementations gave different pixels')
@@ -101,7 +103,9 @@ def tpu_cycles(programs: dict) -> dict:
   sharding = NamedSharding(Mesh(np.array(devices), ('d',)), P())
   out = {}
   for impl, (fn, args) in programs.items():
-    abstract = [jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype, sharding=sharding) for a in args]
+    abstract = [
+        jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype, sharding=sharding) for a in args
+    ]
     text = jax.jit(fn).lower(*abstract).compile().as_text()
     found = list(hlo_text.instructions(text))
     set_bytes = max(np.asarray(a).nbytes for a in args)
@@ -109,9 +113,7 @@ def tpu_cycles(programs: dict) -> dict:
         estimated_cycles=sum(i.cycles for i in found),
         has_loop=' while(' in text,
         # a copy that reads the whole training set (its bytes: operand + output)
-        copies_train_set=any(
-            i.op == 'copy' and i.bytes >= 2 * set_bytes for i in found
-        ),
+        copies_train_set=any(i.op == 'copy' and i.bytes >= 2 * set_bytes for i in found),
     )
   return out
 
@@ -126,9 +128,7 @@ def main(argv=None):
   parser.add_argument('--iters', type=int, default=50)
   parser.add_argument('--out', default=None, help='JSON output path.')
   args = parser.parse_args(argv)
-  sizes = dict(
-      batch=args.batch, side=args.side, padding=args.padding, train_size=args.train_size
-  )
+  sizes = dict(batch=args.batch, side=args.side, padding=args.padding, train_size=args.train_size)
   has_tpu = importlib.util.find_spec('libtpu') is not None
   result = dict(
       batch=args.batch, side=args.side, padding=args.padding, train_size=args.train_size,

@@ -81,7 +81,7 @@ def random_crop(rng, images, padding):
   b, h, w, c = images.shape
   padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
   offsets = jax.random.randint(rng, (b, 2), 0, 2 * padding + 1)
-  if traced_platform() == 'tpu':
+  if traced_platform() == "tpu":
     # vmap(dynamic_slice) is a gather, which the TPU compiler runs as a loop over the batch:
     # 1.58 M estimated cycles for 128 CIFAR images on a v5e, against 0.04 M for one select
     # per shift (benchmarks/README.md, "The crop on TPU"). XLA:CPU runs the selects 35x

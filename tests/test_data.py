@@ -559,7 +559,7 @@ def test_crop_equals_the_windows_at_its_drawn_offsets():
   x, key, pad = _images(b=64), jax.random.key(11), 3
   offsets = np.asarray(jax.random.randint(key, (64, 2), 0, 2 * pad + 1))
   assert len({tuple(o) for o in offsets}) > 20
-  for platform in ('cpu', 'tpu'):  # a gather, or the TPU's selects (traced here for the CPU)
+  for platform in ("cpu", "tpu"):  # a gather, or the TPU's selects (traced here for the CPU)
     with layers.target_platform(platform):  # a new function each time: traced afresh
       out = np.asarray(jax.jit(lambda k, x: aug.random_crop(k, x, pad))(key, x))
     for i in range(len(x)):

@@ -232,4 +232,4 @@ def test_a_compiled_fori_loop_is_read_with_its_trip_count():
 
   text = jax.jit(f).lower(jnp.ones(1024)).compile().as_text()
   body = [i for i in hlo_text.instructions(text) if i.bytes >= 7 * 2 * 1024 * 4]
-  assert body, 'the loop body\'s fusion should count 7 times its 8 KB'
+  assert body, "the loop body's fusion should count 7 times its 8 KB"

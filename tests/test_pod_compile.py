@@ -117,3 +117,16 @@ def test_step_input_bench_shows_the_tpu_loop_and_copy_that_the_defaults_avoid(tm
   assert gather['nhwc']['copies_train_set'] and not gather['flat_rows']['copies_train_set']
   assert gather['nhwc']['estimated_cycles'] > gather['flat_rows']['estimated_cycles'] > 0
   assert all(s > 0 for s in result['crop']['host_seconds'].values())
+
+
+def test_replica_speedups_by_cycles_and_roofline():
+  import bench_replicas_tpu  # pylint: disable=import-outside-toplevel
+
+  single = dict(replicas=1, impl='single', estimated_cycles=100, convolution_cycles=60)
+  single.update(flops=1e9, bytes_accessed=1e9, roofline_seconds=2e-3, compile_seconds=1)
+  vmap = dict(single, replicas=8, impl='vmap', estimated_cycles=400, roofline_seconds=16e-3)
+  (row,) = bench_replicas_tpu.speedups(single, [vmap])
+  assert row['speedup_cycles'] == pytest.approx(2.0)  # 8 x 100 / 400
+  assert row['speedup_roofline'] == pytest.approx(1.0)
+  assert '| vmap, N = 8 | 0.00 |' in bench_replicas_tpu.table(single, [row])
+  assert '2.00x / 1.00x' in bench_replicas_tpu.table(single, [row])

@@ -202,9 +202,7 @@ def resident_images(images: np.ndarray) -> np.ndarray:
   return np.asarray(images).reshape(len(images), -1)
 
 
-def train_step(
-    state, indices, images, labels, *, single_step, impl: str, groups: int, image_shape
-):
+def train_step(state, indices, images, labels, *, single_step, impl: str, groups: int, image_shape):
   """The N-replica train step.
 
   state: stacked TrainState; indices: i32[N, B], replica k's batch of this step (rows of the
