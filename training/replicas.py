@@ -19,7 +19,7 @@ axis, in one of three ways (`config.replica_impl`):
 On a mesh whose 'replica' axis spans R > 1 devices, 'unroll' and 'map' split the replicas into
 R groups: vmap over the groups (one per device), unrolled or mapped within.
 
-'auto' picks per backend what benchmarks/bench_replicas.py measured faster (AUTO_IMPL).
+'auto' picks per backend what was measured (CPU) or estimated (TPU) faster (AUTO_IMPL).
 
 Data: the uint8 training set lives on the devices (replicated, CIFAR-10 is 150 MB) and each
 replica's batch is gathered inside the step from the int32 indices [N, B] the host computes
@@ -43,9 +43,12 @@ REPLICA_AXIS, DATA_AXIS = 'replica', 'data'
 IMPLS = ('auto', 'vmap', 'unroll', 'map')
 # What 'auto' means per backend. CPU: the replicas written out in the program, which keeps
 # the convolutions of a single run (XLA:CPU lowers vmapped convolutions to grouped ones, and
-# runs convolutions inside loop bodies slowly); benchmarks/bench_replicas.py, README
-# "Several seeds in one program". Accelerators: vmap, which fills the chip with one wide op.
-AUTO_IMPL = {'cpu': 'unroll'}
+# runs convolutions inside loop bodies slowly); benchmarks/bench_replicas.py, docs/replicas.md
+# "Speed". TPU: the loop, which the TPU compiler's cost model puts at 0.78x the speed of N
+# separate steps against vmap's 0.63x for the study's ResNet-18 on one v5e chip, with one
+# replica's memory and compile time (benchmarks/bench_replicas_tpu.py; no TPU has run it).
+# Other accelerators (GPU, unmeasured): vmap, one wide op per layer.
+AUTO_IMPL = {'cpu': 'unroll', 'tpu': 'map'}
 DEFAULT_ACCELERATOR_IMPL = 'vmap'
 # The marker a replica's config.json carries, so that train.py refuses to train into it.
 MARKER = 'replica_of'
