@@ -68,8 +68,9 @@ def get_config(arg=''):
   # The tracker: the step window's metrics every `every` steps (its signals are recorded every
   # step) and the probe batch once per epoch. Every 10 steps: the window evaluation with its
   # 39 surrogates is most of the tracker's bytes on a TPU (164 MB per evaluation for ResNet-50's
-  # 17 taps), 1.58% of a v5e chip's step if run every step, 0.42% every 10
-  # (benchmarks/bench_tracker_tpu.py); a 90-epoch run still has about 2,800 windows.
+  # 17 taps), 1.55% of a v5e chip's step bytes if run every step at 16 images per chip, 0.38%
+  # every 10, and within the compiler's noise of nothing in its cycles (-0.08%)
+  # (benchmarks/bench_tracker_hlo.py); a 90-epoch run still has about 2,800 windows.
   config.dynamics.enabled = True
   config.dynamics.every_steps = args.every
   config.dynamics.probe_size = min(1024, args.batch)
