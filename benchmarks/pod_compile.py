@@ -287,6 +287,7 @@ def run_setting(name: str, log=print) -> dict:
   out['tracker_off'] = compile_experiment(off_config, meta, devices, programs=('train',))
   out['replicas'] = config.replicas
   if config.replicas > 1:
+    out['replica_impl'] = replicas_lib.resolve_impl(config, backend='tpu')
     single_config = config.copy_and_resolve_references()
     single_config.replicas = 1
     out['single_replica'] = compile_experiment(single_config, meta, devices, programs=('train',))
@@ -322,8 +323,11 @@ def derive(out: dict) -> dict:
         compiled[key]['roofline_seconds'] = roofline_seconds(compiled[key], chip)
   on, off = out['tracker_on']['train'], out['tracker_off']['train']
   t = on['roofline_seconds']
-  out['images_per_second'] = out['global_batch'] * out.get('replicas', 1) / t
-  out['mfu'] = on['flops'] / (t * chip['peak_flops'])
+  # XLA's cost analysis counts a loop body once: the replicas' 'map' programs have one
+  # replica's flops and bytes, so no roofline figure of N replicas (cycles count every trip).
+  loop = out.get('replica_impl') == 'map'
+  out['images_per_second'] = None if loop else out['global_batch'] * out['replicas'] / t
+  out['mfu'] = None if loop else on['flops'] / (t * chip['peak_flops'])
   out['tracker_share'] = {
       k: _share(on, off, k)
       for k in ('flops', 'bytes_accessed', 'peak_bytes', 'temp_bytes', 'roofline_seconds')
@@ -334,9 +338,12 @@ def derive(out: dict) -> dict:
     out['tracker_share']['estimated_cycles'] = _share(on, off, 'estimated_cycles')
   if 'single_replica' in out:
     single = out['single_replica']['train']
-    out['replica_speedup'] = out['replicas'] * single['roofline_seconds'] / t
-    out['replica_flops_ratio'] = on['flops'] / (out['replicas'] * single['flops'])
-    out['replica_bytes_ratio'] = on['bytes_accessed'] / (out['replicas'] * single['bytes_accessed'])
+    n = out['replicas']
+    out['replica_speedup'] = None if loop else n * single['roofline_seconds'] / t
+    out['replica_flops_ratio'] = None if loop else on['flops'] / (n * single['flops'])
+    out['replica_bytes_ratio'] = (
+        None if loop else on['bytes_accessed'] / (n * single['bytes_accessed'])
+    )
     if on.get('estimated_cycles') and single.get('estimated_cycles'):
       # The compiler's cost model charges each op for the tiles it occupies: where one seed's
       # step leaves the chip idle, N seeds in one step cost less than N times one.
@@ -357,13 +364,19 @@ def _row(name, r):
       f'{name}: train peak {_gib(t["peak_bytes"]):.2f} GiB/device '
       f'({100 * t["hbm_fraction"]:.0f}% of HBM), {t["flops"] / 1e12:.3f} TFLOP, '
       f'{t["bytes_accessed"] / 1e9:.2f} GB, roofline {1e3 * t["roofline_seconds"]:.2f} ms, '
-      f'{r["images_per_second"]:,.0f} img/s, MFU {100 * r["mfu"]:.0f}%; tracker '
+      f'{_number(r["images_per_second"], "{:,.0f}")} img/s, MFU '
+      f'{_number(r["mfu"], "{:.0%}")}; tracker '
       f'{100 * share["flops"]:+.2f}% flops, {100 * share["bytes_accessed"]:+.2f}% bytes, '
       f'{100 * share["peak_bytes"]:+.2f}% memory'
   )
-  if 'replica_speedup' in r:
-    text += f'; replicas {r["replica_speedup"]:.2f}x over separate steps'
+  if 'replica_speedup_cycles' in r:
+    text += f'; replicas {r["replica_speedup_cycles"]:.2f}x over separate steps (cycles)'
   return text
+
+
+def _number(x, fmt: str) -> str:
+  """fmt.format(x), or 'n/a' for a figure a loop's single-trip count leaves undefined."""
+  return 'n/a' if x is None else fmt.format(x)
 
 
 def _seconds(a):
@@ -386,14 +399,15 @@ def table(results: dict) -> str:
       if program not in on:
         continue
       a = on[program]
-      extra = (
-          f'{r["images_per_second"]:,.0f} | {100 * r["mfu"]:.0f}%' if program == 'train' else ' | '
-      )
+      extra = ' | '
+      if program == 'train':
+        extra = f'{_number(r["images_per_second"], "{:,.0f}")} | {_number(r["mfu"], "{:.0%}")}'
+      trip = ' (one trip)' if r.get('replica_impl') == 'map' else ''  # see derive
       lines.append(
           f'| {name} | {r["topology"]} ({on["devices"]} devices) | {program} | '
           f'{_gib(a["peak_bytes"]):.2f} ({100 * a["hbm_fraction"]:.1f}%) | '
-          f'{a["flops"] / 1e12:.3f} | {a["bytes_accessed"] / 1e9:.2f} | '
-          f'{1e3 * a["roofline_seconds"]:.2f} | {_seconds(a)} | {extra} |'
+          f'{a["flops"] / 1e12:.3f}{trip} | {a["bytes_accessed"] / 1e9:.2f}{trip} | '
+          f'{1e3 * a["roofline_seconds"]:.2f}{trip} | {_seconds(a)} | {extra} |'
       )
   lines += [
       '',
@@ -409,19 +423,22 @@ def table(results: dict) -> str:
         f'{100 * s["roofline_seconds"]:+.2f}% | '
         + (f'{100 * s["estimated_cycles"]:+.2f}% |' if 'estimated_cycles' in s else ' |')
     )
-  replicas = {k: r for k, r in results.items() if 'replica_speedup' in r}
+  replicas = {k: r for k, r in results.items() if 'single_replica' in r}
   if replicas:
     lines += [
         '',
-        '| setting | replicas | speedup over as many single-seed steps (roofline) | speedup '
-        '(estimated cycles) | flops ratio | bytes ratio | peak memory: N replicas / 1 (GiB) |',
+        '| setting | replicas (implementation) | speedup over as many single-seed steps '
+        '(roofline) | speedup (estimated cycles) | flops ratio | bytes ratio '
+        '| peak memory: N replicas / 1 (GiB) |',
         '|---|---:|---:|---:|---:|---:|---:|',
     ]
     for name, r in replicas.items():
       lines.append(
-          f'| {name} | {r["replicas"]} | {r["replica_speedup"]:.2f}x | '
+          f'| {name} | {r["replicas"]} ({r.get("replica_impl", "vmap")}) '
+          f'| {_number(r["replica_speedup"], "{:.2f}x")} | '
           + (f'{r["replica_speedup_cycles"]:.2f}x' if 'replica_speedup_cycles' in r else '')
-          + f' | {r["replica_flops_ratio"]:.3f} | {r["replica_bytes_ratio"]:.3f} | '
+          + f' | {_number(r["replica_flops_ratio"], "{:.3f}")} '
+          f'| {_number(r["replica_bytes_ratio"], "{:.3f}")} | '
           f'{_gib(r["tracker_on"]["train"]["peak_bytes"]):.2f} / '
           f'{_gib(r["single_replica"]["train"]["peak_bytes"]):.2f} |'
       )

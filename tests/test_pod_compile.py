@@ -97,8 +97,18 @@ def test_derived_figures_and_table_from_raw_analyses():
   text = pod_compile.table({'s': r})
   assert '| s | v5e:2x2 (4 devices) | train | 1.00 (6.2%) | 0.197 | 8.19 | 10.00 | ' in text
   assert '(-3,000: negative) | 25,600 | 10% |' in text
-  assert '| s | 8 | 2.00x | 4.00x | 1.000 | 0.500 | 1.00 / 0.25 |' in text
+  assert '| s | 8 (vmap) | 2.00x | 4.00x | 1.000 | 0.500 | 1.00 / 0.25 |' in text
   assert f'| {100 * (2 / 1.98 - 1):+.2f}% |' in text
+  # A 'map' program's flops and bytes are one trip's (XLA counts a loop body once): no
+  # roofline figure of the N replicas; the cycles still give the speedup.
+  r['replica_impl'] = 'map'
+  pod_compile.derive(r)
+  assert r['replica_speedup'] is None and r['images_per_second'] is None and r['mfu'] is None
+  assert r['replica_speedup_cycles'] == pytest.approx(4.0)
+  text = pod_compile.table({'s': r})
+  assert '| s | 8 (map) | n/a | 4.00x | n/a | n/a | 1.00 / 0.25 |' in text
+  assert '| 0.197 (one trip) | 8.19 (one trip) | 10.00 (one trip) |' in text
+  assert '| n/a | n/a |' in text
 
 
 def test_step_input_bench_shows_the_tpu_loop_and_copy_that_the_defaults_avoid(tmp_path):
