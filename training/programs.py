@@ -146,9 +146,8 @@ def build(
   """Model, optimiser, tracker and the jitted steps with their shardings.
 
   image_shape: (H, W, 3) as the model sees it; mean, std: f32[3] in 0..255 units;
-  stored_shape: (H, W, 3) of the training set's images, which the step resizes to image_shape
-  where config.image_size is set (None: image_shape). With replicas the step gathers its
-  batches from the device-resident set (replicas.resident_images) and needs it.
+  stored_shape: (H, W, 3) of the training images before config.image_size resizes them
+  (None: image_shape), for the replicas' gather from flat rows (replicas.resident_images).
   """
   dcfg = config.dynamics
   if dcfg.enabled and fit_lib.AUTO in (dcfg.window, dcfg.volatility_window_steps):
