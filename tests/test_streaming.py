@@ -266,3 +266,18 @@ def test_imagenet_config_in_two_processes_trains_like_one(folder, tmp_path):
   assert len(multi) == len(one) == 2
   np.testing.assert_allclose(multi[0], one[0], rtol=1e-5)
   np.testing.assert_allclose(multi, one, rtol=1e-3)
+
+
+def test_host_input_bench_measures_a_per_core_rate_and_the_loader(tmp_path):
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'benchmarks'))
+  import bench_host_input  # pylint: disable=import-outside-toplevel
+
+  out = tmp_path / 'host.json'
+  bench_host_input.main(
+      ['--images=8', '--width=64', '--height=48', '--rounds=1', '--batch=4', '--workers=',
+       f'--out={out}']
+  )  # fmt: skip
+  result = json.loads(out.read_text())
+  assert result['per_core']['images_per_second'] > 0 and len(result['per_core']['rounds']) == 1
+  assert all(rate > 0 for rate in result['loaders'].values())
+  assert result['image'] == '64x48 JPEG q90'
