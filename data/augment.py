@@ -83,9 +83,10 @@ def random_crop(rng, images, padding):
   offsets = jax.random.randint(rng, (b, 2), 0, 2 * padding + 1)
   if traced_platform() == "tpu":
     # vmap(dynamic_slice) is a gather, which the TPU compiler runs as a loop over the batch:
-    # 1.58 M estimated cycles for 128 CIFAR images on a v5e, against 0.04 M for one select
-    # per shift (benchmarks/README.md, "The crop on TPU"). XLA:CPU runs the selects 35x
-    # slower than the gather, so other backends keep the gather. Both take the same windows.
+    # 1.60 M estimated cycles for 128 CIFAR images on a v5e, against 0.06 M for one select
+    # per shift (benchmarks/bench_step_input.py; benchmarks/README.md, "The step's input on
+    # TPU"). XLA:CPU runs the selects about 30x slower than the gather, so other backends
+    # keep the gather. Both take the same windows.
     rows = _shift_window(padded, offsets[:, 0], axis=1, size=h)
     return _shift_window(rows, offsets[:, 1], axis=2, size=w)
   crop = lambda img, off: jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, c))

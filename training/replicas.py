@@ -199,9 +199,10 @@ def map_replicas(fn: Callable, impl: str, groups: int = 1) -> Callable:
 def resident_images(images: np.ndarray) -> np.ndarray:
   """u8[n, H, W, 3] -> u8[n, H * W * 3]: the training set as the replicas' step takes it, one
   flat row per image. A TPU stores a [..., W, 3] array with its 3 channels padded to a lane
-  tile, and gathering a batch from it re-lays out the whole set every step (7.65 M estimated
+  tile, and gathering a batch from it re-lays out the whole set every step (7.67 M estimated
   cycles for CIFAR-10's 50,000 images on a v5e, more than a ResNet-18 step); from flat rows
-  the gather is 0.01 M (benchmarks/README.md, "The replicas on TPU")."""
+  the gather is 0.01 M (benchmarks/bench_step_input.py; benchmarks/README.md, "The step's
+  input on TPU")."""
   return np.asarray(images).reshape(len(images), -1)
 
 
